@@ -1,0 +1,436 @@
+//! Length-prefixed frame codec.
+//!
+//! ```text
+//! +--------------------+-------------------------------------+
+//! | length: u32 BE (4) | Frame, protobuf encoded (length B)  |
+//! +--------------------+-------------------------------------+
+//! ```
+//!
+//! The length counts the protobuf bytes only, not the 4-byte prefix. It is checked against the
+//! limit in force ([`FrameCodec::max_frame_size`]) as soon as the 4 prefix bytes are in, *before*
+//! any buffer is reserved for the body, so a peer announcing 4 GiB costs nothing but an error.
+//! A length of 0 would encode a `Frame` with no kind and is refused like any frame without a kind.
+//!
+//! The codec implements tokio-util's [`Decoder`] and [`Encoder`] so it plugs into
+//! `tokio_util::codec::Framed`, but it is plain code over a [`BytesMut`]: feed it bytes, take
+//! frames out. The limit can be changed between frames (the handshake raises it from
+//! [`HANDSHAKE_MAX_FRAME_SIZE`](crate::HANDSHAKE_MAX_FRAME_SIZE) to the negotiated size).
+
+use bytes::{Buf, BufMut, BytesMut};
+use prost::Message;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::v1::Frame;
+
+/// Size of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// Why bytes could not become a frame, or a frame could not become bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The peer announced a frame larger than the limit in force.
+    #[error("frame of {len} bytes exceeds the maximum frame size of {max} bytes")]
+    FrameTooLarge {
+        /// Announced length.
+        len: u64,
+        /// Limit in force.
+        max: u32,
+    },
+    /// The local side tried to send a frame larger than the limit in force.
+    #[error("outgoing frame of {len} bytes exceeds the maximum frame size of {max} bytes")]
+    OutgoingTooLarge {
+        /// Encoded length.
+        len: usize,
+        /// Limit in force.
+        max: u32,
+    },
+    /// The body is not a valid protobuf `Frame`.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] prost::DecodeError),
+    /// The body decoded but carries no message kind.
+    #[error("frame carries no message")]
+    Empty,
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame ({0} bytes pending)")]
+    Truncated(usize),
+    /// The underlying stream failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CodecError {
+    /// True when the error is the peer's fault (as opposed to local misuse or I/O).
+    pub fn is_peer_error(&self) -> bool {
+        matches!(
+            self,
+            Self::FrameTooLarge { .. } | Self::Malformed(_) | Self::Empty | Self::Truncated(_)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum DecodeState {
+    Head,
+    Data(usize),
+}
+
+/// Encodes and decodes [`Frame`]s with a 4-byte big-endian length prefix.
+#[derive(Debug)]
+pub struct FrameCodec {
+    max_frame_size: u32,
+    state: DecodeState,
+}
+
+impl FrameCodec {
+    /// A codec that refuses frames longer than `max_frame_size` bytes, in both directions.
+    pub fn new(max_frame_size: u32) -> Self {
+        Self {
+            max_frame_size,
+            state: DecodeState::Head,
+        }
+    }
+
+    /// The limit in force.
+    pub fn max_frame_size(&self) -> u32 {
+        self.max_frame_size
+    }
+
+    /// Changes the limit. A frame whose header was already read keeps the length it announced
+    /// only if it fits the new limit too; otherwise the next decode fails.
+    pub fn set_max_frame_size(&mut self, max: u32) {
+        self.max_frame_size = max;
+    }
+
+    fn check_len(&self, len: u64) -> Result<usize, CodecError> {
+        if len > u64::from(self.max_frame_size) {
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame_size,
+            });
+        }
+        usize::try_from(len).map_err(|_| CodecError::FrameTooLarge {
+            len,
+            max: self.max_frame_size,
+        })
+    }
+
+    fn decode_head(&mut self, src: &mut BytesMut) -> Result<Option<usize>, CodecError> {
+        let Some(head) = src.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let mut head = head;
+        let len = self.check_len(u64::from(head.get_u32()))?;
+        src.advance(HEADER_LEN);
+        // Only now, with the length known to be within the limit, make room for the body.
+        src.reserve(len.saturating_sub(src.len()));
+        Ok(Some(len))
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let len = match self.state {
+            DecodeState::Head => match self.decode_head(src)? {
+                Some(len) => {
+                    self.state = DecodeState::Data(len);
+                    len
+                }
+                None => return Ok(None),
+            },
+            DecodeState::Data(len) => {
+                self.check_len(len as u64)?;
+                len
+            }
+        };
+        if src.len() < len {
+            return Ok(None);
+        }
+        let body = src.split_to(len).freeze();
+        self.state = DecodeState::Head;
+        src.reserve(HEADER_LEN);
+        let frame = Frame::decode(body)?;
+        if frame.kind.is_none() {
+            return Err(CodecError::Empty);
+        }
+        Ok(Some(frame))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() && matches!(self.state, DecodeState::Head) => Ok(None),
+            None => Err(CodecError::Truncated(src.len())),
+        }
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let len = frame.encoded_len();
+        let too_large = CodecError::OutgoingTooLarge {
+            len,
+            max: self.max_frame_size,
+        };
+        let Ok(len32) = u32::try_from(len) else {
+            return Err(too_large);
+        };
+        if len32 > self.max_frame_size {
+            return Err(too_large);
+        }
+        dst.reserve(HEADER_LEN + len);
+        dst.put_u32(len32);
+        frame.encode_raw(dst);
+        Ok(())
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode(&frame, dst)
+    }
+}
+
+/// Fuzzing entry point: feeds arbitrary bytes through the decoder with the given limit and
+/// returns how many frames came out before an error or the end. Never panics.
+pub fn fuzz_decode(data: &[u8], max_frame_size: u32) -> usize {
+    let mut codec = FrameCodec::new(max_frame_size);
+    let mut buf = BytesMut::from(data);
+    let mut n = 0;
+    while let Ok(Some(_)) = codec.decode_eof(&mut buf) {
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{self, frame::Kind};
+    use proptest::prelude::*;
+
+    fn ping(n: u64) -> Frame {
+        Frame::new(Kind::Ping(v1::Ping { nonce: n }))
+    }
+
+    fn request(id: u64, payload: Vec<u8>) -> Frame {
+        Frame::new(Kind::Request(v1::Request {
+            id,
+            method: "display.GetState".into(),
+            payload,
+            deadline_ms: 100,
+        }))
+    }
+
+    fn encoded(frames: &[Frame]) -> BytesMut {
+        let mut codec = FrameCodec::new(u32::MAX);
+        let mut buf = BytesMut::new();
+        for f in frames {
+            codec.encode(f, &mut buf).unwrap();
+        }
+        buf
+    }
+
+    #[test]
+    fn one_packet_many_frames() {
+        let frames = [ping(1), request(2, vec![1; 300]), ping(3)];
+        let mut buf = encoded(&frames);
+        let mut codec = FrameCodec::new(1024);
+        for f in &frames {
+            assert_eq!(codec.decode(&mut buf).unwrap().as_ref(), Some(f));
+        }
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn every_split_point() {
+        let frames = [request(9, vec![7; 40]), ping(2)];
+        let all = encoded(&frames);
+        for cut in 0..all.len() {
+            let mut codec = FrameCodec::new(1024);
+            let mut buf = BytesMut::from(&all[..cut]);
+            let mut out = vec![];
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            buf.extend_from_slice(&all[cut..]);
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            assert_eq!(out, frames, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time() {
+        let frames = [request(1, vec![3; 1000]), ping(5)];
+        let all = encoded(&frames);
+        let mut codec = FrameCodec::new(4096);
+        let mut buf = BytesMut::new();
+        let mut out = vec![];
+        for b in all.iter() {
+            buf.put_u8(*b);
+            if let Some(f) = codec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, frames);
+    }
+
+    #[test]
+    fn four_gib_prefix_is_refused_before_allocating() {
+        let mut codec = FrameCodec::new(64 * 1024);
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        let cap_before = buf.capacity();
+        match codec.decode(&mut buf) {
+            Err(CodecError::FrameTooLarge { len, max }) => {
+                assert_eq!(len, u64::from(u32::MAX));
+                assert_eq!(max, 64 * 1024);
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert!(buf.capacity() <= cap_before.max(64));
+    }
+
+    #[test]
+    fn over_the_limit_by_one() {
+        let mut buf = encoded(&[request(1, vec![0; 100])]);
+        let len = buf.len() - HEADER_LEN;
+        let mut codec = FrameCodec::new(len as u32 - 1);
+        assert!(matches!(
+            codec.decode(&mut buf.clone()),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
+        codec.set_max_frame_size(len as u32);
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+    }
+
+    #[test]
+    fn limit_lowered_mid_frame() {
+        let all = encoded(&[request(1, vec![0; 100])]);
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&all[..10]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        codec.set_max_frame_size(16);
+        buf.extend_from_slice(&all[10..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn outgoing_limit() {
+        let mut codec = FrameCodec::new(50);
+        let mut buf = BytesMut::new();
+        assert!(matches!(
+            codec.encode(&request(1, vec![0; 100]), &mut buf),
+            Err(CodecError::OutgoingTooLarge { .. })
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn truncated_then_eof() {
+        let all = encoded(&[request(1, vec![0; 100])]);
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&all[..50]);
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(CodecError::Truncated(_))
+        ));
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&all[..2]);
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(CodecError::Truncated(2))
+        ));
+    }
+
+    #[test]
+    fn empty_and_garbage_bodies() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::Empty)));
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, CodecError::Malformed(_)));
+        assert!(err.is_peer_error());
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let bytes = proptest::collection::vec(any::<u8>(), 0..256);
+        prop_oneof![
+            (any::<u64>(), "[a-z]{1,8}\\.[A-Za-z]{1,16}", bytes.clone(), any::<u32>()).prop_map(
+                |(id, method, payload, deadline_ms)| Frame::new(Kind::Request(v1::Request {
+                    id,
+                    method,
+                    payload,
+                    deadline_ms
+                }))
+            ),
+            (any::<u64>(), any::<i32>(), ".{0,40}", bytes.clone()).prop_map(
+                |(id, code, message, payload)| Frame::new(Kind::Response(v1::Response {
+                    id,
+                    code,
+                    message,
+                    payload
+                }))
+            ),
+            (".{0,20}", any::<u64>(), bytes).prop_map(|(topic, seq, payload)| Frame::new(
+                Kind::Event(v1::Event {
+                    topic,
+                    seq,
+                    payload
+                })
+            )),
+            any::<u64>().prop_map(|n| Frame::new(Kind::Ping(v1::Ping { nonce: n }))),
+            any::<u64>().prop_map(|n| Frame::new(Kind::Cancel(v1::Cancel { id: n }))),
+            (proptest::collection::vec(any::<u32>(), 0..4), ".{0,30}").prop_map(
+                |(protocol_versions, client_name)| Frame::new(Kind::Hello(v1::Hello {
+                    protocol_versions,
+                    client_name,
+                    ..Default::default()
+                }))
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips_arbitrary_frames(
+            frames in proptest::collection::vec(arb_frame(), 1..8),
+            chunk in 1usize..64,
+        ) {
+            let all = encoded(&frames);
+            let mut codec = FrameCodec::new(1 << 20);
+            let mut buf = BytesMut::new();
+            let mut out = vec![];
+            for piece in all.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(f) = codec.decode(&mut buf).unwrap() {
+                    out.push(f);
+                }
+            }
+            prop_assert_eq!(out, frames);
+        }
+
+        #[test]
+        fn never_panics_on_arbitrary_bytes(
+            data in proptest::collection::vec(any::<u8>(), 0..2048),
+            max in 0u32..4096,
+        ) {
+            let n = fuzz_decode(&data, max);
+            prop_assert!(n <= data.len() / HEADER_LEN + 1);
+        }
+    }
+}
