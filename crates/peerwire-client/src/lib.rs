@@ -1,1 +1,528 @@
-//! wip
+//! # peerwire-client: the display-client side of a peerwire connection
+//!
+//! [`Client::builder`] connects to a peerwire server over a Unix socket, runs the handshake
+//! (protocol and per-namespace versions) and then offers:
+//!
+//! - typed calls with a deadline ([`Client::call`], [`Client::call_with_deadline`]); when the
+//!   deadline passes the call fails with `DEADLINE_EXCEEDED` and the server is told to cancel;
+//! - one-way notifications to the server ([`Client::notify`]);
+//! - an event stream per topic ([`Client::subscribe`]) for server pushes, in order;
+//! - optional automatic reconnection with exponential backoff and jitter
+//!   ([`ClientBuilder::reconnect`]), which re-subscribes every topic;
+//! - clean failure: when the server goes away every pending call fails at once with
+//!   [`CallError::Disconnected`]; nothing waits forever.
+//!
+//! ```no_run
+//! use peerwire_client::Client;
+//! use peerwire_proto::v1::Ping; // any prost message
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::builder("/run/peerwire/sdk.sock")
+//!     .name("renderer")
+//!     .namespace("echo", &[1])
+//!     .connect()
+//!     .await?;
+//! let pong: Ping = client.call("echo.Ping", &Ping { nonce: 1 }).await?;
+//! assert_eq!(pong.nonce, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! The runnable end-to-end example is `peerwire demo` and the display client in `examples/`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod conn;
+mod error;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use peerwire_proto::handshake::Session;
+use peerwire_proto::v1::{
+    Code, Event, Frame, Goodbye, NamespaceVersions, Request, SubscribeRequest, SubscribeResponse,
+    frame::Kind,
+};
+use peerwire_proto::{METHOD_SUBSCRIBE, Status};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use error::{CallError, ConnectError};
+pub use peerwire_proto::handshake::HandshakeError;
+pub use peerwire_security::cred::PeerCredentials;
+
+use conn::Conn;
+
+/// Reconnection policy: exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Backoff {
+    /// First delay. Default 50 ms.
+    pub initial: Duration,
+    /// Largest delay. Default 5 s.
+    pub max: Duration,
+    /// Each failed attempt multiplies the delay by this. Default 2.
+    pub multiplier: f64,
+    /// Each delay is randomised by up to this fraction either way. Default 0.25.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+            multiplier: 2.0,
+            jitter: 0.25,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (0-based), with jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base =
+            self.initial.as_secs_f64() * self.multiplier.max(1.0).powi(attempt.min(64) as i32);
+        let base = base.min(self.max.as_secs_f64());
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
+        Duration::from_secs_f64((base * factor).max(0.0))
+    }
+}
+
+/// Client settings, every one with a documented default.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) path: PathBuf,
+    pub(crate) name: String,
+    pub(crate) namespaces: Vec<NamespaceVersions>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) default_deadline: Duration,
+    pub(crate) max_frame_size: u32,
+    pub(crate) outbound_queue: usize,
+    pub(crate) event_buffer: usize,
+    pub(crate) reconnect: Option<Backoff>,
+}
+
+/// Builds a [`Client`]. Setters take and return `self`.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    config: Config,
+}
+
+impl ClientBuilder {
+    /// The name sent in `Hello`, for the server's logs. Default `"peerwire-client"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Announces a namespace and the versions of it this client speaks. Methods and topics of
+    /// namespaces not announced cannot be used. The server reports a version mismatch in
+    /// `Welcome` and on each call into that namespace.
+    pub fn namespace(mut self, namespace: &str, versions: &[u32]) -> Self {
+        self.config.namespaces.push(NamespaceVersions {
+            namespace: namespace.into(),
+            versions: versions.to_vec(),
+            required: false,
+        });
+        self
+    }
+
+    /// Like [`namespace`](Self::namespace), but the server must speak it at one of `versions`
+    /// or refuse the session with a reason.
+    pub fn require_namespace(mut self, namespace: &str, versions: &[u32]) -> Self {
+        self.config.namespaces.push(NamespaceVersions {
+            namespace: namespace.into(),
+            versions: versions.to_vec(),
+            required: true,
+        });
+        self
+    }
+
+    /// Bound on connect plus handshake. Default 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Deadline of [`Client::call`]. Default 30 s.
+    pub fn default_deadline(mut self, deadline: Duration) -> Self {
+        self.config.default_deadline = deadline;
+        self
+    }
+
+    /// Largest frame this client accepts (the server may choose less). Default 16 MiB.
+    pub fn max_frame_size(mut self, max: u32) -> Self {
+        self.config.max_frame_size = max;
+        self
+    }
+
+    /// Events buffered per subscription before further ones are dropped (the stream then
+    /// shows a gap in `seq`). Default 1024.
+    pub fn event_buffer(mut self, n: usize) -> Self {
+        self.config.event_buffer = n.max(1);
+        self
+    }
+
+    /// Reconnect automatically when the connection is lost, re-subscribing every topic.
+    /// Default: off.
+    pub fn reconnect(mut self, backoff: Backoff) -> Self {
+        self.config.reconnect = Some(backoff);
+        self
+    }
+
+    /// Connects and completes the handshake.
+    pub async fn connect(self) -> Result<Client, ConnectError> {
+        let (generation, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            config: self.config,
+            conn: Mutex::new(None),
+            subs: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: CancellationToken::new(),
+            generation,
+        });
+        let conn = conn::connect(&inner.config, Arc::downgrade(&inner)).await?;
+        inner.install(conn);
+        Ok(Client { inner })
+    }
+}
+
+/// One event received on a subscribed topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMessage {
+    /// The topic.
+    pub topic: String,
+    /// Per connection and topic, starting at 1; a gap means events were dropped. Restarts at 1
+    /// after a reconnection.
+    pub seq: u64,
+    /// The encoded event.
+    pub payload: Bytes,
+}
+
+impl EventMessage {
+    /// Decodes the payload.
+    pub fn decode<M: Message + Default>(&self) -> Result<M, prost::DecodeError> {
+        M::decode(self.payload.clone())
+    }
+}
+
+/// Events of one topic, in the order the server sent them.
+#[derive(Debug)]
+pub struct EventStream {
+    topic: String,
+    rx: mpsc::Receiver<EventMessage>,
+}
+
+impl EventStream {
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The next event, or `None` once the client is closed.
+    pub async fn next(&mut self) -> Option<EventMessage> {
+        self.rx.recv().await
+    }
+}
+
+type Subscribers = HashMap<String, Vec<mpsc::Sender<EventMessage>>>;
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    conn: Mutex<Option<Arc<Conn>>>,
+    pub(crate) subs: Mutex<Subscribers>,
+    next_id: AtomicU64,
+    pub(crate) closed: CancellationToken,
+    generation: watch::Sender<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning only means a panic elsewhere; the maps stay consistent (single operations).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn install(&self, conn: Arc<Conn>) {
+        *lock(&self.conn) = Some(conn);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn current(&self) -> Option<Arc<Conn>> {
+        lock(&self.conn).clone().filter(|c| !c.is_closed())
+    }
+
+    /// Delivers a pushed event to every local subscriber of its topic; never blocks.
+    pub(crate) fn deliver(&self, event: Event) {
+        let mut subs = lock(&self.subs);
+        let Some(list) = subs.get_mut(&event.topic) else {
+            tracing::debug!(topic = %event.topic, "event for a topic with no subscriber");
+            return;
+        };
+        let msg = EventMessage {
+            topic: event.topic,
+            seq: event.seq,
+            payload: event.payload.into(),
+        };
+        list.retain(|tx| match tx.try_send(msg.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(topic = %msg.topic, seq = msg.seq, "subscriber is not keeping up: event dropped");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// Called by a connection's reader when the connection is gone.
+    pub(crate) fn connection_lost(self: &Arc<Self>) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        let Some(backoff) = self.config.reconnect else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(reconnect(weak, backoff));
+    }
+}
+
+async fn reconnect(weak: Weak<Inner>, backoff: Backoff) {
+    let mut attempt = 0;
+    loop {
+        tokio::time::sleep(backoff.delay(attempt)).await;
+        attempt = attempt.saturating_add(1);
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closed.is_cancelled() {
+            return;
+        }
+        match conn::connect(&inner.config, weak.clone()).await {
+            Ok(conn) => {
+                let topics: Vec<String> = lock(&inner.subs).keys().cloned().collect();
+                inner.install(conn);
+                tracing::info!(attempt, "reconnected");
+                if !topics.is_empty() {
+                    let client = Client { inner };
+                    if let Err(e) = client.server_subscribe(topics).await {
+                        tracing::warn!("re-subscribing after reconnect failed: {e}");
+                    }
+                }
+                return;
+            }
+            Err(e) => tracing::debug!(attempt, "reconnect failed: {e}"),
+        }
+    }
+}
+
+/// A connection to a peerwire server. Cheap to clone; all clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("path", &self.inner.config.path)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts building a client for the server at `socket_path`.
+    pub fn builder(socket_path: impl Into<PathBuf>) -> ClientBuilder {
+        ClientBuilder {
+            config: Config {
+                path: socket_path.into(),
+                name: "peerwire-client".into(),
+                namespaces: vec![],
+                connect_timeout: Duration::from_secs(5),
+                default_deadline: Duration::from_secs(30),
+                max_frame_size: 16 * 1024 * 1024,
+                outbound_queue: 1024,
+                event_buffer: 1024,
+                reconnect: None,
+            },
+        }
+    }
+
+    /// True while a connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.current().is_some()
+    }
+
+    /// Waits until a connection is up (after a reconnection), at most `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut generation = self.inner.generation.subscribe();
+        let wait = async {
+            loop {
+                if self.is_connected() {
+                    return;
+                }
+                if generation.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// The session of the current connection.
+    pub fn session(&self) -> Option<Session> {
+        self.inner.current().map(|c| c.session.clone())
+    }
+
+    /// The server's credentials (`SO_PEERCRED` of the listening socket) of the current connection.
+    pub fn server_credentials(&self) -> Option<PeerCredentials> {
+        self.inner.current().map(|c| c.server)
+    }
+
+    fn connection(&self) -> Result<Arc<Conn>, CallError> {
+        let conn = self
+            .inner
+            .current()
+            .ok_or_else(|| CallError::Disconnected("not connected".into()))?;
+        if let Some(status) = conn.goodbye() {
+            return Err(CallError::Disconnected(format!(
+                "the server is closing the session: {status}"
+            )));
+        }
+        Ok(conn)
+    }
+
+    /// Calls `method` with the default deadline.
+    pub async fn call<Req: Message, Resp: Message + Default>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, CallError> {
+        self.call_with_deadline(method, request, self.inner.config.default_deadline)
+            .await
+    }
+
+    /// Calls `method`; fails with `DEADLINE_EXCEEDED` if no answer comes within `deadline`, and
+    /// then tells the server to cancel the handler. Dropping the future cancels the call too.
+    pub async fn call_with_deadline<Req: Message, Resp: Message + Default>(
+        &self,
+        method: &str,
+        request: &Req,
+        deadline: Duration,
+    ) -> Result<Resp, CallError> {
+        let payload = self
+            .raw_call(method, request.encode_to_vec(), deadline)
+            .await?;
+        Resp::decode(payload).map_err(CallError::Decode)
+    }
+
+    /// Calls `method` with an already encoded payload and returns the encoded response.
+    pub async fn raw_call(
+        &self,
+        method: &str,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Bytes, CallError> {
+        let conn = self.connection()?;
+        conn.session.check_name(method).map_err(CallError::Status)?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let deadline_ms = u32::try_from(deadline.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let frame = Frame::new(Kind::Request(Request {
+            id,
+            method: method.to_owned(),
+            payload,
+            deadline_ms,
+        }));
+        conn.check_size(&frame)?;
+        let (tx, rx) = oneshot::channel();
+        let guard = conn.register(id, tx);
+        let exchange = async {
+            conn.send(frame).await?;
+            match rx.await {
+                Ok(result) => result,
+                Err(_) => Err(CallError::Disconnected("connection closed".into())),
+            }
+        };
+        // A little slack so the server's own deadline answer, which cancels the handler, wins.
+        let slack = Duration::from_millis(50);
+        let result = match tokio::time::timeout(deadline + slack, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Status(Status::new(
+                Code::DeadlineExceeded,
+                format!("no response to {method} within its deadline of {deadline:?}"),
+            ))),
+        };
+        drop(guard);
+        let response = result?;
+        Status::from_wire(response.code, &response.message).map_err(CallError::Status)?;
+        Ok(response.payload.into())
+    }
+
+    /// Sends a one-way event (for example a touch or key event) to the server.
+    pub async fn notify<M: Message>(&self, topic: &str, event: &M) -> Result<(), CallError> {
+        let conn = self.connection()?;
+        conn.session.check_name(topic).map_err(CallError::Status)?;
+        let frame = Frame::new(Kind::Event(Event {
+            topic: topic.to_owned(),
+            seq: conn.next_event_seq(),
+            payload: event.encode_to_vec(),
+        }));
+        conn.check_size(&frame)?;
+        conn.send(frame).await
+    }
+
+    /// Subscribes to server pushes on `topic`. Events arrive in the order the server sent them.
+    /// With reconnection on, the subscription survives reconnections.
+    pub async fn subscribe(&self, topic: &str) -> Result<EventStream, CallError> {
+        self.connection()?
+            .session
+            .check_name(topic)
+            .map_err(CallError::Status)?;
+        let (tx, rx) = mpsc::channel(self.inner.config.event_buffer);
+        let first = {
+            let mut subs = lock(&self.inner.subs);
+            let list = subs.entry(topic.to_owned()).or_default();
+            list.push(tx);
+            list.len() == 1
+        };
+        if first {
+            if let Err(e) = self.server_subscribe(vec![topic.to_owned()]).await {
+                lock(&self.inner.subs).remove(topic);
+                return Err(e);
+            }
+        }
+        Ok(EventStream {
+            topic: topic.to_owned(),
+            rx,
+        })
+    }
+
+    async fn server_subscribe(&self, topics: Vec<String>) -> Result<Vec<String>, CallError> {
+        let resp: SubscribeResponse = self
+            .call(METHOD_SUBSCRIBE, &SubscribeRequest { topics })
+            .await?;
+        Ok(resp.topics)
+    }
+
+    /// Says `Goodbye` and closes the connection; no reconnection follows. Calls in flight fail.
+    pub async fn close(&self) {
+        self.inner.closed.cancel();
+        let conn = lock(&self.inner.conn).take();
+        if let Some(conn) = conn {
+            let _ = conn
+                .send(Frame::new(Kind::Goodbye(Goodbye {
+                    code: Code::Ok as i32,
+                    reason: "client closed".into(),
+                })))
+                .await;
+            conn.close();
+        }
+        lock(&self.inner.subs).clear();
+    }
+}

@@ -370,14 +370,20 @@ mod tests {
     fn arb_frame() -> impl Strategy<Value = Frame> {
         let bytes = proptest::collection::vec(any::<u8>(), 0..256);
         prop_oneof![
-            (any::<u64>(), "[a-z]{1,8}\\.[A-Za-z]{1,16}", bytes.clone(), any::<u32>()).prop_map(
-                |(id, method, payload, deadline_ms)| Frame::new(Kind::Request(v1::Request {
-                    id,
-                    method,
-                    payload,
-                    deadline_ms
-                }))
-            ),
+            (
+                any::<u64>(),
+                "[a-z]{1,8}\\.[A-Za-z]{1,16}",
+                bytes.clone(),
+                any::<u32>()
+            )
+                .prop_map(|(id, method, payload, deadline_ms)| Frame::new(
+                    Kind::Request(v1::Request {
+                        id,
+                        method,
+                        payload,
+                        deadline_ms
+                    })
+                )),
             (any::<u64>(), any::<i32>(), ".{0,40}", bytes.clone()).prop_map(
                 |(id, code, message, payload)| Frame::new(Kind::Response(v1::Response {
                     id,

@@ -19,10 +19,9 @@ use std::collections::BTreeMap;
 
 use crate::names::{self, validate_namespace};
 use crate::v1::{
-    frame::Kind, Code, Frame, Hello, Limits, NamespaceAgreement, NamespaceVersions, Reject,
-    Welcome,
+    Code, Frame, Hello, Limits, NamespaceAgreement, NamespaceVersions, Reject, Welcome, frame::Kind,
 };
-use crate::{Status, HANDSHAKE_MAX_FRAME_SIZE, RESERVED_NAMESPACE, SUPPORTED_PROTOCOL_VERSIONS};
+use crate::{HANDSHAKE_MAX_FRAME_SIZE, RESERVED_NAMESPACE, SUPPORTED_PROTOCOL_VERSIONS, Status};
 
 /// Most protocol versions a `Hello` may list.
 pub const MAX_PROTOCOL_VERSIONS: usize = 16;
@@ -77,7 +76,9 @@ impl Session {
             )),
             None => Err(Status::new(
                 Code::NamespaceVersionMismatch,
-                format!("{name}: namespace {ns:?} was not announced in Hello, so no version of it was agreed"),
+                format!(
+                    "{name}: namespace {ns:?} was not announced in Hello, so no version of it was agreed"
+                ),
             )),
         }
     }
@@ -173,7 +174,12 @@ fn validate_hello(hello: &Hello) -> Result<(), String> {
         if ns.namespace == RESERVED_NAMESPACE {
             return Err(format!("namespace {RESERVED_NAMESPACE:?} is reserved"));
         }
-        if hello.namespaces.iter().take(i).any(|o| o.namespace == ns.namespace) {
+        if hello
+            .namespaces
+            .iter()
+            .take(i)
+            .any(|o| o.namespace == ns.namespace)
+        {
             return Err(format!("namespace {:?} is listed twice", ns.namespace));
         }
         if ns.versions.is_empty() || ns.versions.len() > MAX_VERSIONS_PER_NAMESPACE {
@@ -200,18 +206,16 @@ fn settle(ns: &NamespaceVersions, server: Option<&Vec<u32>>) -> NamespaceAgreeme
             agreement.code = Code::NotFound as i32;
             agreement.reason = format!("the server does not know namespace {:?}", ns.namespace);
         }
-        Some(versions) => {
-            match ns.versions.iter().filter(|v| versions.contains(v)).max() {
-                Some(v) => agreement.version = *v,
-                None => {
-                    agreement.code = Code::NamespaceVersionMismatch as i32;
-                    agreement.reason = format!(
-                        "namespace {:?}: the client speaks versions {:?}, the server speaks {:?}",
-                        ns.namespace, ns.versions, versions
-                    );
-                }
+        Some(versions) => match ns.versions.iter().filter(|v| versions.contains(v)).max() {
+            Some(v) => agreement.version = *v,
+            None => {
+                agreement.code = Code::NamespaceVersionMismatch as i32;
+                agreement.reason = format!(
+                    "namespace {:?}: the client speaks versions {:?}, the server speaks {:?}",
+                    ns.namespace, ns.versions, versions
+                );
             }
-        }
+        },
     }
     agreement
 }
@@ -246,7 +250,10 @@ impl ServerHandshake {
             _ => {
                 return reject(
                     Code::ProtocolError,
-                    format!("expected Hello as the first frame, got {}", frame.kind_name()),
+                    format!(
+                        "expected Hello as the first frame, got {}",
+                        frame.kind_name()
+                    ),
                     vec![],
                 );
             }
@@ -283,7 +290,10 @@ impl ServerHandshake {
         if !failed_required.is_empty() {
             return reject(
                 Code::NamespaceVersionMismatch,
-                format!("required namespaces unavailable: {}", failed_required.join("; ")),
+                format!(
+                    "required namespaces unavailable: {}",
+                    failed_required.join("; ")
+                ),
                 namespaces,
             );
         }
@@ -379,7 +389,11 @@ impl ClientHandshake {
             }
             _ => return Err(HandshakeError::UnexpectedFrame(frame.kind_name())),
         };
-        if !self.hello.protocol_versions.contains(&welcome.protocol_version) {
+        if !self
+            .hello
+            .protocol_versions
+            .contains(&welcome.protocol_version)
+        {
             return Err(HandshakeError::InvalidWelcome(format!(
                 "server chose protocol version {} which the client did not offer",
                 welcome.protocol_version
@@ -493,14 +507,21 @@ mod tests {
         let sys = &session.namespaces[1];
         assert_eq!(sys.code, Code::NamespaceVersionMismatch as i32);
         assert_eq!(sys.server_versions, vec![3]);
-        assert!(sys.reason.contains("[1, 2]") && sys.reason.contains("[3]"), "{}", sys.reason);
+        assert!(
+            sys.reason.contains("[1, 2]") && sys.reason.contains("[3]"),
+            "{}",
+            sys.reason
+        );
         assert_eq!(session.namespaces[2].code, Code::NotFound as i32);
         let err = session.check_name("system.SetState").unwrap_err();
         assert_eq!(err.code, Code::NamespaceVersionMismatch);
         assert!(err.message.contains("system.SetState"));
         let err = session.check_name("window.Show").unwrap_err();
         assert!(err.message.contains("not announced"));
-        assert_eq!(session.check_name("bad name").unwrap_err().code, Code::InvalidArgument);
+        assert_eq!(
+            session.check_name("bad name").unwrap_err().code,
+            Code::InvalidArgument
+        );
     }
 
     #[test]
@@ -508,7 +529,9 @@ mod tests {
         let (out, session) = pair(hello(vec![ns("system", &[1], true)]));
         assert!(matches!(out, ServerOutcome::Reject { .. }));
         match session.unwrap_err() {
-            HandshakeError::Rejected { status, namespaces, .. } => {
+            HandshakeError::Rejected {
+                status, namespaces, ..
+            } => {
                 assert_eq!(status.code, Code::NamespaceVersionMismatch);
                 assert!(status.message.contains("system"));
                 assert_eq!(namespaces[0].server_versions, vec![3]);
@@ -523,7 +546,11 @@ mod tests {
         h.protocol_versions = vec![7, 9];
         let (_, session) = pair(h);
         match session.unwrap_err() {
-            HandshakeError::Rejected { status, supported_versions, .. } => {
+            HandshakeError::Rejected {
+                status,
+                supported_versions,
+                ..
+            } => {
                 assert_eq!(status.code, Code::UnsupportedVersion);
                 assert_eq!(supported_versions, SUPPORTED_PROTOCOL_VERSIONS);
                 assert!(status.message.contains("[7, 9]"));

@@ -8,7 +8,8 @@
 //!   limit in force *before* it allocates anything;
 //! - [`handshake`]: the `Hello` / `Welcome` / `Reject` state machines of both ends, including
 //!   protocol version and per-namespace version negotiation;
-//! - [`Status`] and [`names`]: status codes and `namespace.Name` validation shared by both ends.
+//! - [`Status`] and [`names`]: status codes and `namespace.Name` validation shared by both ends;
+//! - `io` (feature `io`, off by default): the one tokio adapter both ends share, a frame writer.
 //!
 //! The server and client crates drive these types over a Unix socket (optionally TLS); anyone can
 //! drive them over an in-memory buffer, which is how the unit tests run.
@@ -34,10 +35,12 @@
 
 pub mod codec;
 pub mod handshake;
+#[cfg(feature = "io")]
+pub mod io;
 pub mod names;
 mod status;
 
-pub use status::{code_name, Status};
+pub use status::{Status, code_name};
 
 /// Generated protobuf types of the envelope, protocol version 1.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -19,7 +19,9 @@ pub enum NameError {
     #[error("name {0:?} has no namespace (expected \"namespace.Name\")")]
     NoNamespace(String),
     /// The namespace part is empty, too long or has characters outside `[a-z0-9_]`.
-    #[error("invalid namespace in {0:?} (expected 1-{MAX_NAMESPACE_LEN} of [a-z0-9_], starting with a letter)")]
+    #[error(
+        "invalid namespace in {0:?} (expected 1-{MAX_NAMESPACE_LEN} of [a-z0-9_], starting with a letter)"
+    )]
     BadNamespace(String),
     /// The part after the namespace is empty or has characters outside `[A-Za-z0-9_.]`.
     #[error("invalid name in {0:?} (expected [A-Za-z0-9_.] after the namespace)")]
@@ -65,9 +67,18 @@ mod tests {
     fn names() {
         assert_eq!(namespace_of("display.GetState"), Ok("display"));
         assert_eq!(namespace_of("a1_b.X.Y"), Ok("a1_b"));
-        assert!(matches!(namespace_of("GetState"), Err(NameError::NoNamespace(_))));
-        assert!(matches!(namespace_of("Display.X"), Err(NameError::BadNamespace(_))));
-        assert!(matches!(namespace_of(".X"), Err(NameError::BadNamespace(_))));
+        assert!(matches!(
+            namespace_of("GetState"),
+            Err(NameError::NoNamespace(_))
+        ));
+        assert!(matches!(
+            namespace_of("Display.X"),
+            Err(NameError::BadNamespace(_))
+        ));
+        assert!(matches!(
+            namespace_of(".X"),
+            Err(NameError::BadNamespace(_))
+        ));
         assert!(matches!(namespace_of("d."), Err(NameError::BadName(_))));
         assert!(matches!(namespace_of("d.a b"), Err(NameError::BadName(_))));
         let long = format!("d.{}", "x".repeat(200));

@@ -1,1 +1,359 @@
-//! wip
+//! # peerwire-server: the SDK side of a peerwire connection
+//!
+//! A [`ServerBuilder`] collects the socket path, [`Limits`] and handlers; [`Server::run`] accepts
+//! connections on a Unix socket, reads each peer's credentials (`SO_PEERCRED`) before a byte
+//! of it is parsed, runs the handshake, routes requests to handlers by `namespace.Name`, pushes
+//! events to subscribed connections, and shuts down gracefully.
+//!
+//! Guarantees, whatever a peer sends:
+//! - a bad frame, a wrong first frame or an unknown version closes *that* connection with a
+//!   `Reject` or `Goodbye` naming the reason, and a log line with the peer's credentials;
+//! - every wait is bounded (handshake timeout, request deadlines, idle timeout, shutdown grace);
+//! - every queue is bounded; a connection that stops reading is closed, never waited for;
+//! - a panicking handler answers `INTERNAL` to its request only.
+//!
+//! ```no_run
+//! use peerwire_server::{Server, Status};
+//! use peerwire_proto::v1::Ping; // any prost message works as request or response
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut builder = Server::builder("/run/peerwire/sdk.sock");
+//! builder.method("echo.Ping", |_ctx, req: Ping| async move { Ok::<_, Status>(req) });
+//! let server = builder.bind()?;
+//! let handle = server.handle();
+//! tokio::spawn(async move { tokio::signal::ctrl_c().await.ok(); handle.shutdown() });
+//! server.run().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The runnable end-to-end example is `peerwire demo` (crate `peerwire-cli`) and the display
+//! server in `examples/`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod conn;
+mod registry;
+mod router;
+mod socket;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use peerwire_proto::handshake::ServerOffer;
+use peerwire_proto::names;
+use prost::Message;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Limits;
+pub use peerwire_proto::Status;
+pub use peerwire_proto::v1::Code;
+pub use peerwire_security::cred::PeerCredentials;
+pub use registry::{PushError, Stats};
+pub use router::{ConnectionContext, ConnectionId, RequestContext};
+
+use registry::{Shared, bump};
+use router::Router;
+
+/// Why the server could not be built or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The builder was given something invalid (a bad method name, a reserved namespace...).
+    #[error("invalid server configuration: {0}")]
+    Config(String),
+    /// The socket could not be set up at this path.
+    #[error("cannot listen on {path}: {reason}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// What went wrong and how to fix it.
+        reason: String,
+    },
+    /// I/O failure while serving.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Collects what a [`Server`] needs. Setters take `&mut self`; [`bind`](Self::bind) validates.
+#[derive(Debug)]
+pub struct ServerBuilder {
+    path: PathBuf,
+    name: String,
+    limits: Limits,
+    namespaces: BTreeMap<String, Vec<u32>>,
+    router: Router,
+    errors: Vec<String>,
+}
+
+impl ServerBuilder {
+    /// Sets the name announced in `Welcome`. Default `"peerwire"`.
+    pub fn name(&mut self, name: impl Into<String>) -> &mut Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the limits. Default [`Limits::default()`].
+    pub fn limits(&mut self, limits: Limits) -> &mut Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Declares the versions of a namespace the server speaks. A namespace used by a handler
+    /// and never declared is spoken at version 1.
+    pub fn namespace(&mut self, namespace: &str, versions: &[u32]) -> &mut Self {
+        if !names::validate_namespace(namespace) || namespace == peerwire_proto::RESERVED_NAMESPACE
+        {
+            self.errors.push(format!("invalid namespace {namespace:?}"));
+        } else if versions.is_empty() || versions.contains(&0) {
+            self.errors
+                .push(format!("namespace {namespace:?} needs versions >= 1"));
+        } else {
+            self.namespaces
+                .insert(namespace.to_owned(), versions.to_vec());
+        }
+        self
+    }
+
+    fn check_name(&mut self, name: &str) -> bool {
+        match names::namespace_of(name) {
+            Ok(peerwire_proto::RESERVED_NAMESPACE) => {
+                self.errors
+                    .push(format!("{name}: the namespace \"peerwire\" is reserved"));
+                false
+            }
+            Ok(ns) => {
+                self.namespaces
+                    .entry(ns.to_owned())
+                    .or_insert_with(|| vec![1]);
+                true
+            }
+            Err(e) => {
+                self.errors.push(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Registers a handler for the method `name` (`namespace.Name`). The request payload is
+    /// decoded as `Req`; a payload that does not decode is answered `INVALID_ARGUMENT`. The
+    /// handler is cancelled (dropped) when the request's deadline passes or the client cancels.
+    pub fn method<Req, Resp, F, Fut>(&mut self, name: &str, handler: F) -> &mut Self
+    where
+        Req: Message + Default + 'static,
+        Resp: Message + 'static,
+        F: Fn(RequestContext, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        if self.check_name(name) {
+            let f = router::method_fn(name, handler);
+            if self.router.methods.insert(name.to_owned(), f).is_some() {
+                self.errors.push(format!("method {name} registered twice"));
+            }
+        }
+        self
+    }
+
+    /// Registers a handler for one-way events (client notifications) on `topic`. Events of one
+    /// connection are handled one at a time, in the order they were sent.
+    pub fn on_event<M, F, Fut>(&mut self, topic: &str, handler: F) -> &mut Self
+    where
+        M: Message + Default + 'static,
+        F: Fn(ConnectionContext, M) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if self.check_name(topic) {
+            let f = router::event_fn(handler);
+            if self.router.events.insert(topic.to_owned(), f).is_some() {
+                self.errors
+                    .push(format!("event handler {topic} registered twice"));
+            }
+        }
+        self
+    }
+
+    /// Validates the configuration and binds the socket (the directory is created 0700 if
+    /// missing; a stale socket nobody answers on is replaced; the socket is made 0600).
+    /// Must be called inside a tokio runtime.
+    pub fn bind(&self) -> Result<Server, ServerError> {
+        if !self.errors.is_empty() {
+            return Err(ServerError::Config(self.errors.join("; ")));
+        }
+        let l = &self.limits;
+        if l.max_frame_size < peerwire_proto::handshake::MIN_FRAME_SIZE
+            || l.outbound_queue == 0
+            || l.max_in_flight == 0
+            || l.max_connections == 0
+            || l.keepalive_interval.is_zero()
+            || l.idle_timeout <= l.keepalive_interval
+        {
+            return Err(ServerError::Config(format!(
+                "limits out of range (frame size >= {} bytes, queues and counts >= 1, \
+                 idle timeout > keepalive interval > 0): {l:?}",
+                peerwire_proto::handshake::MIN_FRAME_SIZE
+            )));
+        }
+        let listener = socket::bind(&self.path)?;
+        let shared = Arc::new(Shared {
+            name: self.name.clone(),
+            limits: self.limits,
+            offer: ServerOffer {
+                server_name: self.name.clone(),
+                namespaces: self.namespaces.clone(),
+                limits: self.limits.to_wire(),
+            },
+            router: self.router.clone(),
+            conns: Default::default(),
+            next_id: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            counters: Default::default(),
+        });
+        Ok(Server {
+            listener,
+            guard: socket::SocketGuard::new(self.path.clone()),
+            shared,
+        })
+    }
+}
+
+/// A bound server. Run it with [`run`](Self::run); control it with a [`ServerHandle`].
+pub struct Server {
+    listener: UnixListener,
+    guard: socket::SocketGuard,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("path", &self.guard.path())
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Starts building a server that will listen on `socket_path`.
+    pub fn builder(socket_path: impl Into<PathBuf>) -> ServerBuilder {
+        ServerBuilder {
+            path: socket_path.into(),
+            name: "peerwire".into(),
+            limits: Limits::default(),
+            namespaces: BTreeMap::new(),
+            router: Router::default(),
+            errors: vec![],
+        }
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        self.guard.path()
+    }
+
+    /// A handle to push events, read statistics and shut the server down.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until [`ServerHandle::shutdown`] is called, then: stops accepting, removes the
+    /// socket file, sends `Goodbye` on every connection, lets requests in flight finish within
+    /// the shutdown grace period, and returns once every connection is closed.
+    pub async fn run(self) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            guard,
+            shared,
+        } = self;
+        let tracker = TaskTracker::new();
+        tracing::info!(path = %guard.path().display(), "listening");
+        loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        bump(&shared.counters.accepted);
+                        tracker.spawn(conn::serve(shared.clone(), stream));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: keep serving the connections we have, retry soon.
+                        tracing::error!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        drop(guard);
+        tracing::info!("shutting down: {} connections open", shared.conns().len());
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!("shut down");
+        Ok(())
+    }
+}
+
+/// Controls a running server; cheap to clone.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// Queues `event` on every connection subscribed to `topic` and returns how many it was
+    /// queued on. Never blocks: a connection whose queue is full is closed as a slow consumer.
+    pub fn broadcast<M: Message>(&self, topic: &str, event: &M) -> Result<usize, PushError> {
+        self.shared.broadcast(topic, &event.encode_to_vec())
+    }
+
+    /// Queues `event` on one connection, which must be subscribed to `topic`.
+    pub fn send_event<M: Message>(
+        &self,
+        conn: ConnectionId,
+        topic: &str,
+        event: &M,
+    ) -> Result<(), PushError> {
+        self.shared.send_event(conn, topic, &event.encode_to_vec())
+    }
+
+    /// The ids of the open connections with their peers' credentials.
+    pub fn connections(&self) -> Vec<(ConnectionId, PeerCredentials)> {
+        let mut v: Vec<_> = self
+            .shared
+            .conns()
+            .values()
+            .map(|e| (e.info.id, e.info.peer))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Starts a graceful shutdown; [`Server::run`] returns when it is complete.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// True once shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
+    }
+}

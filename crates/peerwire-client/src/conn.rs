@@ -1,0 +1,216 @@
+//! One connection: connect, handshake, reader task, pending calls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use peerwire_proto::codec::FrameCodec;
+use peerwire_proto::handshake::{ClientHandshake, Session};
+use peerwire_proto::v1::{Cancel, Frame, Hello, Pong, Response, frame::Kind};
+use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
+use peerwire_security::cred::PeerCredentials;
+use prost::Message;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+use crate::{CallError, Config, ConnectError, Inner, lock};
+
+type Reply = oneshot::Sender<Result<Response, CallError>>;
+
+pub(crate) struct Conn {
+    pub(crate) session: Session,
+    pub(crate) server: PeerCredentials,
+    tx: mpsc::Sender<Frame>,
+    pending: Mutex<HashMap<u64, Reply>>,
+    goodbye: Mutex<Option<Status>>,
+    closed: CancellationToken,
+    event_seq: AtomicU64,
+}
+
+/// Removes a pending call when the call ends; if no answer came (deadline passed or the
+/// caller dropped the future), tells the server to cancel it.
+pub(crate) struct PendingGuard<'a> {
+    conn: &'a Conn,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if lock(&self.conn.pending).remove(&self.id).is_some() && !self.conn.is_closed() {
+            let _ = self
+                .conn
+                .tx
+                .try_send(Frame::new(Kind::Cancel(Cancel { id: self.id })));
+        }
+    }
+}
+
+impl Conn {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.cancel();
+    }
+
+    pub(crate) fn goodbye(&self) -> Option<Status> {
+        lock(&self.goodbye).clone()
+    }
+
+    pub(crate) fn next_event_seq(&self) -> u64 {
+        self.event_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn register(&self, id: u64, reply: Reply) -> PendingGuard<'_> {
+        lock(&self.pending).insert(id, reply);
+        PendingGuard { conn: self, id }
+    }
+
+    pub(crate) fn check_size(&self, frame: &Frame) -> Result<(), CallError> {
+        let max = self.session.max_frame_size();
+        let len = frame.encoded_len();
+        if len > max as usize {
+            return Err(CallError::TooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    /// Queues a frame; waits while the outbound queue is full, but not past the connection's end.
+    pub(crate) async fn send(&self, frame: Frame) -> Result<(), CallError> {
+        tokio::select! {
+            sent = self.tx.send(frame) => sent.map_err(|_| CallError::Disconnected("connection closed".into())),
+            _ = self.closed.cancelled() => Err(CallError::Disconnected("connection closed".into())),
+        }
+    }
+
+    /// Fails every pending call at once.
+    fn fail_pending(&self, why: &str) {
+        let pending: Vec<_> = lock(&self.pending).drain().collect();
+        for (_, reply) in pending {
+            let _ = reply.send(Err(CallError::Disconnected(why.to_owned())));
+        }
+    }
+}
+
+pub(crate) async fn connect(
+    config: &Config,
+    inner: Weak<Inner>,
+) -> Result<Arc<Conn>, ConnectError> {
+    match tokio::time::timeout(config.connect_timeout, connect_inner(config, inner)).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Timeout(config.connect_timeout)),
+    }
+}
+
+async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>, ConnectError> {
+    let io_err = |source| ConnectError::Io {
+        path: config.path.clone(),
+        source,
+    };
+    let stream = UnixStream::connect(&config.path).await.map_err(io_err)?;
+    let server = PeerCredentials::of(&stream).map_err(io_err)?;
+    let (rd, mut wr) = stream.into_split();
+    let mut handshake = ClientHandshake::new(Hello {
+        protocol_versions: vec![],
+        client_name: config.name.clone(),
+        namespaces: config.namespaces.clone(),
+        max_frame_size: config.max_frame_size,
+        session_token: vec![],
+    });
+    let mut buf = BytesMut::new();
+    FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE).encode(&handshake.hello_frame(), &mut buf)?;
+    wr.write_all(&buf).await.map_err(io_err)?;
+    let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
+    let answer = reader.next().await.ok_or(ConnectError::Closed)??;
+    let session = handshake.receive(answer)?;
+    for ns in session.namespaces.iter().filter(|a| a.code != 0) {
+        tracing::warn!(namespace = %ns.namespace, "{}", ns.reason);
+    }
+    let max = session.max_frame_size();
+    reader.decoder_mut().set_max_frame_size(max);
+    let (tx, rx) = mpsc::channel(config.outbound_queue);
+    let conn = Arc::new(Conn {
+        session,
+        server,
+        tx,
+        pending: Mutex::new(HashMap::new()),
+        goodbye: Mutex::new(None),
+        closed: CancellationToken::new(),
+        event_seq: AtomicU64::new(0),
+    });
+    let writer_conn = conn.clone();
+    tokio::spawn(async move {
+        let writer = peerwire_proto::io::write_frames(wr, FrameCodec::new(max), rx);
+        tokio::select! {
+            result = writer => if let Err(e) = result { tracing::debug!("writer ended: {e}") },
+            _ = writer_conn.closed.cancelled() => {}
+        }
+        writer_conn.close();
+    });
+    tokio::spawn(read_loop(reader, conn.clone(), inner));
+    Ok(conn)
+}
+
+async fn read_loop(
+    mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    conn: Arc<Conn>,
+    inner: Weak<Inner>,
+) {
+    // The server pings a quiet connection every keepalive interval; nothing at all for its
+    // idle timeout means it is gone.
+    let idle = Duration::from_millis(u64::from(conn.session.limits.idle_timeout_ms.max(1000)));
+    let why = loop {
+        let frame = tokio::select! {
+            _ = conn.closed.cancelled() => break "connection closed".to_owned(),
+            next = tokio::time::timeout(idle, reader.next()) => match next {
+                Err(_) => break format!("nothing received from the server for {idle:?}"),
+                Ok(None) => break match conn.goodbye() {
+                    Some(status) => format!("the server closed the session: {status}"),
+                    None => "the server closed the connection".to_owned(),
+                },
+                Ok(Some(Err(e))) => break format!("bad frame from the server: {e}"),
+                Ok(Some(Ok(frame))) => frame,
+            },
+        };
+        match frame.kind {
+            Some(Kind::Response(r)) => {
+                if let Some(reply) = lock(&conn.pending).remove(&r.id) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Some(Kind::Event(ev)) => {
+                if let Some(inner) = inner.upgrade() {
+                    inner.deliver(ev);
+                }
+            }
+            Some(Kind::Ping(p)) => {
+                let _ = conn
+                    .tx
+                    .try_send(Frame::new(Kind::Pong(Pong { nonce: p.nonce })));
+            }
+            Some(Kind::Pong(_)) => {}
+            Some(Kind::Goodbye(g)) => {
+                let status = Status::from_wire(g.code, &g.reason)
+                    .err()
+                    .unwrap_or_else(|| Status::new(peerwire_proto::v1::Code::Ok, g.reason));
+                tracing::info!("server says goodbye: {status}");
+                *lock(&conn.goodbye) = Some(status);
+            }
+            _ => break format!("unexpected {} frame from the server", frame.kind_name()),
+        }
+    };
+    tracing::info!("connection lost: {why}");
+    conn.close();
+    conn.fail_pending(&why);
+    if let Some(inner) = inner.upgrade() {
+        inner.connection_lost();
+    }
+}

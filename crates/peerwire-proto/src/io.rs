@@ -1,0 +1,39 @@
+//! Tokio adapters shared by the server and the client (feature `io`).
+//!
+//! The only I/O in this crate, kept out of the core API: a writer loop that drains a bounded
+//! queue of frames into a stream, batching whatever is queued into one write.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::codec::Encoder;
+
+use crate::codec::{CodecError, FrameCodec};
+use crate::v1::Frame;
+
+/// Bytes gathered from the queue before they are written out.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Writes every frame received on `rx` to `io`, batching queued frames, until the queue is
+/// closed (all senders dropped), then shuts the write side down. Returns on the first error.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    mut io: W,
+    mut codec: FrameCodec,
+    mut rx: mpsc::Receiver<Frame>,
+) -> Result<(), CodecError> {
+    let mut buf = BytesMut::with_capacity(WRITE_BATCH);
+    while let Some(frame) = rx.recv().await {
+        codec.encode(&frame, &mut buf)?;
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(frame) => codec.encode(&frame, &mut buf)?,
+                Err(_) => break,
+            }
+        }
+        io.write_all_buf(&mut buf).await?;
+        buf.clear();
+    }
+    io.flush().await?;
+    io.shutdown().await?;
+    Ok(())
+}

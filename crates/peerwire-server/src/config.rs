@@ -1,0 +1,78 @@
+//! Server limits, every one with a documented default (invariant: every limit lives in config).
+
+use std::time::Duration;
+
+/// Limits the server enforces. Hitting one gives the peer a status naming the limit and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest frame after the handshake (a client may ask for less). Default 16 MiB. Before the
+    /// handshake the limit is always [`HANDSHAKE_MAX_FRAME_SIZE`](peerwire_proto::HANDSHAKE_MAX_FRAME_SIZE) (64 KiB).
+    pub max_frame_size: u32,
+    /// Time a new connection has to complete its handshake. Default 5 s.
+    pub handshake_timeout: Duration,
+    /// Most requests in flight per connection. Default 256.
+    pub max_in_flight: u32,
+    /// Deadline of a request that carries none. Default 30 s.
+    pub default_deadline: Duration,
+    /// Longest deadline honoured; longer ones are cut to this. Default 5 min.
+    pub max_deadline: Duration,
+    /// The server pings a connection after this long without traffic from it. Default 15 s.
+    pub keepalive_interval: Duration,
+    /// The server closes a connection after this long without any frame from it. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Frames queued for one connection before it counts as a slow consumer and is closed.
+    /// Default 1024.
+    pub outbound_queue: usize,
+    /// Most open connections; further ones get `Reject(RESOURCE_EXHAUSTED)`. Default 1024.
+    pub max_connections: usize,
+    /// Most topics one connection may subscribe to. Default 256.
+    pub max_subscriptions: usize,
+    /// Time in-flight requests get to finish after shutdown starts. Default 5 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_size: 16 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(5),
+            max_in_flight: 256,
+            default_deadline: Duration::from_secs(30),
+            max_deadline: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            outbound_queue: 1024,
+            max_connections: 1024,
+            max_subscriptions: 256,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl Limits {
+    /// The limits as announced in `Welcome`.
+    pub(crate) fn to_wire(self) -> peerwire_proto::v1::Limits {
+        peerwire_proto::v1::Limits {
+            max_frame_size: self.max_frame_size,
+            max_in_flight: self.max_in_flight,
+            default_deadline_ms: millis(self.default_deadline),
+            max_deadline_ms: millis(self.max_deadline),
+            keepalive_interval_ms: millis(self.keepalive_interval),
+            idle_timeout_ms: millis(self.idle_timeout),
+        }
+    }
+
+    /// The deadline for a request that asked for `deadline_ms` (0: the default).
+    pub(crate) fn deadline_for(&self, deadline_ms: u32) -> Duration {
+        if deadline_ms == 0 {
+            self.default_deadline
+        } else {
+            Duration::from_millis(u64::from(deadline_ms)).min(self.max_deadline)
+        }
+    }
+}

@@ -1,0 +1,682 @@
+//! One connection, from accept to close.
+//!
+//! ```text
+//! accept -> SO_PEERCRED -> Hello (64 KiB limit, handshake timeout) -> Welcome | Reject+close
+//!        -> serve: reader loop (this task) + writer task (bounded queue) + event-handler task
+//!        -> close: Goodbye, requests in flight finish within the grace period, socket closed
+//! ```
+//!
+//! Every log line of a connection carries its id and its peer's credentials (tracing span).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use peerwire_proto::codec::{CodecError, FrameCodec};
+use peerwire_proto::handshake::{ServerHandshake, ServerOutcome, Session};
+use peerwire_proto::v1::{
+    Code, Frame, Goodbye, Ping, Pong, Request, Response, SubscribeRequest, SubscribeResponse,
+    frame::Kind,
+};
+use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, METHOD_SUBSCRIBE, METHOD_UNSUBSCRIBE, Status};
+use peerwire_security::cred::PeerCredentials;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::ServerHandle;
+use crate::registry::{ConnEntry, Shared, bump};
+use crate::router::{ConnInfo, ConnectionContext, EventFn, RequestContext};
+
+/// Client events queued for a connection's event handlers before new ones are dropped.
+const EVENT_QUEUE: usize = 256;
+/// How long, and how much, unread input is drained after a `Reject` so the peer can read it.
+const REJECT_DRAIN: (Duration, u64) = (Duration::from_millis(100), 64 * 1024);
+
+type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
+
+pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
+    let peer = match PeerCredentials::of(&stream) {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::warn!("cannot read peer credentials, closing the connection: {e}");
+            return;
+        }
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", id, %peer);
+    async move {
+        tracing::debug!("accepted");
+        let (rd, mut wr) = stream.into_split();
+        let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
+        let Some((session, client_name)) = handshake(&shared, id, &mut reader, &mut wr).await
+        else {
+            bump(&shared.counters.handshake_failures);
+            drain(reader.into_inner()).await;
+            return;
+        };
+        bump(&shared.counters.sessions);
+        tracing::info!(client = %client_name, "session established");
+        let info = Arc::new(ConnInfo {
+            id,
+            peer,
+            client_name,
+            session,
+        });
+        Connection::new(shared, info, reader, wr).run().await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads and discards what the peer already sent, briefly and boundedly, so that closing the
+/// socket does not reset it before the peer has read our `Reject`.
+async fn drain<R: AsyncRead + Unpin>(rd: R) {
+    let (time, bytes) = REJECT_DRAIN;
+    let _ = tokio::time::timeout(
+        time,
+        tokio::io::copy(&mut rd.take(bytes), &mut tokio::io::sink()),
+    )
+    .await;
+}
+
+async fn send_direct(wr: &mut OwnedWriteHalf, frame: Frame, timeout: Duration) {
+    let mut buf = BytesMut::new();
+    if FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
+        .encode(&frame, &mut buf)
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(timeout, wr.write_all(&buf)).await;
+    }
+    let _ = tokio::time::timeout(timeout, wr.shutdown()).await;
+}
+
+fn reject_frame(status: &Status) -> Frame {
+    Frame::new(Kind::Reject(peerwire_proto::v1::Reject {
+        code: status.code as i32,
+        reason: status.message.clone(),
+        supported_versions: peerwire_proto::SUPPORTED_PROTOCOL_VERSIONS.to_vec(),
+        namespaces: vec![],
+    }))
+}
+
+fn codec_status(e: &CodecError) -> Status {
+    let code = match e {
+        CodecError::FrameTooLarge { .. } => Code::FrameTooLarge,
+        _ => Code::ProtocolError,
+    };
+    Status::new(code, e.to_string())
+}
+
+async fn handshake(
+    shared: &Shared,
+    id: u64,
+    reader: &mut Reader,
+    wr: &mut OwnedWriteHalf,
+) -> Option<(Session, String)> {
+    let limits = &shared.limits;
+    let refuse = |status: Status| {
+        tracing::warn!("handshake refused: {status}");
+        reject_frame(&status)
+    };
+    let open = shared.conns().len();
+    if open >= limits.max_connections {
+        let status = Status::new(
+            Code::ResourceExhausted,
+            format!(
+                "the server has {open} connections open, its max_connections limit is {}",
+                limits.max_connections
+            ),
+        );
+        send_direct(wr, refuse(status), limits.handshake_timeout).await;
+        return None;
+    }
+    let first = tokio::select! {
+        first = tokio::time::timeout(limits.handshake_timeout, reader.next()) => first,
+        _ = shared.shutdown.cancelled() => {
+            let status = Status::new(Code::ShuttingDown, "the server is shutting down");
+            send_direct(wr, refuse(status), limits.handshake_timeout).await;
+            return None;
+        }
+    };
+    let frame = match first {
+        Ok(Some(Ok(frame))) => frame,
+        Ok(None) => {
+            tracing::info!("closed before Hello");
+            return None;
+        }
+        Ok(Some(Err(e))) => {
+            send_direct(wr, refuse(codec_status(&e)), limits.handshake_timeout).await;
+            return None;
+        }
+        Err(_) => {
+            let status = Status::new(
+                Code::HandshakeTimeout,
+                format!(
+                    "no Hello within the handshake timeout of {:?}",
+                    limits.handshake_timeout
+                ),
+            );
+            send_direct(wr, refuse(status), limits.handshake_timeout).await;
+            return None;
+        }
+    };
+    match ServerHandshake::new(shared.offer.clone(), id).receive(frame) {
+        ServerOutcome::Accept {
+            welcome,
+            session,
+            hello,
+        } => {
+            let mut buf = BytesMut::new();
+            let written = FrameCodec::new(session.max_frame_size())
+                .encode(&welcome, &mut buf)
+                .is_ok()
+                && matches!(
+                    tokio::time::timeout(limits.handshake_timeout, wr.write_all(&buf)).await,
+                    Ok(Ok(()))
+                );
+            if !written {
+                tracing::info!("could not send Welcome");
+                return None;
+            }
+            Some((session, hello.client_name))
+        }
+        ServerOutcome::Reject { reject, status } => {
+            tracing::warn!("handshake refused: {status}");
+            send_direct(wr, reject, limits.handshake_timeout).await;
+            None
+        }
+    }
+}
+
+struct InFlight {
+    abort: AbortHandle,
+    method: Arc<str>,
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    ctx: ConnectionContext,
+    reader: Reader,
+    wr: Option<OwnedWriteHalf>,
+    tx: mpsc::Sender<Frame>,
+    rx: Option<mpsc::Receiver<Frame>>,
+    events: mpsc::Sender<(EventFn, Bytes)>,
+    events_rx: Option<mpsc::Receiver<(EventFn, Bytes)>>,
+    kick: CancellationToken,
+    in_flight: HashMap<u64, InFlight>,
+    task_ids: HashMap<tokio::task::Id, u64>,
+    tasks: JoinSet<Response>,
+    draining: Option<tokio::time::Instant>,
+    reading: bool,
+    ping_nonce: u64,
+}
+
+/// What to do after handling a frame.
+enum Next {
+    Continue,
+    Close(Option<Status>),
+}
+
+impl Connection {
+    fn new(
+        shared: Arc<Shared>,
+        info: Arc<ConnInfo>,
+        mut reader: Reader,
+        wr: OwnedWriteHalf,
+    ) -> Self {
+        reader
+            .decoder_mut()
+            .set_max_frame_size(info.session.max_frame_size());
+        let (tx, rx) = mpsc::channel(shared.limits.outbound_queue);
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let ctx = ConnectionContext {
+            inner: info.clone(),
+            server: ServerHandle {
+                shared: shared.clone(),
+            },
+        };
+        Self {
+            shared,
+            info,
+            ctx,
+            reader,
+            wr: Some(wr),
+            tx,
+            rx: Some(rx),
+            events,
+            events_rx: Some(events_rx),
+            kick: CancellationToken::new(),
+            in_flight: HashMap::new(),
+            task_ids: HashMap::new(),
+            tasks: JoinSet::new(),
+            draining: None,
+            reading: true,
+            ping_nonce: 0,
+        }
+    }
+
+    async fn run(mut self) {
+        let (Some(wr), Some(rx), Some(events_rx)) =
+            (self.wr.take(), self.rx.take(), self.events_rx.take())
+        else {
+            return;
+        };
+        let max = self.info.session.max_frame_size();
+        let writer = tokio::spawn(peerwire_proto::io::write_frames(
+            wr,
+            FrameCodec::new(max),
+            rx,
+        ));
+        let event_task = tokio::spawn(run_event_handlers(self.ctx.clone(), events_rx));
+        self.shared.conns().insert(
+            self.info.id,
+            ConnEntry {
+                info: self.info.clone(),
+                tx: self.tx.clone(),
+                topics: HashSet::new(),
+                seq: HashMap::new(),
+                kick: self.kick.clone(),
+            },
+        );
+
+        let reason = self.serve().await;
+        if let Some(status) = &reason {
+            if status.code == Code::ShuttingDown {
+                tracing::debug!("closing: {status}");
+            } else {
+                tracing::warn!("closing: {status}");
+            }
+        }
+
+        // Close: stop handlers and event handlers, unregister, let the writer flush what is
+        // queued (bounded by the grace period: a peer that does not read is not waited for).
+        self.tasks.abort_all();
+        event_task.abort();
+        self.shared.conns().remove(&self.info.id);
+        let Connection { tx, shared, .. } = self;
+        drop(tx);
+        let mut writer = writer;
+        match tokio::time::timeout(shared.limits.shutdown_grace, &mut writer).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::debug!("writer ended: {e}"),
+            Ok(Err(e)) => tracing::error!("writer task failed: {e}"),
+            Err(_) => {
+                tracing::warn!("peer is not reading; dropping its unsent frames");
+                writer.abort();
+            }
+        }
+        tracing::info!("closed");
+    }
+
+    /// The serving loop. Returns the reason the connection closes, if it is worth a log line.
+    async fn serve(&mut self) -> Option<Status> {
+        let limits = self.shared.limits;
+        let mut last_rx = Instant::now();
+        let mut ticker =
+            tokio::time::interval(limits.keepalive_interval.min(limits.idle_timeout / 4));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.draining.is_some() && self.tasks.is_empty() {
+                return None;
+            }
+            let drain_at = self.draining;
+            tokio::select! {
+                biased;
+                _ = self.kick.cancelled() => {
+                    return Some(Status::new(Code::SlowConsumer, format!(
+                        "outbound queue of {} frames is full", limits.outbound_queue)));
+                }
+                _ = self.shared.shutdown.cancelled(), if self.draining.is_none() => {
+                    let status = Status::new(Code::ShuttingDown, "the server is shutting down");
+                    self.goodbye(&status);
+                    self.draining = Some(tokio::time::Instant::now() + limits.shutdown_grace);
+                }
+                _ = sleep_until(drain_at), if drain_at.is_some() => {
+                    self.abandon_in_flight();
+                    return Some(Status::new(Code::ShuttingDown, format!(
+                        "requests still in flight after the shutdown grace period of {:?} were abandoned",
+                        limits.shutdown_grace)));
+                }
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    if let Next::Close(reason) = self.on_done(done) {
+                        return reason;
+                    }
+                }
+                frame = self.reader.next(), if self.reading => match frame {
+                    Some(Ok(frame)) => {
+                        last_rx = Instant::now();
+                        if let Next::Close(reason) = self.on_frame(frame) {
+                            return reason;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        if let CodecError::Io(e) = &e {
+                            tracing::info!("read failed: {e}");
+                            return None;
+                        }
+                        bump(&self.shared.counters.protocol_errors);
+                        let status = codec_status(&e);
+                        self.goodbye(&status);
+                        return Some(status);
+                    }
+                    None => {
+                        // The client closed its side: answer what is in flight, then close.
+                        self.reading = false;
+                        self.draining.get_or_insert(tokio::time::Instant::now() + limits.shutdown_grace);
+                    }
+                },
+                _ = ticker.tick() => {
+                    let quiet = last_rx.elapsed();
+                    if quiet >= limits.idle_timeout {
+                        let status = Status::new(Code::IdleTimeout, format!(
+                            "no frame for {quiet:?}; the idle timeout is {:?}", limits.idle_timeout));
+                        self.goodbye(&status);
+                        return Some(status);
+                    }
+                    if quiet >= limits.keepalive_interval {
+                        self.ping_nonce += 1;
+                        let ping = Frame::new(Kind::Ping(Ping { nonce: self.ping_nonce }));
+                        if let Next::Close(reason) = self.send(ping) {
+                            return reason;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a frame without waiting. A full queue means the peer stopped reading.
+    fn send(&self, frame: Frame) -> Next {
+        match self.tx.try_send(frame) {
+            Ok(()) => Next::Continue,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                bump(&self.shared.counters.slow_consumers);
+                Next::Close(Some(Status::new(
+                    Code::SlowConsumer,
+                    format!(
+                        "outbound queue of {} frames is full",
+                        self.shared.limits.outbound_queue
+                    ),
+                )))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Next::Close(None),
+        }
+    }
+
+    fn goodbye(&self, status: &Status) {
+        let _ = self.tx.try_send(Frame::new(Kind::Goodbye(Goodbye {
+            code: status.code as i32,
+            reason: status.message.clone(),
+        })));
+    }
+
+    fn respond(&self, response: Response) -> Next {
+        let mut frame = Frame::new(Kind::Response(response));
+        let max = self.info.session.max_frame_size() as usize;
+        let len = frame.encoded_len();
+        if len > max {
+            if let Some(Kind::Response(r)) = &frame.kind {
+                let status = Status::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "response of {len} bytes exceeds the max_frame_size limit of {max} bytes"
+                    ),
+                );
+                tracing::warn!("{status}");
+                frame = Frame::new(Kind::Response(status.to_response(r.id)));
+            }
+        }
+        self.send(frame)
+    }
+
+    fn protocol_error(&self, message: String) -> Next {
+        bump(&self.shared.counters.protocol_errors);
+        let status = Status::new(Code::ProtocolError, message);
+        self.goodbye(&status);
+        Next::Close(Some(status))
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Next {
+        match frame.kind {
+            Some(Kind::Request(req)) => self.on_request(req),
+            Some(Kind::Cancel(c)) => {
+                if let Some(f) = self.in_flight.remove(&c.id) {
+                    f.abort.abort();
+                    self.task_ids.remove(&f.abort.id());
+                    tracing::debug!(request = c.id, method = %f.method, "cancelled by the client");
+                    return self.respond(
+                        Status::new(Code::Cancelled, "cancelled by the client").to_response(c.id),
+                    );
+                }
+                Next::Continue
+            }
+            Some(Kind::Event(ev)) => {
+                self.on_event(ev);
+                Next::Continue
+            }
+            Some(Kind::Ping(p)) => self.send(Frame::new(Kind::Pong(Pong { nonce: p.nonce }))),
+            Some(Kind::Pong(_)) => Next::Continue,
+            Some(Kind::Goodbye(g)) => {
+                tracing::debug!(code = g.code, reason = %g.reason, "client said goodbye");
+                self.reading = false;
+                self.draining
+                    .get_or_insert(tokio::time::Instant::now() + self.shared.limits.shutdown_grace);
+                Next::Continue
+            }
+            _ => self.protocol_error(format!(
+                "unexpected {} frame after the handshake",
+                frame.kind_name()
+            )),
+        }
+    }
+
+    fn on_event(&self, ev: peerwire_proto::v1::Event) {
+        if let Err(status) = self.info.session.check_name(&ev.topic) {
+            tracing::warn!(topic = %ev.topic, "dropped client event: {status}");
+            return;
+        }
+        let Some(handler) = self.shared.router.events.get(&ev.topic) else {
+            tracing::warn!(topic = %ev.topic, "dropped client event: no handler for this topic");
+            return;
+        };
+        if self
+            .events
+            .try_send((handler.clone(), Bytes::from(ev.payload)))
+            .is_err()
+        {
+            tracing::warn!(topic = %ev.topic, "dropped client event: {EVENT_QUEUE} events already queued");
+        }
+    }
+
+    fn on_request(&mut self, req: Request) -> Next {
+        bump(&self.shared.counters.requests);
+        let limits = &self.shared.limits;
+        if req.id == 0 {
+            return self.protocol_error("request id 0 is not allowed".into());
+        }
+        if self.in_flight.contains_key(&req.id) {
+            return self.protocol_error(format!("request id {} is already in flight", req.id));
+        }
+        if self.draining.is_some() {
+            return self.respond(
+                Status::new(Code::ShuttingDown, "the server is shutting down").to_response(req.id),
+            );
+        }
+        if self.in_flight.len() >= limits.max_in_flight as usize {
+            return self.respond(
+                Status::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "max_in_flight limit of {} requests reached",
+                        limits.max_in_flight
+                    ),
+                )
+                .to_response(req.id),
+            );
+        }
+        if let Err(status) = self.info.session.check_name(&req.method) {
+            return self.respond(status.to_response(req.id));
+        }
+        match req.method.as_str() {
+            METHOD_SUBSCRIBE | METHOD_UNSUBSCRIBE => {
+                let response = match self.subscribe(&req) {
+                    Ok(payload) => Response {
+                        id: req.id,
+                        code: Code::Ok as i32,
+                        message: String::new(),
+                        payload,
+                    },
+                    Err(status) => status.to_response(req.id),
+                };
+                return self.respond(response);
+            }
+            _ => {}
+        }
+        let Some(handler) = self.shared.router.methods.get(&req.method) else {
+            return self.respond(
+                Status::not_found(format!("unknown method {}", req.method)).to_response(req.id),
+            );
+        };
+        let deadline = limits.deadline_for(req.deadline_ms);
+        let method: Arc<str> = req.method.into();
+        let ctx = RequestContext {
+            conn: self.ctx.clone(),
+            method: method.clone(),
+            deadline: Instant::now() + deadline,
+        };
+        let fut = handler(ctx, Bytes::from(req.payload));
+        let id = req.id;
+        let name = method.clone();
+        let abort = self.tasks.spawn(async move {
+            match tokio::time::timeout(deadline, fut).await {
+                Ok(Ok(payload)) => Response {
+                    id,
+                    code: Code::Ok as i32,
+                    message: String::new(),
+                    payload: payload.into(),
+                },
+                Ok(Err(status)) => status.to_response(id),
+                Err(_) => Status::new(
+                    Code::DeadlineExceeded,
+                    format!("{name} did not finish within its deadline of {deadline:?}"),
+                )
+                .to_response(id),
+            }
+        });
+        self.task_ids.insert(abort.id(), id);
+        self.in_flight.insert(id, InFlight { abort, method });
+        Next::Continue
+    }
+
+    fn on_done(
+        &mut self,
+        done: Result<(tokio::task::Id, Response), tokio::task::JoinError>,
+    ) -> Next {
+        match done {
+            Ok((tid, response)) => {
+                self.task_ids.remove(&tid);
+                self.in_flight.remove(&response.id);
+                if response.code == Code::DeadlineExceeded as i32 {
+                    bump(&self.shared.counters.deadline_exceeded);
+                    tracing::info!(request = response.id, "{}", response.message);
+                }
+                self.respond(response)
+            }
+            Err(e) => {
+                let Some(id) = self.task_ids.remove(&e.id()) else {
+                    return Next::Continue; // cancelled by the client, already answered
+                };
+                let method = self.in_flight.remove(&id).map(|f| f.method);
+                let method = method.as_deref().unwrap_or("?");
+                if e.is_panic() {
+                    bump(&self.shared.counters.handler_panics);
+                    tracing::error!(request = id, method, "handler panicked");
+                    return self.respond(
+                        Status::internal(format!("the handler of {method} failed")).to_response(id),
+                    );
+                }
+                Next::Continue
+            }
+        }
+    }
+
+    fn abandon_in_flight(&mut self) {
+        for (id, f) in self.in_flight.drain() {
+            f.abort.abort();
+            let status = Status::new(
+                Code::ShuttingDown,
+                format!("{} abandoned: the shutdown grace period ended", f.method),
+            );
+            let _ = self
+                .tx
+                .try_send(Frame::new(Kind::Response(status.to_response(id))));
+        }
+        self.task_ids.clear();
+    }
+
+    fn subscribe(&self, req: &Request) -> Result<Vec<u8>, Status> {
+        let sub = SubscribeRequest::decode(req.payload.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("bad SubscribeRequest: {e}")))?;
+        for topic in &sub.topics {
+            self.info.session.check_name(topic)?;
+        }
+        let max = self.shared.limits.max_subscriptions;
+        let mut conns = self.shared.conns();
+        let entry = conns
+            .get_mut(&self.info.id)
+            .ok_or_else(|| Status::internal("connection is not registered"))?;
+        if req.method == METHOD_SUBSCRIBE {
+            let new = sub
+                .topics
+                .iter()
+                .filter(|t| !entry.topics.contains(*t))
+                .count();
+            if entry.topics.len() + new > max {
+                return Err(Status::new(
+                    Code::ResourceExhausted,
+                    format!("max_subscriptions limit of {max} topics reached"),
+                ));
+            }
+            entry.topics.extend(sub.topics);
+        } else {
+            for t in &sub.topics {
+                entry.topics.remove(t);
+            }
+        }
+        let mut topics: Vec<_> = entry.topics.iter().cloned().collect();
+        drop(conns);
+        topics.sort();
+        Ok(SubscribeResponse { topics }.encode_to_vec())
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs a connection's event handlers one at a time, in arrival order.
+async fn run_event_handlers(ctx: ConnectionContext, mut rx: mpsc::Receiver<(EventFn, Bytes)>) {
+    while let Some((handler, payload)) = rx.recv().await {
+        let fut = handler(ctx.clone(), payload);
+        // A panicking event handler must not take the others down with it.
+        if let Err(e) = tokio::spawn(fut).await {
+            if e.is_panic() {
+                tracing::error!("event handler panicked");
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The server's shared state: open connections, their subscriptions and outbound queues, and
+//! statistics. The lock is a `std::sync::Mutex` held only for map updates and non-blocking
+//! `try_send`s, never across an `.await` (invariant, enforced by clippy's `await_holding_lock`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use peerwire_proto::handshake::ServerOffer;
+use peerwire_proto::v1::{Event, Frame, frame::Kind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+use crate::router::{ConnInfo, ConnectionId, Router};
+
+pub(crate) struct ConnEntry {
+    pub(crate) info: Arc<ConnInfo>,
+    pub(crate) tx: mpsc::Sender<Frame>,
+    pub(crate) topics: HashSet<String>,
+    pub(crate) seq: HashMap<String, u64>,
+    /// Cancelled to make the connection task close the connection (slow consumer).
+    pub(crate) kick: CancellationToken,
+}
+
+/// Counters the server keeps; read them with [`ServerHandle::stats`](crate::ServerHandle::stats).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections accepted (before the handshake).
+    pub accepted: u64,
+    /// Handshakes that ended in `Welcome`.
+    pub sessions: u64,
+    /// Connections refused during the handshake (`Reject`, timeout, bad frames).
+    pub handshake_failures: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// Requests received.
+    pub requests: u64,
+    /// Requests that ended past their deadline.
+    pub deadline_exceeded: u64,
+    /// Handlers that panicked.
+    pub handler_panics: u64,
+    /// Connections closed for breaking the protocol.
+    pub protocol_errors: u64,
+    /// Events queued for delivery.
+    pub events_sent: u64,
+    /// Connections closed because their outbound queue was full.
+    pub slow_consumers: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) sessions: AtomicU64,
+    pub(crate) handshake_failures: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) deadline_exceeded: AtomicU64,
+    pub(crate) handler_panics: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) events_sent: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) limits: Limits,
+    pub(crate) offer: ServerOffer,
+    pub(crate) router: Router,
+    pub(crate) conns: Mutex<HashMap<ConnectionId, ConnEntry>>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) counters: Counters,
+}
+
+/// Why an event could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// The topic is not a valid `namespace.Name`.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    /// No open connection has this id.
+    #[error("no open connection {0}")]
+    NoSuchConnection(ConnectionId),
+    /// The connection is not subscribed to the topic.
+    #[error("connection {conn} is not subscribed to {topic}")]
+    NotSubscribed {
+        /// The connection.
+        conn: ConnectionId,
+        /// The topic.
+        topic: String,
+    },
+    /// The event is larger than the connection's frame limit.
+    #[error("event of {len} bytes exceeds the connection's frame limit of {max} bytes")]
+    TooLarge {
+        /// Encoded frame size.
+        len: usize,
+        /// The connection's limit.
+        max: u32,
+    },
+    /// The connection's outbound queue was full: it is being closed as a slow consumer.
+    #[error("connection {0} is not reading its events and is being closed")]
+    SlowConsumer(ConnectionId),
+}
+
+impl Shared {
+    pub(crate) fn conns(&self) -> MutexGuard<'_, HashMap<ConnectionId, ConnEntry>> {
+        // A poisoned lock only means a thread panicked while holding it; the map itself is
+        // always left consistent (single inserts/removes), so keep serving.
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            accepted: get(&c.accepted),
+            sessions: get(&c.sessions),
+            handshake_failures: get(&c.handshake_failures),
+            open: self.conns().len() as u64,
+            requests: get(&c.requests),
+            deadline_exceeded: get(&c.deadline_exceeded),
+            handler_panics: get(&c.handler_panics),
+            protocol_errors: get(&c.protocol_errors),
+            events_sent: get(&c.events_sent),
+            slow_consumers: get(&c.slow_consumers),
+        }
+    }
+
+    /// Queues an event on one connection. Called with the lock held: never blocks.
+    fn push_one(
+        &self,
+        entry: &mut ConnEntry,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(), PushError> {
+        let seq = entry.seq.entry(topic.to_owned()).or_insert(0);
+        let frame = Frame::new(Kind::Event(Event {
+            topic: topic.to_owned(),
+            seq: *seq + 1,
+            payload: payload.to_vec(),
+        }));
+        let max = entry.info.session.max_frame_size();
+        let len = prost::Message::encoded_len(&frame);
+        if len > max as usize {
+            return Err(PushError::TooLarge { len, max });
+        }
+        match entry.tx.try_send(frame) {
+            Ok(()) => {
+                *seq += 1;
+                bump(&self.counters.events_sent);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !entry.kick.is_cancelled() {
+                    bump(&self.counters.slow_consumers);
+                    tracing::warn!(
+                        conn = entry.info.id,
+                        peer = %entry.info.peer,
+                        queue = self.limits.outbound_queue,
+                        "outbound queue full: closing slow consumer"
+                    );
+                    entry.kick.cancel();
+                }
+                Err(PushError::SlowConsumer(entry.info.id))
+            }
+            // The connection is closing; it is about to leave the map.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(PushError::NoSuchConnection(entry.info.id))
+            }
+        }
+    }
+
+    pub(crate) fn broadcast(&self, topic: &str, payload: &[u8]) -> Result<usize, PushError> {
+        peerwire_proto::names::namespace_of(topic)
+            .map_err(|e| PushError::InvalidTopic(e.to_string()))?;
+        let mut conns = self.conns();
+        let mut delivered = 0;
+        for entry in conns.values_mut().filter(|e| e.topics.contains(topic)) {
+            if self.push_one(entry, topic, payload).is_ok() {
+                delivered += 1;
+            }
+        }
+        Ok(delivered)
+    }
+
+    pub(crate) fn send_event(
+        &self,
+        conn: ConnectionId,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(), PushError> {
+        peerwire_proto::names::namespace_of(topic)
+            .map_err(|e| PushError::InvalidTopic(e.to_string()))?;
+        let mut conns = self.conns();
+        let entry = conns
+            .get_mut(&conn)
+            .ok_or(PushError::NoSuchConnection(conn))?;
+        if !entry.topics.contains(topic) {
+            return Err(PushError::NotSubscribed {
+                conn,
+                topic: topic.to_owned(),
+            });
+        }
+        self.push_one(entry, topic, payload)
+    }
+}
