@@ -220,7 +220,7 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    /// The topic.
+    /// The topic, or the topics joined with `,`.
     pub fn topic(&self) -> &str {
         &self.topic
     }
@@ -480,25 +480,40 @@ impl Client {
     /// Subscribes to server pushes on `topic`. Events arrive in the order the server sent them.
     /// With reconnection on, the subscription survives reconnections.
     pub async fn subscribe(&self, topic: &str) -> Result<EventStream, CallError> {
-        self.connection()?
-            .session
-            .check_name(topic)
-            .map_err(CallError::Status)?;
+        self.subscribe_many(&[topic]).await
+    }
+
+    /// Subscribes one stream to several topics: events of all of them arrive on it in the order
+    /// the server sent them (for example state changes and templates, interleaved).
+    pub async fn subscribe_many(&self, topics: &[&str]) -> Result<EventStream, CallError> {
+        let conn = self.connection()?;
+        for topic in topics {
+            conn.session.check_name(topic).map_err(CallError::Status)?;
+        }
         let (tx, rx) = mpsc::channel(self.inner.config.event_buffer);
-        let first = {
+        let new: Vec<String> = {
             let mut subs = lock(&self.inner.subs);
-            let list = subs.entry(topic.to_owned()).or_default();
-            list.push(tx);
-            list.len() == 1
+            let mut new = vec![];
+            for topic in topics {
+                let list = subs.entry((*topic).to_owned()).or_default();
+                if list.is_empty() {
+                    new.push((*topic).to_owned());
+                }
+                list.push(tx.clone());
+            }
+            new
         };
-        if first {
-            if let Err(e) = self.server_subscribe(vec![topic.to_owned()]).await {
-                lock(&self.inner.subs).remove(topic);
+        if !new.is_empty() {
+            if let Err(e) = self.server_subscribe(new.clone()).await {
+                let mut subs = lock(&self.inner.subs);
+                for topic in &new {
+                    subs.remove(topic);
+                }
                 return Err(e);
             }
         }
         Ok(EventStream {
-            topic: topic.to_owned(),
+            topic: topics.join(","),
             rx,
         })
     }

@@ -1,0 +1,26 @@
+//! The renderer side of the example display protocol, as its own process: prints what it
+//! would draw. `display-client --socket /run/peerwire/display.sock`
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// Socket path of the display server.
+    #[arg(long)]
+    socket: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    peerwire_examples::run_display_client(&args.socket, |line| println!("[client] {line}")).await?;
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! The SDK side of the example display protocol, as its own process.
+//!
+//! `display-server --socket /run/peerwire/display.sock` serves until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+struct Args {
+    /// Socket path (its directory is created 0700 if missing).
+    #[arg(long)]
+    socket: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let server =
+        peerwire_examples::display_server(&args.socket, |line| println!("[server] {line}"))
+            .bind()?;
+    let handle = server.handle();
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        handle.shutdown();
+    });
+    server.run().await?;
+    Ok(())
+}
