@@ -1,1 +1,252 @@
-fn main() {}
+//! # peerwire: the command-line tool
+//!
+//! - `peerwire demo`: a self-contained end-to-end demo. It creates a private (0700) temporary
+//!   socket directory, starts the example display server in this process and the example display
+//!   client as a child process, prints their transcript and exits 0 when the scripted session
+//!   completed.
+//! - `peerwire serve --socket PATH`: a reference server with the method `echo.Echo` (bytes in,
+//!   same bytes out) and the push topic `echo.Tick` (a counter, every `--tick-ms`).
+//! - `peerwire ping --socket PATH [--count N] [--size B]`: round trips to `echo.Echo`, with
+//!   latency percentiles.
+//!
+//! Logging goes to stderr and is controlled by `RUST_LOG` (for example `RUST_LOG=debug`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use peerwire_client::Client;
+use peerwire_server::{Limits, Server, Status};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(
+    name = "peerwire",
+    version,
+    about = "Secure local IPC over Unix domain sockets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the end-to-end demo: display server and display client over a private socket.
+    Demo,
+    /// Run the reference server (echo.Echo, echo.Tick) until SIGINT or SIGTERM.
+    Serve {
+        /// Socket path; its directory is created 0700 if missing.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Interval of the echo.Tick push topic, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        tick_ms: u64,
+        /// Shutdown grace period for requests in flight, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        grace_ms: u64,
+    },
+    /// Measure round trips to a server's echo.Echo.
+    Ping {
+        /// Socket path of the server.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Number of round trips.
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// The demo's display client (run by `peerwire demo` as a child process).
+    #[command(name = "__display-client", hide = true)]
+    DisplayClient {
+        #[arg(long)]
+        socket: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Demo => demo().await,
+            Command::Serve {
+                socket,
+                tick_ms,
+                grace_ms,
+            } => {
+                serve(
+                    socket,
+                    Duration::from_millis(tick_ms.max(1)),
+                    Duration::from_millis(grace_ms),
+                )
+                .await
+            }
+            Command::Ping {
+                socket,
+                count,
+                size,
+            } => ping(socket, count, size).await,
+            Command::DisplayClient { socket } => {
+                peerwire_examples::run_display_client(&socket, |l| println!("[client] {l}"))
+                    .await
+                    .map(|_| ())
+            }
+        }
+    })
+}
+
+async fn demo() -> anyhow::Result<()> {
+    // tempfile creates the directory 0700: only this user can reach the socket inside.
+    let dir = tempfile::Builder::new()
+        .prefix("peerwire-demo-")
+        .tempdir()
+        .context("creating the demo's socket directory")?;
+    let path = dir.path().join("display.sock");
+    println!(
+        "peerwire demo: socket {} (directory 0700, socket 0600)",
+        path.display()
+    );
+    println!(
+        "peerwire demo: transport: Unix socket, both ends read each other's credentials (SO_PEERCRED); TLS is not in this build yet"
+    );
+    let server = peerwire_examples::display_server(&path, |l| println!("[server] {l}")).bind()?;
+    let handle = server.handle();
+    let serving = tokio::spawn(server.run());
+
+    let exe = std::env::current_exe().context("locating the peerwire binary")?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("__display-client")
+        .arg("--socket")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the display client process")?;
+    println!(
+        "peerwire demo: display client started as pid {}",
+        child.id().unwrap_or(0)
+    );
+    let stdout = child
+        .stdout
+        .take()
+        .context("no stdout from the display client")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let run = async {
+        while let Some(line) = lines.next_line().await? {
+            println!("{line}");
+        }
+        child.wait().await
+    };
+    let status = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .context("the display client did not finish within 60 s")??;
+    let stats = handle.stats();
+    handle.shutdown();
+    serving.await??;
+    if !status.success() {
+        bail!("the display client failed: {status}");
+    }
+    println!(
+        "peerwire demo: done ({} session, {} requests, {} events pushed); socket removed: {}",
+        stats.sessions,
+        stats.requests,
+        stats.events_sent,
+        !path.exists()
+    );
+    Ok(())
+}
+
+async fn serve(socket: PathBuf, tick: Duration, grace: Duration) -> anyhow::Result<()> {
+    let mut limits = Limits::default();
+    limits.shutdown_grace = grace;
+    let mut builder = Server::builder(&socket);
+    builder
+        .name("peerwire-serve")
+        .limits(limits)
+        .namespace("echo", &[1])
+        .method("echo.Echo", |_ctx, req: Vec<u8>| async move {
+            Ok::<_, Status>(req)
+        })
+        .method("echo.Sleep", |_ctx, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Status>(ms)
+        });
+    let server = builder.bind()?;
+    let handle = server.handle();
+    eprintln!("peerwire serve: listening on {}", socket.display());
+    let ticker = handle.clone();
+    tokio::spawn(async move {
+        let mut n: u64 = 0;
+        let mut interval = tokio::time::interval(tick);
+        while !ticker.is_shutting_down() {
+            interval.tick().await;
+            n += 1;
+            let _ = ticker.broadcast("echo.Tick", &n);
+        }
+    });
+    let mut term = signal(SignalKind::terminate())?;
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("peerwire serve: shutting down");
+        stopper.shutdown();
+    });
+    server.run().await?;
+    let s = handle.stats();
+    eprintln!(
+        "peerwire serve: stopped after {} sessions, {} requests, {} handshake failures, {} protocol errors",
+        s.sessions, s.requests, s.handshake_failures, s.protocol_errors
+    );
+    Ok(())
+}
+
+async fn ping(socket: PathBuf, count: u32, size: usize) -> anyhow::Result<()> {
+    let client = Client::builder(&socket)
+        .name("peerwire-ping")
+        .require_namespace("echo", &[1])
+        .connect()
+        .await?;
+    let payload = vec![0xa5u8; size];
+    let mut samples = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let start = Instant::now();
+        let back: Vec<u8> = client.call("echo.Echo", &payload).await?;
+        let rtt = start.elapsed();
+        if back != payload {
+            bail!("echo {i} came back different");
+        }
+        samples.push(rtt);
+    }
+    client.close().await;
+    samples.sort();
+    let pick = |q: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "{count} round trips of {size} B to {}: min {:?}, p50 {:?}, p99 {:?}, max {:?}",
+        socket.display(),
+        pick(0.0),
+        pick(0.5),
+        pick(0.99),
+        pick(1.0)
+    );
+    Ok(())
+}
