@@ -31,6 +31,7 @@ pub(crate) struct Conn {
     pending: Mutex<HashMap<u64, Reply>>,
     goodbye: Mutex<Option<Status>>,
     closed: CancellationToken,
+    close_reason: Mutex<Option<String>>,
     event_seq: AtomicU64,
 }
 
@@ -59,6 +60,13 @@ impl Conn {
 
     pub(crate) fn close(&self) {
         self.closed.cancel();
+    }
+
+    /// Why the connection closed (once it has).
+    pub(crate) fn close_reason(&self) -> String {
+        lock(&self.close_reason)
+            .clone()
+            .unwrap_or_else(|| "connection closed".into())
     }
 
     pub(crate) fn goodbye(&self) -> Option<Status> {
@@ -144,6 +152,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         pending: Mutex::new(HashMap::new()),
         goodbye: Mutex::new(None),
         closed: CancellationToken::new(),
+        close_reason: Mutex::new(None),
         event_seq: AtomicU64::new(0),
     });
     let writer_conn = conn.clone();
@@ -208,6 +217,7 @@ async fn read_loop(
         }
     };
     tracing::info!("connection lost: {why}");
+    lock(&conn.close_reason).get_or_insert_with(|| why.clone());
     conn.close();
     conn.fail_pending(&why);
     if let Some(inner) = inner.upgrade() {

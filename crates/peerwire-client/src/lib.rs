@@ -384,10 +384,12 @@ impl Client {
     }
 
     fn connection(&self) -> Result<Arc<Conn>, CallError> {
-        let conn = self
-            .inner
-            .current()
+        let conn = lock(&self.inner.conn)
+            .clone()
             .ok_or_else(|| CallError::Disconnected("not connected".into()))?;
+        if conn.is_closed() {
+            return Err(CallError::Disconnected(conn.close_reason()));
+        }
         if let Some(status) = conn.goodbye() {
             return Err(CallError::Disconnected(format!(
                 "the server is closing the session: {status}"

@@ -1,0 +1,210 @@
+//! Shared test support: a real `peerwire serve` process, an in-process server, and a raw
+//! frame-level client for speaking (or breaking) the protocol by hand.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use peerwire_proto::codec::FrameCodec;
+use peerwire_proto::v1::{Frame, Hello, NamespaceVersions, frame::Kind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Decoder, Encoder};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
+
+/// Logs of the test process go to the test output (shown on failure), filtered by RUST_LOG.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A `peerwire serve` child process; killed when dropped.
+pub struct ServeProcess {
+    pub child: Child,
+    pub path: PathBuf,
+}
+
+impl ServeProcess {
+    pub fn start(path: &Path, extra: &[&str]) -> Self {
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--socket")
+            .arg(path)
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn peerwire serve");
+        let server = Self {
+            child,
+            path: path.to_owned(),
+        };
+        server.wait_listening();
+        server
+    }
+
+    fn wait_listening(&self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if std::os::unix::net::UnixStream::connect(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "peerwire serve did not start listening on {}",
+            self.path.display()
+        );
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).unwrap();
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "peerwire serve did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that speaks raw frames (or raw bytes) over a real socket.
+pub struct RawClient {
+    pub stream: UnixStream,
+    codec: FrameCodec,
+    buf: BytesMut,
+}
+
+pub enum Read {
+    Frame(Frame),
+    Eof,
+    Error(String),
+}
+
+impl RawClient {
+    pub async fn connect(path: &Path) -> Self {
+        Self {
+            stream: UnixStream::connect(path).await.unwrap(),
+            codec: FrameCodec::new(16 << 20),
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send(&mut self, frame: Frame) {
+        let mut buf = BytesMut::new();
+        self.codec.encode(&frame, &mut buf).unwrap();
+        self.send_bytes(&buf).await;
+    }
+
+    pub async fn hello(&mut self, namespaces: &[(&str, u32)]) -> Frame {
+        self.send(hello_frame(&[1], namespaces)).await;
+        match self.read().await {
+            Read::Frame(f) => f,
+            _ => panic!("no answer to Hello"),
+        }
+    }
+
+    /// The next frame, EOF, or a read error; panics after 10 s of silence.
+    pub async fn read(&mut self) -> Read {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(f)) => return Read::Frame(f),
+                Ok(None) => {}
+                Err(e) => return Read::Error(e.to_string()),
+            }
+            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("server said nothing for 10 s");
+            match n {
+                Ok(0) => return Read::Eof,
+                Ok(_) => {}
+                Err(e) => return Read::Error(e.to_string()),
+            }
+        }
+    }
+
+    /// Reads frames until EOF; returns them.
+    pub async fn read_to_end(&mut self) -> Vec<Frame> {
+        let mut out = vec![];
+        loop {
+            match self.read().await {
+                Read::Frame(f) => out.push(f),
+                Read::Eof | Read::Error(_) => return out,
+            }
+        }
+    }
+}
+
+pub fn hello_frame(versions: &[u32], namespaces: &[(&str, u32)]) -> Frame {
+    Frame::new(Kind::Hello(Hello {
+        protocol_versions: versions.to_vec(),
+        client_name: "raw-test".into(),
+        namespaces: namespaces
+            .iter()
+            .map(|(n, v)| NamespaceVersions {
+                namespace: (*n).into(),
+                versions: vec![*v],
+                required: false,
+            })
+            .collect(),
+        max_frame_size: 0,
+        session_token: vec![],
+    }))
+}
+
+/// Polls `cond` every 10 ms for up to `timeout`.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
