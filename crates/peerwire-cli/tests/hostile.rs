@@ -17,6 +17,7 @@ use std::time::Duration;
 use common::{RawClient, ServeProcess, hello_frame, init_logs};
 use peerwire_client::Client;
 use peerwire_proto::v1::{Code, Frame, Request, Welcome, frame::Kind};
+use tokio::io::AsyncWriteExt;
 
 /// What a hostile peer was told before the connection closed.
 fn verdict(frames: &[Frame]) -> Option<(&'static str, i32, String)> {
@@ -65,6 +66,9 @@ async fn expect(
     assert_eq!((kind, code), (want.0, want.1 as i32), "{name}: {reason}");
     assert!(!reason.is_empty(), "{name}: empty reason");
 }
+
+/// Name, byte writes, whether to complete the handshake first, expected frame and code.
+type Case = (&'static str, Vec<Vec<u8>>, bool, (&'static str, Code));
 
 fn frame_bytes(frame: Frame) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
@@ -120,7 +124,7 @@ async fn hostile_input_only_affects_its_own_connection() {
     truncated.extend_from_slice(&[8; 10]);
     let mut small_garbage = vec![0, 0, 0, 64];
     small_garbage.extend(noise(7, 64).iter().map(|b| b | 0x80)); // varints that never end
-    let cases: Vec<(&str, Vec<Vec<u8>>, bool, (&str, Code))> = vec![
+    let cases: Vec<Case> = vec![
         (
             "4 GiB length prefix",
             vec![vec![0xff; 4]],
@@ -240,5 +244,3 @@ async fn hostile_input_only_affects_its_own_connection() {
         .unwrap();
     assert_eq!(back, b"still here");
 }
-
-use tokio::io::AsyncWriteExt;

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{RawClient, Read, ServeProcess, init_logs};
+use common::{RawClient, ServeProcess, init_logs};
 use nix::sys::signal::Signal;
 use peerwire_client::{Backoff, CallError, Client};
 use peerwire_proto::v1::{Code, Frame, Request, frame::Kind};
@@ -65,13 +65,7 @@ async fn graceful_shutdown_with_calls_in_flight() {
         "socket still there"
     );
 
-    let mut frames = vec![];
-    loop {
-        match raw.read().await {
-            Read::Frame(f) => frames.push(f),
-            Read::Eof | Read::Error(_) => break,
-        }
-    }
+    let frames = raw.read_to_end().await;
     let kinds: Vec<_> = frames.iter().map(Frame::kind_name).collect();
     assert_eq!(kinds.first(), Some(&"Goodbye"), "{kinds:?}");
     let Some(Kind::Goodbye(g)) = &frames[0].kind else {

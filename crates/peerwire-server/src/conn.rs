@@ -58,7 +58,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         tracing::debug!("accepted");
         let (rd, mut wr) = stream.into_split();
         let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
-        let Some((session, client_name)) = handshake(&shared, id, &mut reader, &mut wr).await
+        let Some((session, client_name, welcome)) =
+            handshake(&shared, id, &mut reader, &mut wr).await
         else {
             bump(&shared.counters.handshake_failures);
             drain(reader.into_inner()).await;
@@ -72,7 +73,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             client_name,
             session,
         });
-        Connection::new(shared, info, reader, wr).run().await;
+        Connection::new(shared, info, reader, wr).run(welcome).await;
     }
     .instrument(span)
     .await
@@ -122,7 +123,7 @@ async fn handshake(
     id: u64,
     reader: &mut Reader,
     wr: &mut OwnedWriteHalf,
-) -> Option<(Session, String)> {
+) -> Option<(Session, String, Frame)> {
     let limits = &shared.limits;
     let refuse = |status: Status| {
         tracing::warn!("handshake refused: {status}");
@@ -175,21 +176,7 @@ async fn handshake(
             welcome,
             session,
             hello,
-        } => {
-            let mut buf = BytesMut::new();
-            let written = FrameCodec::new(session.max_frame_size())
-                .encode(&welcome, &mut buf)
-                .is_ok()
-                && matches!(
-                    tokio::time::timeout(limits.handshake_timeout, wr.write_all(&buf)).await,
-                    Ok(Ok(()))
-                );
-            if !written {
-                tracing::info!("could not send Welcome");
-                return None;
-            }
-            Some((session, hello.client_name))
-        }
+        } => Some((session, hello.client_name, welcome)),
         ServerOutcome::Reject { reject, status } => {
             tracing::warn!("handshake refused: {status}");
             send_direct(wr, reject, limits.handshake_timeout).await;
@@ -266,19 +253,18 @@ impl Connection {
         }
     }
 
-    async fn run(mut self) {
+    /// Sends `welcome` as the first frame, registers the connection (so the server knows it
+    /// before the client can act on the Welcome), and serves it.
+    async fn run(mut self, welcome: Frame) {
         let (Some(wr), Some(rx), Some(events_rx)) =
             (self.wr.take(), self.rx.take(), self.events_rx.take())
         else {
             return;
         };
         let max = self.info.session.max_frame_size();
-        let writer = tokio::spawn(peerwire_proto::io::write_frames(
-            wr,
-            FrameCodec::new(max),
-            rx,
-        ));
-        let event_task = tokio::spawn(run_event_handlers(self.ctx.clone(), events_rx));
+        if self.tx.try_send(welcome).is_err() {
+            return;
+        }
         self.shared.conns().insert(
             self.info.id,
             ConnEntry {
@@ -289,6 +275,12 @@ impl Connection {
                 kick: self.kick.clone(),
             },
         );
+        let writer = tokio::spawn(peerwire_proto::io::write_frames(
+            wr,
+            FrameCodec::new(max),
+            rx,
+        ));
+        let event_task = tokio::spawn(run_event_handlers(self.ctx.clone(), events_rx));
 
         let reason = self.serve().await;
         if let Some(status) = &reason {

@@ -1,0 +1,157 @@
+//! Repository rules, checked as tests (run by `cargo test --workspace`).
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "target") {
+                continue;
+            }
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn library_sources() -> Vec<(PathBuf, String)> {
+    let mut files = vec![];
+    for dir in ["crates", "examples"] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    files
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "src"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            (p, text)
+        })
+        .collect()
+}
+
+/// Every library crate root forbids unsafe code, except peerwire-security, which denies it
+/// crate-wide and may allow it only in the module that makes raw socket calls.
+#[test]
+fn unsafe_is_forbidden_outside_the_security_crate() {
+    for crate_dir in ["peerwire-proto", "peerwire-server", "peerwire-client"] {
+        let lib = root().join("crates").join(crate_dir).join("src/lib.rs");
+        let text = std::fs::read_to_string(&lib).unwrap();
+        assert!(
+            text.contains("#![forbid(unsafe_code)]"),
+            "{} must forbid unsafe code",
+            lib.display()
+        );
+    }
+    let lib = root().join("crates/peerwire-security/src/lib.rs");
+    assert!(
+        std::fs::read_to_string(lib)
+            .unwrap()
+            .contains("#![deny(unsafe_code)]")
+    );
+    for (path, text) in library_sources() {
+        if path.to_string_lossy().contains("peerwire-security") {
+            continue;
+        }
+        assert!(!text.contains("unsafe {"), "{} uses unsafe", path.display());
+    }
+}
+
+/// Every queue is bounded (R4): no unbounded channel anywhere in library code.
+#[test]
+fn no_unbounded_channels() {
+    for (path, text) in library_sources() {
+        assert!(
+            !text.contains("unbounded_channel"),
+            "{} uses an unbounded channel",
+            path.display()
+        );
+    }
+}
+
+/// The protocol crate stays sans-IO: no sockets, no runtime, no clock outside the `io` module.
+#[test]
+fn protocol_crate_does_no_io() {
+    let dir = root().join("crates/peerwire-proto/src");
+    let mut files = vec![];
+    rust_files(&dir, &mut files);
+    for path in files.into_iter().filter(|p| !p.ends_with("io.rs")) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for banned in [
+            "tokio::net",
+            "tokio::time",
+            "std::net",
+            "Instant::now",
+            "SystemTime",
+            "tokio::spawn",
+            "std::fs",
+        ] {
+            assert!(!text.contains(banned), "{} uses {banned}", path.display());
+        }
+    }
+}
+
+/// Every crate opts into the workspace lints (the panic policy lives there).
+#[test]
+fn every_crate_uses_workspace_lints() {
+    let mut manifests = vec![
+        root().join("examples/Cargo.toml"),
+        root().join("xtask/Cargo.toml"),
+    ];
+    for entry in std::fs::read_dir(root().join("crates")).unwrap().flatten() {
+        manifests.push(entry.path().join("Cargo.toml"));
+    }
+    for m in manifests {
+        let text = std::fs::read_to_string(&m).unwrap();
+        assert!(
+            text.contains("[lints]\nworkspace = true"),
+            "{} must use the workspace lints",
+            m.display()
+        );
+    }
+    let root_manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    for lint in [
+        "unwrap_used = \"deny\"",
+        "expect_used = \"deny\"",
+        "panic = \"deny\"",
+        "await_holding_lock = \"deny\"",
+    ] {
+        assert!(
+            root_manifest.contains(lint),
+            "workspace lints must include {lint}"
+        );
+    }
+}
+
+/// The threat model has a row for every requirement ID.
+#[test]
+fn threat_model_covers_every_requirement() {
+    let text = std::fs::read_to_string(root().join("docs/threat-model.md")).unwrap();
+    let ids = (1..=16)
+        .map(|i| format!("R{i}"))
+        .chain((1..=9).map(|i| format!("D{i}")));
+    for id in ids {
+        assert!(
+            text.contains(&format!("| {id} |")),
+            "docs/threat-model.md has no row for {id}"
+        );
+    }
+}
+
+/// The README's test command is what CI runs.
+#[test]
+fn ci_runs_the_readme_test_command() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    assert!(readme.contains("cargo xtask ci"));
+    assert!(ci.contains("cargo xtask ci"));
+    assert!(readme.contains("cargo run --release -p peerwire-cli -- demo"));
+}
