@@ -9,8 +9,9 @@
 //! The binaries `display-server` and `display-client` run them as two processes; `peerwire demo`
 //! runs both end to end:
 //!
-//! ```no_run
-//! # async fn run() -> anyhow::Result<()> {
+//! ```
+//! # #[tokio::main]
+//! # async fn main() -> anyhow::Result<()> {
 //! let dir = tempfile::tempdir()?;
 //! let path = dir.path().join("display.sock");
 //! let server = peerwire_examples::display_server(&path, |line| println!("[server] {line}")).bind()?;

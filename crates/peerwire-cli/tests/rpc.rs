@@ -449,3 +449,74 @@ async fn ping_command_measures_round_trips() {
     assert!(text.contains("50 round trips of 64 B"), "{text}");
     assert!(text.contains("p99"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builder_refuses_invalid_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let echo = |_ctx, n: u32| async move { Ok::<_, Status>(n) };
+    let refused = |setup: &dyn Fn(&mut peerwire_server::ServerBuilder), what: &str| {
+        let mut b = Server::builder(&path);
+        setup(&mut b);
+        let err = b.bind().unwrap_err().to_string();
+        assert!(err.contains(what), "{err} should mention {what}");
+        assert!(
+            !path.exists(),
+            "nothing may be bound for an invalid configuration"
+        );
+    };
+    refused(
+        &|b| {
+            b.method("NoNamespace", echo);
+        },
+        "no namespace",
+    );
+    refused(
+        &|b| {
+            b.method("peerwire.Subscribe", echo);
+        },
+        "reserved",
+    );
+    refused(
+        &|b| {
+            b.method("a.B", echo).method("a.B", echo);
+        },
+        "twice",
+    );
+    refused(
+        &|b| {
+            b.namespace("Bad", &[1]);
+        },
+        "invalid namespace",
+    );
+    refused(
+        &|b| {
+            b.namespace("ok", &[]);
+        },
+        "versions",
+    );
+    let mut l = Limits::default();
+    l.idle_timeout = l.keepalive_interval;
+    refused(
+        &|b| {
+            b.limits(l);
+        },
+        "idle timeout",
+    );
+    let mut l = Limits::default();
+    l.max_deadline = Duration::from_secs(7 * 24 * 3600);
+    refused(
+        &|b| {
+            b.limits(l);
+        },
+        "24 h",
+    );
+    let mut l = Limits::default();
+    l.max_frame_size = 10;
+    refused(
+        &|b| {
+            b.limits(l);
+        },
+        "frame size",
+    );
+}

@@ -12,18 +12,33 @@
 //! - clean failure: when the server goes away every pending call fails at once with
 //!   [`CallError::Disconnected`]; nothing waits forever.
 //!
-//! ```no_run
+//! ```
+//! use std::time::Duration;
 //! use peerwire_client::Client;
-//! use peerwire_proto::v1::Ping; // any prost message
+//! # use peerwire_server::{Server, Status};
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = Client::builder("/run/peerwire/sdk.sock")
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("sdk.sock");
+//! # let mut builder = Server::builder(&path);
+//! # builder.method("echo.Echo", |_ctx, n: u64| async move { Ok::<_, Status>(n) });
+//! # let server = builder.bind()?;
+//! # let handle = server.handle();
+//! # tokio::spawn(server.run());
+//! // A server is listening at `path` (hidden above: see peerwire-server's example).
+//! let client = Client::builder(&path)
 //!     .name("renderer")
-//!     .namespace("echo", &[1])
+//!     .require_namespace("echo", &[1]) // refuse the session if the server lacks echo v1
 //!     .connect()
 //!     .await?;
-//! let pong: Ping = client.call("echo.Ping", &Ping { nonce: 1 }).await?;
-//! assert_eq!(pong.nonce, 1);
+//! let n: u64 = client.call_with_deadline("echo.Echo", &7u64, Duration::from_secs(1)).await?;
+//! assert_eq!(n, 7);
+//! let mut ticks = client.subscribe("echo.Tick").await?;
+//! handle.broadcast("echo.Tick", &1u64)?;
+//! let tick = ticks.next().await.ok_or("closed")?;
+//! assert_eq!((tick.seq, tick.decode::<u64>()?), (1, 1));
+//! client.close().await;
 //! # Ok(()) }
 //! ```
 //!
@@ -90,7 +105,7 @@ impl Backoff {
         let base = base.min(self.max.as_secs_f64());
         let jitter = self.jitter.clamp(0.0, 1.0);
         let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
-        Duration::from_secs_f64((base * factor).max(0.0))
+        Duration::try_from_secs_f64((base * factor).max(0.0)).unwrap_or(self.max)
     }
 }
 
@@ -453,7 +468,7 @@ impl Client {
         };
         // A little slack so the server's own deadline answer, which cancels the handler, wins.
         let slack = Duration::from_millis(50);
-        let result = match tokio::time::timeout(deadline + slack, exchange).await {
+        let result = match tokio::time::timeout(deadline.saturating_add(slack), exchange).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Status(Status::new(
                 Code::DeadlineExceeded,
@@ -541,5 +556,30 @@ impl Client {
             conn.close();
         }
         lock(&self.inner.subs).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_jitter_and_is_capped() {
+        let b = Backoff::default();
+        for attempt in 0..12 {
+            let base = (0.05 * 2f64.powi(attempt as i32)).min(5.0);
+            for _ in 0..50 {
+                let d = b.delay(attempt).as_secs_f64();
+                assert!(
+                    d >= base * 0.75 - 1e-9 && d <= base * 1.25 + 1e-9,
+                    "attempt {attempt}: {d}"
+                );
+            }
+        }
+        // Jitter really varies the delay (so restarted clients do not reconnect in lockstep).
+        let samples: std::collections::HashSet<_> = (0..20).map(|_| b.delay(3)).collect();
+        assert!(samples.len() > 1);
+        // Huge attempt counts neither overflow nor exceed the cap.
+        assert!(b.delay(u32::MAX) <= Duration::from_secs_f64(5.0 * 1.25));
     }
 }

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// Longest duration any limit may be set to (24 h); `bind` refuses longer ones.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// Limits the server enforces. Hitting one gives the peer a status naming the limit and its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

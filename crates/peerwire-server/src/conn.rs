@@ -315,8 +315,12 @@ impl Connection {
     async fn serve(&mut self) -> Option<Status> {
         let limits = self.shared.limits;
         let mut last_rx = Instant::now();
-        let mut ticker =
-            tokio::time::interval(limits.keepalive_interval.min(limits.idle_timeout / 4));
+        let mut ticker = tokio::time::interval(
+            limits
+                .keepalive_interval
+                .min(limits.idle_timeout / 4)
+                .max(Duration::from_millis(1)),
+        );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.draining.is_some() && self.tasks.is_empty() {
@@ -332,7 +336,7 @@ impl Connection {
                 _ = self.shared.shutdown.cancelled(), if self.draining.is_none() => {
                     let status = Status::new(Code::ShuttingDown, "the server is shutting down");
                     self.goodbye(&status);
-                    self.draining = Some(tokio::time::Instant::now() + limits.shutdown_grace);
+                    self.draining = Some(later(limits.shutdown_grace));
                 }
                 _ = sleep_until(drain_at), if drain_at.is_some() => {
                     self.abandon_in_flight();
@@ -365,7 +369,7 @@ impl Connection {
                     None => {
                         // The client closed its side: answer what is in flight, then close.
                         self.reading = false;
-                        self.draining.get_or_insert(tokio::time::Instant::now() + limits.shutdown_grace);
+                        self.draining.get_or_insert(later(limits.shutdown_grace));
                     }
                 },
                 _ = ticker.tick() => {
@@ -463,7 +467,7 @@ impl Connection {
                 tracing::debug!(code = g.code, reason = %g.reason, "client said goodbye");
                 self.reading = false;
                 self.draining
-                    .get_or_insert(tokio::time::Instant::now() + self.shared.limits.shutdown_grace);
+                    .get_or_insert(later(self.shared.limits.shutdown_grace));
                 Next::Continue
             }
             _ => self.protocol_error(format!(
@@ -545,7 +549,9 @@ impl Connection {
         let ctx = RequestContext {
             conn: self.ctx.clone(),
             method: method.clone(),
-            deadline: Instant::now() + deadline,
+            deadline: Instant::now()
+                .checked_add(deadline)
+                .unwrap_or_else(Instant::now),
         };
         let fut = handler(ctx, Bytes::from(req.payload));
         let id = req.id;
@@ -651,6 +657,14 @@ impl Connection {
         topics.sort();
         Ok(SubscribeResponse { topics }.encode_to_vec())
     }
+}
+
+/// `now + d`, saturating at a year from now instead of overflowing.
+fn later(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

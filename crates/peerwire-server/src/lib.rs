@@ -12,17 +12,30 @@
 //! - every queue is bounded; a connection that stops reading is closed, never waited for;
 //! - a panicking handler answers `INTERNAL` to its request only.
 //!
-//! ```no_run
+//! ```
 //! use peerwire_server::{Server, Status};
-//! use peerwire_proto::v1::Ping; // any prost message works as request or response
+//! use peerwire_client::Client;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut builder = Server::builder("/run/peerwire/sdk.sock");
-//! builder.method("echo.Ping", |_ctx, req: Ping| async move { Ok::<_, Status>(req) });
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?; // 0700: only this user can reach the socket
+//! let path = dir.path().join("sdk.sock");
+//! let mut builder = Server::builder(&path);
+//! // Any prost message can be a request or response; here the well-known `String` wrapper.
+//! builder.method("echo.Hello", |ctx, name: String| async move {
+//!     Ok::<_, Status>(format!("hello {name}, uid {}", ctx.connection().peer().uid))
+//! });
 //! let server = builder.bind()?;
 //! let handle = server.handle();
-//! tokio::spawn(async move { tokio::signal::ctrl_c().await.ok(); handle.shutdown() });
-//! server.run().await?;
+//! let serving = tokio::spawn(server.run());
+//!
+//! let client = Client::builder(&path).namespace("echo", &[1]).connect().await?;
+//! let reply: String = client.call("echo.Hello", &"renderer".to_string()).await?;
+//! assert!(reply.starts_with("hello renderer"));
+//!
+//! handle.shutdown(); // Goodbye to every client, in-flight calls finish, socket removed
+//! serving.await??;
+//! assert!(!path.exists());
 //! # Ok(()) }
 //! ```
 //!
@@ -191,10 +204,20 @@ impl ServerBuilder {
             || l.max_connections == 0
             || l.keepalive_interval.is_zero()
             || l.idle_timeout <= l.keepalive_interval
+            || [
+                l.handshake_timeout,
+                l.default_deadline,
+                l.max_deadline,
+                l.keepalive_interval,
+                l.idle_timeout,
+                l.shutdown_grace,
+            ]
+            .iter()
+            .any(|d| *d > config::MAX_DURATION)
         {
             return Err(ServerError::Config(format!(
                 "limits out of range (frame size >= {} bytes, queues and counts >= 1, \
-                 idle timeout > keepalive interval > 0): {l:?}",
+                 idle timeout > keepalive interval > 0, durations <= 24 h): {l:?}",
                 peerwire_proto::handshake::MIN_FRAME_SIZE
             )));
         }
