@@ -8,6 +8,13 @@
 //!   same bytes out) and the push topic `echo.Tick` (a counter, every `--tick-ms`).
 //! - `peerwire ping --socket PATH [--count N] [--size B]`: round trips to `echo.Echo`, with
 //!   latency percentiles.
+//! - `peerwire audit --socket PATH`: the socket's and its directory's owner and mode, and any
+//!   problem in plain words; exits 1 when something is unsafe.
+//!
+//! Access control: `serve` admits only its own uid unless `--allow-uid`/`--allow-group` say
+//! otherwise (then exactly those), optionally only clients running `--allow-exe`; `--socket-group`
+//! opens the socket file to a group (0660 in a 0750 directory). `ping` refuses a server that is
+//! not running as `--expect-server-uid` (default: its own uid or root).
 //!
 //! Logging goes to stderr and is controlled by `RUST_LOG` (for example `RUST_LOG=debug`).
 
@@ -18,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use peerwire_client::Client;
-use peerwire_server::{Limits, Server, Status};
+use peerwire_server::{AccessPolicy, Limits, Server, Status};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -48,6 +55,8 @@ enum Command {
         /// Shutdown grace period for requests in flight, in milliseconds.
         #[arg(long, default_value_t = 5000)]
         grace_ms: u64,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// Measure round trips to a server's echo.Echo.
     Ping {
@@ -60,6 +69,18 @@ enum Command {
         /// Payload size in bytes.
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// The uid (or user name) the server must run as; repeatable. Default: own uid or root.
+        #[arg(long = "expect-server-uid", value_name = "USER")]
+        expect_server_uid: Vec<String>,
+    },
+    /// Report the socket's and its directory's owner, mode and problems; exit 1 if unsafe.
+    Audit {
+        /// Socket path to inspect.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The group the socket is deliberately opened to, if any (uid/gid number or name).
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
     },
     /// The demo's display client (run by `peerwire demo` as a child process).
     #[command(name = "__display-client", hide = true)]
@@ -69,7 +90,75 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(clap::Args)]
+struct AccessArgs {
+    /// Admit clients running as this uid or user name (repeatable). With no --allow-uid and no
+    /// --allow-group, only the server's own uid is admitted.
+    #[arg(long = "allow-uid", value_name = "USER")]
+    allow_uid: Vec<String>,
+    /// Admit clients with this group (gid or name) as primary or supplementary group (repeatable).
+    #[arg(long = "allow-group", value_name = "GROUP")]
+    allow_group: Vec<String>,
+    /// Admit only clients running this executable (repeatable); checked through a pidfd.
+    #[arg(long = "allow-exe", value_name = "PATH")]
+    allow_exe: Vec<PathBuf>,
+    /// Open the socket to this group: directory 0750 and socket 0660, owned by the group.
+    #[arg(long = "socket-group", value_name = "GROUP")]
+    socket_group: Option<String>,
+}
+
+fn resolve_uid(user: &str) -> anyhow::Result<u32> {
+    if let Ok(uid) = user.parse() {
+        return Ok(uid);
+    }
+    nix::unistd::User::from_name(user)?
+        .map(|u| u.uid.as_raw())
+        .with_context(|| format!("no user named {user:?}"))
+}
+
+fn resolve_gid(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    nix::unistd::Group::from_name(group)?
+        .map(|g| g.gid.as_raw())
+        .with_context(|| format!("no group named {group:?}"))
+}
+
+impl AccessArgs {
+    fn policy(&self) -> anyhow::Result<AccessPolicy> {
+        let mut policy = if self.allow_uid.is_empty() && self.allow_group.is_empty() {
+            AccessPolicy::own_uid()
+        } else {
+            AccessPolicy::nobody()
+        };
+        for u in &self.allow_uid {
+            policy.allow_uid(resolve_uid(u)?);
+        }
+        for g in &self.allow_group {
+            policy.allow_group(resolve_gid(g)?);
+        }
+        for exe in &self.allow_exe {
+            policy
+                .allow_exe(exe)
+                .with_context(|| format!("--allow-exe {}", exe.display()))?;
+        }
+        Ok(policy)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole chain of causes on one line, without a backtrace.
+            eprintln!("peerwire: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -85,11 +174,13 @@ fn main() -> anyhow::Result<()> {
                 socket,
                 tick_ms,
                 grace_ms,
+                access,
             } => {
                 serve(
                     socket,
                     Duration::from_millis(tick_ms.max(1)),
                     Duration::from_millis(grace_ms),
+                    &access,
                 )
                 .await
             }
@@ -97,7 +188,12 @@ fn main() -> anyhow::Result<()> {
                 socket,
                 count,
                 size,
-            } => ping(socket, count, size).await,
+                expect_server_uid,
+            } => ping(socket, count, size, &expect_server_uid).await,
+            Command::Audit {
+                socket,
+                socket_group,
+            } => audit(&socket, socket_group.as_deref()),
             Command::DisplayClient { socket } => {
                 peerwire_examples::run_display_client(&socket, |l| println!("[client] {l}"))
                     .await
@@ -168,10 +264,19 @@ async fn demo() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(socket: PathBuf, tick: Duration, grace: Duration) -> anyhow::Result<()> {
+async fn serve(
+    socket: PathBuf,
+    tick: Duration,
+    grace: Duration,
+    access: &AccessArgs,
+) -> anyhow::Result<()> {
     let mut limits = Limits::default();
     limits.shutdown_grace = grace;
     let mut builder = Server::builder(&socket);
+    builder.access_policy(access.policy()?);
+    if let Some(g) = &access.socket_group {
+        builder.socket_group(resolve_gid(g)?);
+    }
     builder
         .name("peerwire-serve")
         .limits(limits)
@@ -215,12 +320,14 @@ async fn serve(socket: PathBuf, tick: Duration, grace: Duration) -> anyhow::Resu
     Ok(())
 }
 
-async fn ping(socket: PathBuf, count: u32, size: usize) -> anyhow::Result<()> {
-    let client = Client::builder(&socket)
+async fn ping(socket: PathBuf, count: u32, size: usize, expect: &[String]) -> anyhow::Result<()> {
+    let mut builder = Client::builder(&socket)
         .name("peerwire-ping")
-        .require_namespace("echo", &[1])
-        .connect()
-        .await?;
+        .require_namespace("echo", &[1]);
+    for u in expect {
+        builder = builder.expect_server_uid(resolve_uid(u)?);
+    }
+    let client = builder.connect().await?;
     let payload = vec![0xa5u8; size];
     let mut samples = Vec::with_capacity(count as usize);
     for i in 0..count {
@@ -249,4 +356,25 @@ async fn ping(socket: PathBuf, count: u32, size: usize) -> anyhow::Result<()> {
         pick(1.0)
     );
     Ok(())
+}
+
+fn audit(socket: &std::path::Path, group: Option<&str>) -> anyhow::Result<()> {
+    let group = group.map(resolve_gid).transpose()?;
+    let report = peerwire_security::sockpath::audit(socket, group);
+    for fact in &report.facts {
+        println!("{fact}");
+    }
+    if report.problems.is_empty() {
+        println!("ok: no problem found");
+        return Ok(());
+    }
+    for p in &report.problems {
+        println!("PROBLEM: {}: {}", p.path.display(), p.problem);
+        println!("    fix: {}", p.fix);
+    }
+    bail!(
+        "{} problem(s) found with {}",
+        report.problems.len(),
+        socket.display()
+    )
 }

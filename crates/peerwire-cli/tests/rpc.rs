@@ -374,7 +374,7 @@ async fn socket_is_private_and_removed_on_exit() {
     assert_eq!(sock_mode & 0o777, 0o600);
     // A second server on the same path is refused while the first is alive.
     let err = Server::builder(&path).bind().unwrap_err();
-    assert!(err.to_string().contains("already listening"), "{err}");
+    assert!(err.to_string().contains("already running"), "{err}");
     // Something that is not a socket at the path is refused, not deleted.
     let file = dir.path().join("file");
     std::fs::write(&file, b"keep").unwrap();

@@ -1,7 +1,6 @@
 //! One connection: connect, handshake, reader task, pending calls.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use peerwire_proto::handshake::{ClientHandshake, Session};
 use peerwire_proto::v1::{Cancel, Frame, Hello, Pong, Response, frame::Kind};
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
+use peerwire_security::exe::{Executable, peer_executable};
 use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -32,7 +32,7 @@ pub(crate) struct Conn {
     goodbye: Mutex<Option<Status>>,
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
-    event_seq: AtomicU64,
+    event_seq: Mutex<HashMap<String, u64>>,
 }
 
 /// Removes a pending call when the call ends; if no answer came (deadline passed or the
@@ -73,8 +73,20 @@ impl Conn {
         lock(&self.goodbye).clone()
     }
 
-    pub(crate) fn next_event_seq(&self) -> u64 {
-        self.event_seq.fetch_add(1, Ordering::Relaxed) + 1
+    /// The next `seq` of a client event on `topic` (per connection and topic, from 1).
+    pub(crate) fn next_event_seq(&self, topic: &str) -> u64 {
+        let mut seqs = lock(&self.event_seq);
+        let seq = seqs.entry(topic.to_owned()).or_insert(0);
+        *seq += 1;
+        *seq
+    }
+
+    /// Waits until the writer has taken every queued frame, at most `timeout`.
+    pub(crate) async fn flushed(&self, timeout: Duration) {
+        let start = tokio::time::Instant::now();
+        while self.tx.capacity() < self.tx.max_capacity() && start.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     pub(crate) fn register(&self, id: u64, reply: Reply) -> PendingGuard<'_> {
@@ -125,6 +137,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     };
     let stream = UnixStream::connect(&config.path).await.map_err(io_err)?;
     let server = PeerCredentials::of(&stream).map_err(io_err)?;
+    verify_server(config, &stream, &server)?;
     let (rd, mut wr) = stream.into_split();
     let mut handshake = ClientHandshake::new(Hello {
         protocol_versions: vec![],
@@ -153,7 +166,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         goodbye: Mutex::new(None),
         closed: CancellationToken::new(),
         close_reason: Mutex::new(None),
-        event_seq: AtomicU64::new(0),
+        event_seq: Mutex::new(HashMap::new()),
     });
     let writer_conn = conn.clone();
     tokio::spawn(async move {
@@ -166,6 +179,51 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     });
     tokio::spawn(read_loop(reader, conn.clone(), inner));
     Ok(conn)
+}
+
+/// Checks who listens on the socket before a single byte is sent to it.
+fn verify_server(
+    config: &Config,
+    stream: &UnixStream,
+    server: &PeerCredentials,
+) -> Result<(), ConnectError> {
+    let untrusted = |reason: String| ConnectError::UntrustedServer {
+        path: config.path.clone(),
+        reason,
+    };
+    let expected: Vec<u32> = if config.server_uids.is_empty() {
+        vec![nix::unistd::geteuid().as_raw(), 0]
+    } else {
+        config.server_uids.clone()
+    };
+    if !expected.contains(&server.uid) {
+        return Err(untrusted(format!(
+            "the socket is served by uid {} ({server}), but the server is expected to run as uid {}",
+            server.uid,
+            expected
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )));
+    }
+    if let Some(path) = &config.server_exe {
+        let want = Executable::from_path(path).map_err(|e| {
+            untrusted(format!(
+                "cannot resolve the expected server executable {}: {e}",
+                path.display()
+            ))
+        })?;
+        let got = peer_executable(stream).map_err(|e| untrusted(e.to_string()))?;
+        if !got.same_file(&want) {
+            return Err(untrusted(format!(
+                "the server runs {}, expected {}",
+                got.path.display(),
+                want.path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn read_loop(

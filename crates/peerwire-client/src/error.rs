@@ -20,6 +20,14 @@ pub enum ConnectError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The process listening on the socket is not the expected server; nothing was sent to it.
+    #[error("refusing to talk to the server on {path}: {reason}")]
+    UntrustedServer {
+        /// The socket path.
+        path: PathBuf,
+        /// Who is there and what was expected.
+        reason: String,
+    },
     /// The server refused the session or answered something invalid.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),

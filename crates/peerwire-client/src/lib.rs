@@ -121,6 +121,8 @@ pub(crate) struct Config {
     pub(crate) outbound_queue: usize,
     pub(crate) event_buffer: usize,
     pub(crate) reconnect: Option<Backoff>,
+    pub(crate) server_uids: Vec<u32>,
+    pub(crate) server_exe: Option<PathBuf>,
 }
 
 /// Builds a [`Client`]. Setters take and return `self`.
@@ -156,6 +158,23 @@ impl ClientBuilder {
             versions: versions.to_vec(),
             required: true,
         });
+        self
+    }
+
+    /// Trusts a server running as `uid` (call again to trust several). The client checks the
+    /// server's credentials (`SO_PEERCRED` of the listening socket) before it sends anything,
+    /// and refuses a server of another uid: someone who squatted on the socket path, or a
+    /// process posing as the server ("display hijacking"). Default, when never called: the
+    /// client's own uid and root.
+    pub fn expect_server_uid(mut self, uid: u32) -> Self {
+        self.config.server_uids.push(uid);
+        self
+    }
+
+    /// Also requires the server process to run this executable (compared by device and inode,
+    /// resolved race-free through a pidfd; refused where the kernel cannot do that).
+    pub fn expect_server_exe(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.server_exe = Some(path.into());
         self
     }
 
@@ -363,6 +382,8 @@ impl Client {
                 outbound_queue: 1024,
                 event_buffer: 1024,
                 reconnect: None,
+                server_uids: vec![],
+                server_exe: None,
             },
         }
     }
@@ -487,7 +508,7 @@ impl Client {
         conn.session.check_name(topic).map_err(CallError::Status)?;
         let frame = Frame::new(Kind::Event(Event {
             topic: topic.to_owned(),
-            seq: conn.next_event_seq(),
+            seq: conn.next_event_seq(topic),
             payload: event.encode_to_vec(),
         }));
         conn.check_size(&frame)?;
@@ -553,6 +574,7 @@ impl Client {
                     reason: "client closed".into(),
                 })))
                 .await;
+            conn.flushed(Duration::from_millis(200)).await;
             conn.close();
         }
         lock(&self.inner.subs).clear();

@@ -75,3 +75,8 @@ mod tests {
         assert!(PeerCredentials::of(&file).is_err());
     }
 }
+
+/// The peer's supplementary groups (`SO_PEERGROUPS`, Linux 4.13+), as of `connect`.
+pub fn peer_groups(socket: &impl AsFd) -> io::Result<Vec<u32>> {
+    crate::sys::peer_groups(socket)
+}

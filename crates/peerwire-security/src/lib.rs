@@ -1,11 +1,16 @@
 //! # peerwire-security: the security mechanisms both ends share
 //!
 //! - [`cred`]: the credentials of the process at the other end of a Unix socket
-//!   (`SO_PEERCRED`), read by the kernel at `connect`/`listen` time and impossible for the peer
-//!   to forge. This is the one module that makes raw socket-option calls.
+//!   (`SO_PEERCRED`, `SO_PEERGROUPS`), set by the kernel at `connect`/`listen` time and
+//!   impossible for the peer to forge;
+//! - [`exe`]: the executable a peer runs, resolved race-free through a pidfd (`SO_PEERPIDFD`);
+//! - [`sockpath`]: socket-path hardening (private directory, umask at bind, stale sockets,
+//!   systemd-provided sockets) and an audit for operators;
+//! - `sys` (private): the only `unsafe` code in peerwire, for socket options the safe wrappers
+//!   lack and for claiming the socket systemd passes.
 //!
-//! Later additions (socket-path hardening, device identities and TLS contexts, session tokens,
-//! sealed storage, privilege dropping) each get a module of their own.
+//! Later additions (device identities and TLS contexts, session tokens, sealed storage,
+//! privilege dropping) each get a module of their own.
 //!
 //! ```
 //! use std::os::unix::net::UnixStream;
@@ -21,3 +26,8 @@
 #![warn(missing_docs)]
 
 pub mod cred;
+pub mod exe;
+pub mod sockpath;
+mod sys;
+
+pub use sys::systemd_listen_fd;

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use peerwire_proto::codec::{CodecError, FrameCodec};
 use peerwire_proto::handshake::{ServerHandshake, ServerOutcome, Session};
 use peerwire_proto::v1::{
@@ -53,9 +53,26 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         }
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let _live = LiveGuard::new(shared.clone());
     let span = tracing::info_span!("conn", id, %peer);
     async move {
-        tracing::debug!("accepted");
+        // The access policy is checked before a single byte of the peer is read.
+        if let Err(reason) = shared.policy.check(&stream, &peer) {
+            bump(&shared.counters.denied);
+            tracing::warn!("access denied: {reason}");
+            let (rd, mut wr) = stream.into_split();
+            let status = Status::new(Code::PermissionDenied, reason);
+            send_direct(
+                &mut wr,
+                reject_frame(&status),
+                shared.limits.handshake_timeout,
+            )
+            .await;
+            drain(rd).await;
+            return;
+        }
+        bump(&shared.counters.accepted);
+        tracing::debug!("admitted by the access policy");
         let (rd, mut wr) = stream.into_split();
         let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
         let Some((session, client_name, welcome)) =
@@ -77,6 +94,22 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     }
     .instrument(span)
     .await
+}
+
+/// Counts a connection task as live from accept to close (handshakes included).
+struct LiveGuard(Arc<Shared>);
+
+impl LiveGuard {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.live.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Reads and discards what the peer already sent, briefly and boundedly, so that closing the
@@ -129,8 +162,8 @@ async fn handshake(
         tracing::warn!("handshake refused: {status}");
         reject_frame(&status)
     };
-    let open = shared.conns().len();
-    if open >= limits.max_connections {
+    let open = shared.live.load(Ordering::Relaxed);
+    if open > limits.max_connections {
         let status = Status::new(
             Code::ResourceExhausted,
             format!(
@@ -583,7 +616,10 @@ impl Connection {
     ) -> Next {
         match done {
             Ok((tid, response)) => {
-                self.task_ids.remove(&tid);
+                if self.task_ids.remove(&tid).is_none() {
+                    // Cancelled (and answered CANCELLED) while finishing: exactly one Response.
+                    return Next::Continue;
+                }
                 self.in_flight.remove(&response.id);
                 if response.code == Code::DeadlineExceeded as i32 {
                     bump(&self.shared.counters.deadline_exceeded);
@@ -677,12 +713,11 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// Runs a connection's event handlers one at a time, in arrival order.
 async fn run_event_handlers(ctx: ConnectionContext, mut rx: mpsc::Receiver<(EventFn, Bytes)>) {
     while let Some((handler, payload)) = rx.recv().await {
-        let fut = handler(ctx.clone(), payload);
-        // A panicking event handler must not take the others down with it.
-        if let Err(e) = tokio::spawn(fut).await {
-            if e.is_panic() {
-                tracing::error!("event handler panicked");
-            }
+        // A panicking event handler must not take the others down with it. Run inline (not
+        // spawned) so that closing the connection stops a handler that is still running.
+        let fut = std::panic::AssertUnwindSafe(handler(ctx.clone(), payload));
+        if fut.catch_unwind().await.is_err() {
+            tracing::error!("event handler panicked");
         }
     }
 }

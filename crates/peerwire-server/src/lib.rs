@@ -46,6 +46,7 @@
 
 mod config;
 mod conn;
+mod policy;
 mod registry;
 mod router;
 mod socket;
@@ -67,6 +68,7 @@ pub use config::Limits;
 pub use peerwire_proto::Status;
 pub use peerwire_proto::v1::Code;
 pub use peerwire_security::cred::PeerCredentials;
+pub use policy::AccessPolicy;
 pub use registry::{PushError, Stats};
 pub use router::{ConnectionContext, ConnectionId, RequestContext};
 
@@ -99,6 +101,8 @@ pub struct ServerBuilder {
     path: PathBuf,
     name: String,
     limits: Limits,
+    policy: AccessPolicy,
+    socket_group: Option<u32>,
     namespaces: BTreeMap<String, Vec<u32>>,
     router: Router,
     errors: Vec<String>,
@@ -114,6 +118,20 @@ impl ServerBuilder {
     /// Sets the limits. Default [`Limits::default()`].
     pub fn limits(&mut self, limits: Limits) -> &mut Self {
         self.limits = limits;
+        self
+    }
+
+    /// Sets who may connect. Default [`AccessPolicy::own_uid`]: only the server's own uid.
+    pub fn access_policy(&mut self, policy: AccessPolicy) -> &mut Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Deliberately opens the socket to a group: its directory becomes 0750 and the socket
+    /// 0660, both owned by `gid`. Default: none (0700 and 0600). File permissions only decide
+    /// who can reach the socket; the access policy still decides who is admitted.
+    pub fn socket_group(&mut self, gid: u32) -> &mut Self {
+        self.socket_group = Some(gid);
         self
     }
 
@@ -190,12 +208,20 @@ impl ServerBuilder {
         self
     }
 
-    /// Validates the configuration and binds the socket (the directory is created 0700 if
-    /// missing; a stale socket nobody answers on is replaced; the socket is made 0600).
+    /// Validates the configuration and binds the socket with the hardening of
+    /// [`peerwire_security::sockpath`]: the directory is created 0700 (0750 with a socket group)
+    /// if missing and refused if unsafe; the socket is 0600 (0660) from its first instant; a
+    /// stale socket of ours that nobody answers on is replaced; a live server or anything else at
+    /// the path is refused. When the process was started by systemd socket activation
+    /// (`LISTEN_PID`/`LISTEN_FDS`), the passed socket is used instead, after the same checks.
     /// Must be called inside a tokio runtime.
     pub fn bind(&self) -> Result<Server, ServerError> {
-        if !self.errors.is_empty() {
-            return Err(ServerError::Config(self.errors.join("; ")));
+        let mut errors = self.errors.clone();
+        if let Err(e) = peerwire_security::sockpath::validate_socket_path(&self.path) {
+            errors.push(e.to_string());
+        }
+        if !errors.is_empty() {
+            return Err(ServerError::Config(errors.join("; ")));
         }
         let l = &self.limits;
         if l.max_frame_size < peerwire_proto::handshake::MIN_FRAME_SIZE
@@ -204,6 +230,7 @@ impl ServerBuilder {
             || l.max_connections == 0
             || l.keepalive_interval.is_zero()
             || l.idle_timeout <= l.keepalive_interval
+            || l.default_deadline > l.max_deadline
             || [
                 l.handshake_timeout,
                 l.default_deadline,
@@ -217,11 +244,12 @@ impl ServerBuilder {
         {
             return Err(ServerError::Config(format!(
                 "limits out of range (frame size >= {} bytes, queues and counts >= 1, \
-                 idle timeout > keepalive interval > 0, durations <= 24 h): {l:?}",
+                 idle timeout > keepalive interval > 0, default deadline <= max deadline, \
+                 durations <= 24 h): {l:?}",
                 peerwire_proto::handshake::MIN_FRAME_SIZE
             )));
         }
-        let listener = socket::bind(&self.path)?;
+        let (listener, origin) = socket::listen(&self.path, self.socket_group)?;
         let shared = Arc::new(Shared {
             name: self.name.clone(),
             limits: self.limits,
@@ -231,14 +259,16 @@ impl ServerBuilder {
                 limits: self.limits.to_wire(),
             },
             router: self.router.clone(),
+            policy: self.policy.clone(),
             conns: Default::default(),
             next_id: AtomicU64::new(1),
+            live: Default::default(),
             shutdown: CancellationToken::new(),
             counters: Default::default(),
         });
         Ok(Server {
             listener,
-            guard: socket::SocketGuard::new(self.path.clone()),
+            guard: socket::SocketGuard::new(self.path.clone(), origin),
             shared,
         })
     }
@@ -267,6 +297,8 @@ impl Server {
             path: socket_path.into(),
             name: "peerwire".into(),
             limits: Limits::default(),
+            policy: AccessPolicy::own_uid(),
+            socket_group: None,
             namespaces: BTreeMap::new(),
             router: Router::default(),
             errors: vec![],
@@ -301,7 +333,7 @@ impl Server {
                 _ = shared.shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        bump(&shared.counters.accepted);
+                        bump(&shared.counters.connections);
                         tracker.spawn(conn::serve(shared.clone(), stream));
                     }
                     Err(e) => {

@@ -27,8 +27,12 @@ pub(crate) struct ConnEntry {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Connections accepted (before the handshake).
+    /// Connections accepted by the listener, before any check.
+    pub connections: u64,
+    /// Connections admitted by the access policy.
     pub accepted: u64,
+    /// Connections refused by the access policy.
+    pub denied: u64,
     /// Handshakes that ended in `Welcome`.
     pub sessions: u64,
     /// Connections refused during the handshake (`Reject`, timeout, bad frames).
@@ -51,7 +55,9 @@ pub struct Stats {
 
 #[derive(Default)]
 pub(crate) struct Counters {
+    pub(crate) connections: AtomicU64,
     pub(crate) accepted: AtomicU64,
+    pub(crate) denied: AtomicU64,
     pub(crate) sessions: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) requests: AtomicU64,
@@ -71,8 +77,11 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     pub(crate) offer: ServerOffer,
     pub(crate) router: Router,
+    pub(crate) policy: crate::AccessPolicy,
     pub(crate) conns: Mutex<HashMap<ConnectionId, ConnEntry>>,
     pub(crate) next_id: AtomicU64,
+    /// Connection tasks alive, from accept to close (handshakes included).
+    pub(crate) live: std::sync::atomic::AtomicUsize,
     pub(crate) shutdown: CancellationToken,
     pub(crate) counters: Counters,
 }
@@ -119,7 +128,9 @@ impl Shared {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
+            connections: get(&c.connections),
             accepted: get(&c.accepted),
+            denied: get(&c.denied),
             sessions: get(&c.sessions),
             handshake_failures: get(&c.handshake_failures),
             open: self.conns().len() as u64,

@@ -1,9 +1,12 @@
-//! Binding the listening socket, and removing it on exit.
+//! The listening socket: bound with peerwire-security's path hardening, or inherited from
+//! systemd socket activation and checked the same way; removed on exit when it is ours.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use nix::sys::socket::{getsockopt, sockopt};
+use peerwire_security::sockpath;
 use tokio::net::UnixListener;
 
 use crate::ServerError;
@@ -15,82 +18,103 @@ fn err(path: &Path, reason: impl Into<String>) -> ServerError {
     }
 }
 
-/// Binds a filesystem Unix socket at `path` (abstract sockets have no permissions and are
-/// refused). A missing parent directory is created 0700. An existing socket is replaced only if
-/// nobody answers on it (a stale one left by a crash); anything else at the path is an error.
-pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    let bytes = path.as_os_str().as_encoded_bytes();
-    if bytes.is_empty() || bytes.first() == Some(&0) || bytes.first() == Some(&b'@') {
-        return Err(err(
-            path,
-            "abstract or empty socket names are refused: use a filesystem path in a 0700 directory",
-        ));
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| {
-                    err(
-                        path,
-                        format!("cannot create directory {}: {e}", dir.display()),
-                    )
-                })?;
-        }
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(err(
-                        path,
-                        "another server is already listening on this socket",
-                    ));
-                }
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                    tracing::info!(path = %path.display(), "removing stale socket");
-                    std::fs::remove_file(path)
-                        .map_err(|e| err(path, format!("cannot remove stale socket: {e}")))?;
-                }
-                Err(e) => return Err(err(path, format!("cannot probe existing socket: {e}"))),
-            }
-        }
-        Ok(_) => {
-            return Err(err(
-                path,
-                "the path exists and is not a socket; remove it or choose another path",
-            ));
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(err(path, e.to_string())),
-    }
-    let listener = UnixListener::bind(path).map_err(|e| err(path, e.to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err(path, format!("cannot restrict socket permissions: {e}")))?;
-    Ok(listener)
+/// How the listener came to be; decides whether the socket file is removed on exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Bound by this process: removed on exit.
+    Bound,
+    /// Passed by systemd (`LISTEN_FDS`): systemd owns the file, it stays.
+    Systemd,
 }
 
-/// Removes the socket file when dropped (the server stopped or its future was dropped).
+/// Binds `path`, or takes the socket systemd passed if this process is socket-activated.
+pub(crate) fn listen(
+    path: &Path,
+    group: Option<u32>,
+) -> Result<(UnixListener, Origin), ServerError> {
+    let inherited = peerwire_security::systemd_listen_fd()
+        .map_err(|e| err(path, format!("socket activation: {e}")))?;
+    let (listener, origin) = match inherited {
+        Some(fd) => {
+            let listener = std::os::unix::net::UnixListener::from(fd);
+            check_inherited(&listener, path, group)?;
+            tracing::info!(path = %path.display(), "using the socket passed by systemd");
+            (listener, Origin::Systemd)
+        }
+        None => (
+            sockpath::bind(path, group)
+                .map_err(|e| err(path, format!("{} (fix: {})", e.problem, e.fix)))?,
+            Origin::Bound,
+        ),
+    };
+    listener.set_nonblocking(true)?;
+    Ok((UnixListener::from_std(listener)?, origin))
+}
+
+fn check_inherited(
+    listener: &std::os::unix::net::UnixListener,
+    path: &Path,
+    group: Option<u32>,
+) -> Result<(), ServerError> {
+    let listening = getsockopt(&listener.as_fd(), sockopt::AcceptConn).unwrap_or(false);
+    let stream = getsockopt(&listener.as_fd(), sockopt::SockType)
+        .is_ok_and(|t| t == nix::sys::socket::SockType::Stream);
+    if !listening || !stream {
+        return Err(err(
+            path,
+            "the socket passed by systemd is not a listening stream socket (ListenStream= is needed)",
+        ));
+    }
+    let addr = listener.local_addr().map_err(|e| {
+        err(
+            path,
+            format!("the socket passed by systemd is not a Unix socket: {e}"),
+        )
+    })?;
+    let Some(bound) = addr.as_pathname() else {
+        return Err(err(
+            path,
+            "the socket passed by systemd is abstract or unnamed; abstract sockets have no permissions",
+        ));
+    };
+    if bound != path {
+        return Err(err(
+            path,
+            format!(
+                "systemd passed the socket {}, but the server is configured for this path",
+                bound.display()
+            ),
+        ));
+    }
+    sockpath::check_socket_file(path, group)
+        .map_err(|e| err(path, format!("{} (fix: {})", e.problem, e.fix)))
+}
+
+/// Removes the socket file when dropped, if this process created it.
 #[derive(Debug)]
-pub(crate) struct SocketGuard(PathBuf);
+pub(crate) struct SocketGuard {
+    path: PathBuf,
+    origin: Origin,
+}
 
 impl SocketGuard {
-    pub(crate) fn new(path: PathBuf) -> Self {
-        Self(path)
+    pub(crate) fn new(path: PathBuf, origin: Origin) -> Self {
+        Self { path, origin }
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 }
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.0) {
+        if self.origin != Origin::Bound {
+            return;
+        }
+        if let Err(e) = std::fs::remove_file(&self.path) {
             if e.kind() != ErrorKind::NotFound {
-                tracing::warn!(path = %self.0.display(), "cannot remove socket: {e}");
+                tracing::warn!(path = %self.path.display(), "cannot remove socket: {e}");
             }
         }
     }
