@@ -151,8 +151,16 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` prints the whole chain of causes on one line, without a backtrace.
-            eprintln!("peerwire: error: {e:#}");
+            // The chain of causes on one line, without a backtrace, and without repeating a
+            // cause that its parent's message already quotes.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !msg.contains(&cause) {
+                    msg = format!("{msg}: {cause}");
+                }
+            }
+            eprintln!("peerwire: error: {msg}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -314,8 +322,15 @@ async fn serve(
     server.run().await?;
     let s = handle.stats();
     eprintln!(
-        "peerwire serve: stopped after {} sessions, {} requests, {} handshake failures, {} protocol errors",
-        s.sessions, s.requests, s.handshake_failures, s.protocol_errors
+        "peerwire serve: stopped after {} connections ({} admitted, {} denied), {} sessions, {} requests, \
+         {} handshake failures, {} protocol errors",
+        s.connections,
+        s.accepted,
+        s.denied,
+        s.sessions,
+        s.requests,
+        s.handshake_failures,
+        s.protocol_errors
     );
     Ok(())
 }

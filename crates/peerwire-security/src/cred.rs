@@ -44,6 +44,11 @@ impl fmt::Display for PeerCredentials {
     }
 }
 
+/// The peer's supplementary groups (`SO_PEERGROUPS`, Linux 4.13+), as of `connect`.
+pub fn peer_groups(socket: &impl AsFd) -> io::Result<Vec<u32>> {
+    crate::sys::peer_groups(socket)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,9 +79,4 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         assert!(PeerCredentials::of(&file).is_err());
     }
-}
-
-/// The peer's supplementary groups (`SO_PEERGROUPS`, Linux 4.13+), as of `connect`.
-pub fn peer_groups(socket: &impl AsFd) -> io::Result<Vec<u32>> {
-    crate::sys::peer_groups(socket)
 }

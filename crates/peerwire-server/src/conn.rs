@@ -54,7 +54,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let _live = LiveGuard::new(shared.clone());
-    let span = tracing::info_span!("conn", id, %peer);
+    // ERROR level so that the span, and with it the peer's credentials, is on every line of
+    // this connection whatever level RUST_LOG lets through.
+    let span = tracing::error_span!("conn", id, %peer);
     async move {
         // The access policy is checked before a single byte of the peer is read.
         if let Err(reason) = shared.policy.check(&stream, &peer) {

@@ -39,15 +39,27 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(path: &Path, extra: &[&str]) -> Self {
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--socket")
-            .arg(path)
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--socket").arg(path).args(extra);
+        Self::spawn(cmd, path)
+    }
+
+    /// Takes charge of an already started server process and waits until `path` answers.
+    pub fn adopt(child: Child, path: &Path) -> Self {
+        let server = Self {
+            child,
+            path: path.to_owned(),
+        };
+        server.wait_listening();
+        server
+    }
+
+    /// Runs `cmd` (some form of `peerwire serve`) and waits until `path` answers.
+    pub fn spawn(mut cmd: Command, path: &Path) -> Self {
+        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let child = cmd
+            .env("RUST_LOG", log)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn peerwire serve");
@@ -207,4 +219,100 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cond()
+}
+
+/// A system group for tests, created if missing (tests run as root, in CI too); its gid.
+pub fn ensure_group(name: &str) -> u32 {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(g) = nix::unistd::Group::from_name(name).unwrap() {
+        return g.gid.as_raw();
+    }
+    let status = Command::new("groupadd")
+        .args(["--system", name])
+        .status()
+        .expect("groupadd");
+    assert!(
+        status.success() || status.code() == Some(9),
+        "groupadd {name}: {status}"
+    );
+    nix::unistd::Group::from_name(name)
+        .unwrap()
+        .expect("group created")
+        .gid
+        .as_raw()
+}
+
+/// A system user for tests (no home, no shell) with `group` as primary group; its uid.
+pub fn ensure_user(name: &str, group: &str) -> u32 {
+    ensure_group(group);
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(u) = nix::unistd::User::from_name(name).unwrap() {
+        return u.uid.as_raw();
+    }
+    let status = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--gid",
+            group,
+            name,
+        ])
+        .status()
+        .expect("useradd");
+    assert!(
+        status.success() || status.code() == Some(9),
+        "useradd {name}: {status}"
+    );
+    nix::unistd::User::from_name(name)
+        .unwrap()
+        .expect("user created")
+        .uid
+        .as_raw()
+}
+
+/// The peerwire binary at a path every user can execute (the build tree may not be).
+pub fn shared_bin() -> PathBuf {
+    static BIN_COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN_COPY
+        .get_or_init(|| {
+            use std::os::unix::fs::PermissionsExt;
+            let dir =
+                std::env::temp_dir().join(format!("peerwire-test-bin-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let path = dir.join("peerwire");
+            std::fs::copy(BIN, &path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        })
+        .clone()
+}
+
+/// `setpriv` prefix that runs a command as `uid`/`gid` with exactly `groups` as supplementary
+/// groups.
+pub fn as_user(uid: u32, gid: u32, groups: &[u32]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        cmd.arg(format!("--groups={}", list.join(",")));
+    }
+    cmd.arg("--");
+    cmd
+}
+
+/// A temporary directory every user can traverse (0755), so that the socket directory inside
+/// decides access.
+pub fn open_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
