@@ -35,6 +35,18 @@ use anyhow::{Context, bail};
 use peerwire_client::{Client, EventMessage};
 use peerwire_server::{Server, ServerBuilder, Status};
 
+/// Logs to stderr (never mixed with a program's output), filtered by `RUST_LOG`, else `default`
+/// (for example `"warn"`). Shared by the example binaries and the `peerwire` command.
+pub fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Generated types of `proto/display/v1/display.proto`.
 #[allow(missing_docs, clippy::all)]
 pub mod display {

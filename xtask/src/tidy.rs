@@ -69,7 +69,11 @@ fn unsafe_is_forbidden_outside_the_security_crate() {
             continue;
         }
         assert!(!text.contains("unsafe {"), "{} uses unsafe", path.display());
-        assert!(!text.contains("allow(unsafe_code)"), "{} allows unsafe code", path.display());
+        assert!(
+            !text.contains("allow(unsafe_code)"),
+            "{} allows unsafe code",
+            path.display()
+        );
     }
 }
 

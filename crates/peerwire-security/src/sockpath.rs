@@ -311,6 +311,24 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, PathError> 
     Ok(listener)
 }
 
+/// A socket more open than 0600 (0660 with `group`); `fix` says how, given the allowed mode.
+fn socket_mode_problem(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    group: Option<u32>,
+    fix: impl Fn(u32) -> String,
+) -> Option<PathError> {
+    let mode = mode_of(meta);
+    let allowed = socket_mode(group);
+    (mode & !allowed != 0).then(|| {
+        problem(
+            path,
+            format!("the socket has mode {mode:04o}, more open than {allowed:04o}"),
+            fix(allowed),
+        )
+    })
+}
+
 /// Checks a socket someone else created (systemd socket activation): the same directory rules,
 /// and the socket owned by us (or root) with no permission beyond 0600 (0660 with `group`).
 pub fn check_socket_file(path: &Path, group: Option<u32>) -> Result<(), PathError> {
@@ -344,14 +362,10 @@ pub fn check_socket_file(path: &Path, group: Option<u32>) -> Result<(), PathErro
             format!("SocketUser= the service user (uid {me})"),
         ));
     }
-    let mode = mode_of(&meta);
-    let allowed = socket_mode(group);
-    if mode & !allowed != 0 {
-        return Err(problem(
-            path,
-            format!("the socket has mode {mode:04o}; at most {allowed:04o} is allowed"),
-            format!("SocketMode={allowed:04o} in the .socket unit"),
-        ));
+    if let Some(p) = socket_mode_problem(path, &meta, group, |a| {
+        format!("SocketMode={a:04o} in the .socket unit")
+    }) {
+        return Err(p);
     }
     if let Some(g) = group {
         if meta.gid() != g {
@@ -433,15 +447,10 @@ pub fn audit(path: &Path, group: Option<u32>) -> Audit {
             "move it away; the server refuses to start while it is there",
         )),
         Ok(meta) => {
-            let mode = mode_of(&meta);
-            let allowed = socket_mode(group);
-            if mode & !allowed != 0 {
-                audit.problems.push(problem(
-                    path,
-                    format!("the socket has mode {mode:04o}, more open than {allowed:04o}"),
-                    format!("chmod {allowed:04o} {}", path.display()),
-                ));
-            }
+            let fix = |a: u32| format!("chmod {a:04o} {}", path.display());
+            audit
+                .problems
+                .extend(socket_mode_problem(path, &meta, group, fix));
             let me = geteuid().as_raw();
             if meta.uid() != me && meta.uid() != 0 {
                 audit.facts.push(format!(

@@ -14,12 +14,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    peerwire_examples::init_logging("warn");
     let args = Args::parse();
     peerwire_examples::run_display_client(&args.socket, |line| println!("[client] {line}")).await?;
     Ok(())

@@ -16,11 +16,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    peerwire_examples::init_logging("info");
     let args = Args::parse();
     let server =
         peerwire_examples::display_server(&args.socket, |line| println!("[server] {line}"))
