@@ -17,7 +17,8 @@
 //! let server = peerwire_examples::display_server(&path, |line| println!("[server] {line}")).bind()?;
 //! let handle = server.handle();
 //! let serving = tokio::spawn(server.run());
-//! let transcript = peerwire_examples::run_display_client(&path, |line| println!("[client] {line}")).await?;
+//! let transcript =
+//!     peerwire_examples::run_display_client(&path, None, |line| println!("[client] {line}")).await?;
 //! assert!(transcript.iter().any(|l| l.contains("sign-in")));
 //! handle.shutdown();
 //! serving.await??;
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use peerwire_client::{Client, EventMessage};
+use peerwire_client::{Client, ClientTls, EventMessage, TlsMode};
 use peerwire_server::{Server, ServerBuilder, Status};
 
 /// Logs to stderr (never mixed with a program's output), filtered by `RUST_LOG`, else `default`
@@ -270,13 +271,24 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The renderer side: connects, initialises, subscribes, reacts to pushes with input events,
 /// prints what it would draw, and returns the transcript once the scripted session is over.
-pub async fn run_display_client(path: &Path, out: impl Fn(&str)) -> anyhow::Result<Vec<String>> {
+///
+/// `tls`: the client's TLS context (for example `ClientTls::from_dir(identity, TlsMode::Mutual)`),
+/// or `None` for a plain socket.
+pub async fn run_display_client(
+    path: &Path,
+    tls: Option<ClientTls>,
+    out: impl Fn(&str),
+) -> anyhow::Result<Vec<String>> {
     let mut transcript = Vec::new();
     let mut say = |line: String| {
         out(&line);
         transcript.push(line);
     };
     let mut builder = Client::builder(path).name("display-client");
+    let mode = tls.as_ref().map_or(TlsMode::Off, ClientTls::mode);
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
     for ns in NAMESPACES {
         builder = builder.require_namespace(ns, &[1]);
     }
@@ -286,7 +298,7 @@ pub async fn run_display_client(path: &Path, out: impl Fn(&str)) -> anyhow::Resu
         .context("connecting to the display server")?;
     let session = client.session().context("no session")?;
     say(format!(
-        "connected: protocol v{}, session {}, server {}",
+        "connected over TLS {mode}: protocol v{}, session {}, server {}",
         session.protocol_version,
         session.session_id,
         client

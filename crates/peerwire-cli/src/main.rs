@@ -11,6 +11,13 @@
 //! - `peerwire audit --socket PATH`: the socket's and its directory's owner and mode, and any
 //!   problem in plain words; exits 1 when something is unsafe.
 //!
+//! - `peerwire init --dir DIR [--device NAME] [--force]`: provisions the device identity (a key
+//!   pair and a self-signed certificate for the server and for the client, each pinning the
+//!   other) for TLS.
+//!
+//! TLS: `serve` and `ping` take `--tls off|server-auth|mutual --identity DIR`; `demo` uses mutual
+//! TLS unless `--tls off`.
+//!
 //! Access control: `serve` admits only its own uid unless `--allow-uid`/`--allow-group` say
 //! otherwise (then exactly those), optionally only clients running `--allow-exe`; `--socket-group`
 //! opens the socket file to a group (0660 in a 0750 directory). `ping` refuses a server that is
@@ -18,16 +25,26 @@
 //!
 //! Logging goes to stderr and is controlled by `RUST_LOG` (for example `RUST_LOG=debug`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use peerwire_client::Client;
-use peerwire_server::{AccessPolicy, Limits, Server, Status};
+use peerwire_client::{Client, ClientTls};
+use peerwire_security::identity;
+use peerwire_server::{AccessPolicy, Limits, Server, ServerTls, Status, TlsMode};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
+
+/// Prints a line on stdout; a closed stdout (`peerwire demo | head`) is not an error worth a
+/// panic, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -43,36 +60,28 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the end-to-end demo: display server and display client over a private socket.
-    Demo,
-    /// Run the reference server (echo.Echo, echo.Tick) until SIGINT or SIGTERM.
-    Serve {
-        /// Socket path; its directory is created 0700 if missing.
-        #[arg(long)]
-        socket: PathBuf,
-        /// Interval of the echo.Tick push topic, in milliseconds.
-        #[arg(long, default_value_t = 1000)]
-        tick_ms: u64,
-        /// Shutdown grace period for requests in flight, in milliseconds.
-        #[arg(long, default_value_t = 5000)]
-        grace_ms: u64,
-        #[command(flatten)]
-        access: AccessArgs,
+    Demo {
+        /// Transport security of the demo.
+        #[arg(long, default_value = "mutual")]
+        tls: TlsMode,
     },
+    /// Provision the device identity for TLS (keys 0600 in a 0700 directory).
+    Init {
+        /// Identity directory to create (server/ and client/ inside).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Device name written into the certificates' subjects. Default: the host name.
+        #[arg(long)]
+        device: Option<String>,
+        /// Replace an existing identity.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the reference server (echo.Echo, echo.Sleep, push topic echo.Tick) until SIGINT or
+    /// SIGTERM.
+    Serve(ServeArgs),
     /// Measure round trips to a server's echo.Echo.
-    Ping {
-        /// Socket path of the server.
-        #[arg(long)]
-        socket: PathBuf,
-        /// Number of round trips.
-        #[arg(long, default_value_t = 10)]
-        count: u32,
-        /// Payload size in bytes.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        /// The uid (or user name) the server must run as; repeatable. Default: own uid or root.
-        #[arg(long = "expect-server-uid", value_name = "USER")]
-        expect_server_uid: Vec<String>,
-    },
+    Ping(PingArgs),
     /// Report the socket's and its directory's owner, mode and problems; exit 1 if unsafe.
     Audit {
         /// Socket path to inspect.
@@ -87,7 +96,88 @@ enum Command {
     DisplayClient {
         #[arg(long)]
         socket: PathBuf,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Transport security: off, server-auth (only the server proves itself) or mutual.
+    #[arg(long, default_value = "off")]
+    tls: TlsMode,
+    /// Identity directory made by `peerwire init` (needed unless --tls off).
+    #[arg(long, value_name = "DIR")]
+    identity: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn dir(&self) -> anyhow::Result<&Path> {
+        self.identity.as_deref().with_context(|| {
+            format!(
+                "--tls {} needs --identity DIR (made by `peerwire init`)",
+                self.tls
+            )
+        })
+    }
+
+    fn server(&self) -> anyhow::Result<Option<ServerTls>> {
+        if self.tls == TlsMode::Off {
+            return Ok(None);
+        }
+        Ok(ServerTls::from_dir(self.dir()?, self.tls)?)
+    }
+
+    fn client(&self) -> anyhow::Result<Option<ClientTls>> {
+        if self.tls == TlsMode::Off {
+            return Ok(None);
+        }
+        Ok(ClientTls::from_dir(self.dir()?, self.tls)?)
+    }
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Socket path; its directory is created 0700 if missing.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Interval of the echo.Tick push topic, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    tick_ms: u64,
+    /// Text of each echo.Tick event (followed by its number).
+    #[arg(long, default_value = "tick")]
+    tick_message: String,
+    /// Shutdown grace period for requests in flight, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    grace_ms: u64,
+    #[command(flatten)]
+    access: AccessArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(clap::Args)]
+struct PingArgs {
+    /// Socket path of the server.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Number of round trips.
+    #[arg(long, default_value_t = 10)]
+    count: u32,
+    /// Payload size in bytes (ignored with --message).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Send this text as the payload instead of --size filler bytes.
+    #[arg(long)]
+    message: Option<String>,
+    /// Subscribe to echo.Tick and print one tick before finishing.
+    #[arg(long)]
+    wait_tick: bool,
+    /// The uid (or user name) the server must run as; repeatable. Default: own uid or root.
+    #[arg(long = "expect-server-uid", value_name = "USER")]
+    expect_server_uid: Vec<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -172,55 +262,57 @@ fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         match cli.command {
-            Command::Demo => demo().await,
-            Command::Serve {
-                socket,
-                tick_ms,
-                grace_ms,
-                access,
-            } => {
-                serve(
-                    socket,
-                    Duration::from_millis(tick_ms.max(1)),
-                    Duration::from_millis(grace_ms),
-                    &access,
-                )
-                .await
-            }
-            Command::Ping {
-                socket,
-                count,
-                size,
-                expect_server_uid,
-            } => ping(socket, count, size, &expect_server_uid).await,
+            Command::Demo { tls } => demo(tls).await,
+            Command::Init { dir, device, force } => init(&dir, device, force),
+            Command::Serve(args) => serve(args).await,
+            Command::Ping(args) => ping(args).await,
             Command::Audit {
                 socket,
                 socket_group,
             } => audit(&socket, socket_group.as_deref()),
-            Command::DisplayClient { socket } => {
-                peerwire_examples::run_display_client(&socket, |l| println!("[client] {l}"))
-                    .await
-                    .map(|_| ())
+            Command::DisplayClient { socket, tls } => {
+                peerwire_examples::run_display_client(&socket, tls.client()?, |l| {
+                    say!("[client] {l}")
+                })
+                .await
+                .map(|_| ())
             }
         }
     })
 }
 
-async fn demo() -> anyhow::Result<()> {
+async fn demo(mode: TlsMode) -> anyhow::Result<()> {
     // tempfile creates the directory 0700: only this user can reach the socket inside.
     let dir = tempfile::Builder::new()
         .prefix("peerwire-demo-")
         .tempdir()
         .context("creating the demo's socket directory")?;
     let path = dir.path().join("display.sock");
-    println!(
-        "peerwire demo: socket {} (directory 0700, socket 0600)",
+    let identity = dir.path().join("identity");
+    say!(
+        "peerwire demo: socket {} (directory 0700, socket 0600); both ends check each other's uid (SO_PEERCRED)",
         path.display()
     );
-    println!(
-        "peerwire demo: transport: Unix socket, both ends read each other's credentials (SO_PEERCRED); TLS is not in this build yet"
-    );
-    let server = peerwire_examples::display_server(&path, |l| println!("[server] {l}")).bind()?;
+    if mode != TlsMode::Off {
+        let p = identity::provision(&identity, "demo-device", false)?;
+        say!(
+            "peerwire demo: transport: TLS 1.3, {mode}, with certificates made for this run (pinned):"
+        );
+        for (role, fp) in &p.fingerprints {
+            say!("peerwire demo:   {role} certificate SHA-256 {fp}");
+        }
+    } else {
+        say!("peerwire demo: transport: plain Unix socket (--tls off)");
+    }
+    let tls = TlsArgs {
+        tls: mode,
+        identity: Some(identity.clone()),
+    };
+    let mut builder = peerwire_examples::display_server(&path, |l| say!("[server] {l}"));
+    if let Some(server_tls) = tls.server()? {
+        builder.tls(server_tls);
+    }
+    let server = builder.bind()?;
     let handle = server.handle();
     let serving = tokio::spawn(server.run());
 
@@ -229,11 +321,15 @@ async fn demo() -> anyhow::Result<()> {
         .arg("__display-client")
         .arg("--socket")
         .arg(&path)
+        .arg("--tls")
+        .arg(mode.to_string())
+        .arg("--identity")
+        .arg(&identity)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .context("starting the display client process")?;
-    println!(
+    say!(
         "peerwire demo: display client started as pid {}",
         child.id().unwrap_or(0)
     );
@@ -244,7 +340,7 @@ async fn demo() -> anyhow::Result<()> {
     let mut lines = BufReader::new(stdout).lines();
     let run = async {
         while let Some(line) = lines.next_line().await? {
-            println!("{line}");
+            say!("{line}");
         }
         child.wait().await
     };
@@ -257,7 +353,7 @@ async fn demo() -> anyhow::Result<()> {
     if !status.success() {
         bail!("the display client failed: {status}");
     }
-    println!(
+    say!(
         "peerwire demo: done ({} session, {} requests, {} events pushed); socket removed: {}",
         stats.sessions,
         stats.requests,
@@ -267,18 +363,24 @@ async fn demo() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(
-    socket: PathBuf,
-    tick: Duration,
-    grace: Duration,
-    access: &AccessArgs,
-) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        socket,
+        tick_ms,
+        tick_message,
+        grace_ms,
+        access,
+        tls,
+    } = args;
     let mut limits = Limits::default();
-    limits.shutdown_grace = grace;
+    limits.shutdown_grace = Duration::from_millis(grace_ms);
     let mut builder = Server::builder(&socket);
     builder.access_policy(access.policy()?);
     if let Some(g) = &access.socket_group {
         builder.socket_group(resolve_gid(g)?);
+    }
+    if let Some(server_tls) = tls.server()? {
+        builder.tls(server_tls);
     }
     builder
         .name("peerwire-serve")
@@ -293,7 +395,12 @@ async fn serve(
         });
     let server = builder.bind()?;
     let handle = server.handle();
-    eprintln!("peerwire serve: listening on {}", socket.display());
+    eprintln!(
+        "peerwire serve: listening on {} (TLS: {})",
+        socket.display(),
+        tls.tls
+    );
+    let tick = Duration::from_millis(tick_ms.max(1));
     let ticker = handle.clone();
     tokio::spawn(async move {
         let mut n: u64 = 0;
@@ -301,7 +408,7 @@ async fn serve(
         while !ticker.is_shutting_down() {
             interval.tick().await;
             n += 1;
-            let _ = ticker.broadcast("echo.Tick", &n);
+            let _ = ticker.broadcast("echo.Tick", &format!("{tick_message} {n}"));
         }
     });
     let mut term = signal(SignalKind::terminate())?;
@@ -317,11 +424,12 @@ async fn serve(
     server.run().await?;
     let s = handle.stats();
     eprintln!(
-        "peerwire serve: stopped after {} connections ({} admitted, {} denied), {} sessions, {} requests, \
-         {} handshake failures, {} protocol errors",
+        "peerwire serve: stopped after {} connections ({} admitted, {} denied), {} TLS failures, \
+         {} sessions, {} requests, {} handshake failures, {} protocol errors",
         s.connections,
         s.accepted,
         s.denied,
+        s.tls_failures,
         s.sessions,
         s.requests,
         s.handshake_failures,
@@ -330,15 +438,35 @@ async fn serve(
     Ok(())
 }
 
-async fn ping(socket: PathBuf, count: u32, size: usize, expect: &[String]) -> anyhow::Result<()> {
+async fn ping(args: PingArgs) -> anyhow::Result<()> {
+    let PingArgs {
+        socket,
+        count,
+        size,
+        message,
+        wait_tick,
+        expect_server_uid,
+        tls,
+    } = args;
     let mut builder = Client::builder(&socket)
         .name("peerwire-ping")
         .require_namespace("echo", &[1]);
-    for u in expect {
+    for u in &expect_server_uid {
         builder = builder.expect_server_uid(resolve_uid(u)?);
     }
+    if let Some(client_tls) = tls.client()? {
+        builder = builder.tls(client_tls);
+    }
     let client = builder.connect().await?;
-    let payload = vec![0xa5u8; size];
+    let mut ticks = match wait_tick {
+        true => Some(client.subscribe("echo.Tick").await?),
+        false => None,
+    };
+    let payload = match &message {
+        Some(m) => m.as_bytes().to_vec(),
+        None => vec![0xa5u8; size],
+    };
+    let size = payload.len();
     let mut samples = Vec::with_capacity(count as usize);
     for i in 0..count {
         let start = Instant::now();
@@ -349,6 +477,18 @@ async fn ping(socket: PathBuf, count: u32, size: usize, expect: &[String]) -> an
         }
         samples.push(rtt);
     }
+    if let Some(ticks) = &mut ticks {
+        let tick = tokio::time::timeout(Duration::from_secs(10), ticks.next())
+            .await
+            .context("no echo.Tick within 10 s")?
+            .context("the connection closed")?;
+        say!(
+            "event {} #{}: {}",
+            tick.topic,
+            tick.seq,
+            tick.decode::<String>()?
+        );
+    }
     client.close().await;
     samples.sort();
     let pick = |q: f64| {
@@ -357,7 +497,7 @@ async fn ping(socket: PathBuf, count: u32, size: usize, expect: &[String]) -> an
             .copied()
             .unwrap_or_default()
     };
-    println!(
+    say!(
         "{count} round trips of {size} B to {}: min {:?}, p50 {:?}, p99 {:?}, max {:?}",
         socket.display(),
         pick(0.0),
@@ -372,19 +512,43 @@ fn audit(socket: &std::path::Path, group: Option<&str>) -> anyhow::Result<()> {
     let group = group.map(resolve_gid).transpose()?;
     let report = peerwire_security::sockpath::audit(socket, group);
     for fact in &report.facts {
-        println!("{fact}");
+        say!("{fact}");
     }
     if report.problems.is_empty() {
-        println!("ok: no problem found");
+        say!("ok: no problem found");
         return Ok(());
     }
     for p in &report.problems {
-        println!("PROBLEM: {}: {}", p.path.display(), p.problem);
-        println!("    fix: {}", p.fix);
+        say!("PROBLEM: {}: {}", p.path.display(), p.problem);
+        say!("    fix: {}", p.fix);
     }
     bail!(
         "{} problem(s) found with {}",
         report.problems.len(),
         socket.display()
     )
+}
+
+fn init(dir: &Path, device: Option<String>, force: bool) -> anyhow::Result<()> {
+    let device = match device {
+        Some(d) => d,
+        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+    };
+    let p = identity::provision(dir, &device, force)?;
+    say!(
+        "device identity for {device:?} created in {}:",
+        dir.display()
+    );
+    for (role, fp) in &p.fingerprints {
+        say!(
+            "  {role}: {0}/{role}/key.pem (0600), {0}/{role}/cert.pem, {0}/{role}/peer.pem; certificate SHA-256 {fp}",
+            dir.display()
+        );
+    }
+    say!(
+        "give {}/server to the server's user and {}/client to the client's user",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
 }

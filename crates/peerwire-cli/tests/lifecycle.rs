@@ -208,7 +208,8 @@ fn demo_runs_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     for line in [
-        "[client] connected: protocol v1",
+        "peerwire demo: transport: TLS 1.3, mutual",
+        "[client] connected over TLS mutual: protocol v1",
         "[server] Initialize from display-client",
         "draw: sign-in screen",
         "draw: attention bar LISTENING",

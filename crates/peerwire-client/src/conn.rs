@@ -6,21 +6,95 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use peerwire_proto::codec::FrameCodec;
+use peerwire_proto::codec::{CodecError, FrameCodec};
 use peerwire_proto::handshake::{ClientHandshake, Session};
 use peerwire_proto::v1::{Cancel, Frame, Hello, Pong, Response, frame::Kind};
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
 use peerwire_security::exe::{Executable, peer_executable};
+use peerwire_security::tls::TlsError;
 use prost::Message;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::{CallError, Config, ConnectError, Inner, lock};
+
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Records the first bytes read from the raw socket, so that a server that refused us in
+/// plain text (access policy `Reject`, sent before TLS) can be understood after TLS fails.
+struct Tap<S> {
+    inner: S,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl<S> Tap<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            seen: Arc::default(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let mut seen = lock(&self.seen);
+        if seen.len() < usize::try_from(HANDSHAKE_MAX_FRAME_SIZE).unwrap_or(usize::MAX) {
+            seen.extend_from_slice(buf.filled().get(before..).unwrap_or_default());
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A plain-text `Reject` the server sent instead of starting TLS (for example: access denied).
+fn refused_before_tls(seen: &Mutex<Vec<u8>>) -> Option<ConnectError> {
+    use tokio_util::codec::Decoder;
+    let mut buf = BytesMut::from(lock(seen).as_slice());
+    let frame = FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
+        .decode(&mut buf)
+        .ok()??;
+    match ClientHandshake::new(Hello::default()).receive(frame) {
+        Err(e @ peerwire_proto::handshake::HandshakeError::Rejected { .. }) => {
+            Some(ConnectError::Handshake(e))
+        }
+        _ => None,
+    }
+}
 
 type Reply = oneshot::Sender<Result<Response, CallError>>;
 
@@ -138,7 +212,24 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     let stream = UnixStream::connect(&config.path).await.map_err(io_err)?;
     let server = PeerCredentials::of(&stream).map_err(io_err)?;
     verify_server(config, &stream, &server)?;
-    let (rd, mut wr) = stream.into_split();
+    let tls = config.tls.is_some();
+    let (rd, mut wr) = match &config.tls {
+        None => {
+            let (rd, wr) = stream.into_split();
+            (Box::new(rd) as BoxRead, Box::new(wr) as BoxWrite)
+        }
+        Some(tls) => {
+            let tap = Tap::new(stream);
+            let seen = tap.seen.clone();
+            match tls.connect(tap).await {
+                Ok(s) => {
+                    let (rd, wr) = tokio::io::split(s);
+                    (Box::new(rd) as BoxRead, Box::new(wr) as BoxWrite)
+                }
+                Err(e) => return Err(refused_before_tls(&seen).unwrap_or(ConnectError::Tls(e))),
+            }
+        }
+    };
     let mut handshake = ClientHandshake::new(Hello {
         protocol_versions: vec![],
         client_name: config.name.clone(),
@@ -150,7 +241,18 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE).encode(&handshake.hello_frame(), &mut buf)?;
     wr.write_all(&buf).await.map_err(io_err)?;
     let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
-    let answer = reader.next().await.ok_or(ConnectError::Closed)??;
+    let answer = match reader.next().await {
+        Some(Ok(frame)) => frame,
+        // With TLS 1.3 a server that refuses our certificate says so after our side of the
+        // handshake completed: the alert arrives on this first read.
+        Some(Err(CodecError::Io(e))) if tls => {
+            return Err(ConnectError::Tls(TlsError::Handshake(format!(
+                "the server ended the TLS session ({e}); it does not accept this client's certificate"
+            ))));
+        }
+        Some(Err(e)) => return Err(e.into()),
+        None => return Err(ConnectError::Closed),
+    };
     let session = handshake.receive(answer)?;
     for ns in session.namespaces.iter().filter(|a| a.code != 0) {
         tracing::warn!(namespace = %ns.namespace, "{}", ns.reason);
@@ -227,7 +329,7 @@ fn verify_server(
 }
 
 async fn read_loop(
-    mut reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    mut reader: FramedRead<BoxRead, FrameCodec>,
     conn: Arc<Conn>,
     inner: Weak<Inner>,
 ) {

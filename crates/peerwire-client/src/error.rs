@@ -28,6 +28,10 @@ pub enum ConnectError {
         /// Who is there and what was expected.
         reason: String,
     },
+    /// The TLS session could not be set up: the server's certificate is not the pinned one,
+    /// the server refused ours, or the TLS handshake failed otherwise.
+    #[error(transparent)]
+    Tls(peerwire_security::tls::TlsError),
     /// The server refused the session or answered something invalid.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),

@@ -69,6 +69,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{CallError, ConnectError};
 pub use peerwire_proto::handshake::HandshakeError;
 pub use peerwire_security::cred::PeerCredentials;
+pub use peerwire_security::tls::{ClientTls, TlsMode};
 
 use conn::Conn;
 
@@ -123,6 +124,7 @@ pub(crate) struct Config {
     pub(crate) reconnect: Option<Backoff>,
     pub(crate) server_uids: Vec<u32>,
     pub(crate) server_exe: Option<PathBuf>,
+    pub(crate) tls: Option<Arc<ClientTls>>,
 }
 
 /// Builds a [`Client`]. Setters take and return `self`.
@@ -175,6 +177,13 @@ impl ClientBuilder {
     /// resolved race-free through a pidfd; refused where the kernel cannot do that).
     pub fn expect_server_exe(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.server_exe = Some(path.into());
+        self
+    }
+
+    /// Runs TLS 1.3 after the server's credentials are checked and before `Hello`, trusting
+    /// exactly the pinned server certificate (see [`peerwire_security::tls`]). Default: none.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.config.tls = Some(Arc::new(tls));
         self
     }
 
@@ -384,6 +393,7 @@ impl Client {
                 reconnect: None,
                 server_uids: vec![],
                 server_exe: None,
+                tls: None,
             },
         }
     }

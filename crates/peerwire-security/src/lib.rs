@@ -9,8 +9,11 @@
 //! - `sys` (private): the only `unsafe` code in peerwire, for socket options the safe wrappers
 //!   lack and for claiming the socket systemd passes.
 //!
-//! Later additions (device identities and TLS contexts, session tokens, sealed storage,
-//! privilege dropping) each get a module of their own.
+//! - [`identity`]: per-device key pairs and self-signed, pinned certificates (`peerwire init`);
+//! - [`tls`]: TLS 1.3 contexts for both ends that trust exactly the pinned peer certificate.
+//!
+//! Later additions (session tokens, sealed storage, privilege dropping) each get a module of
+//! their own.
 //!
 //! ```
 //! use std::os::unix::net::UnixStream;
@@ -27,7 +30,9 @@
 
 pub mod cred;
 pub mod exe;
+pub mod identity;
 pub mod sockpath;
 mod sys;
+pub mod tls;
 
 pub use sys::systemd_listen_fd;

@@ -24,9 +24,8 @@ use peerwire_proto::v1::{
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, METHOD_SUBSCRIBE, METHOD_UNSUBSCRIBE, Status};
 use peerwire_security::cred::PeerCredentials;
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::codec::{Encoder, FramedRead};
@@ -42,7 +41,10 @@ const EVENT_QUEUE: usize = 256;
 /// How long, and how much, unread input is drained after a `Reject` so the peer can read it.
 const REJECT_DRAIN: (Duration, u64) = (Duration::from_millis(100), 64 * 1024);
 
-type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
+/// Either half of a plain Unix stream or of a TLS stream over it.
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+type Reader = FramedRead<BoxRead, FrameCodec>;
 
 pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     let peer = match PeerCredentials::of(&stream) {
@@ -75,10 +77,36 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         }
         bump(&shared.counters.accepted);
         tracing::debug!("admitted by the access policy");
-        let (rd, mut wr) = stream.into_split();
+        // TLS (if any) and Hello share one deadline: the handshake timeout.
+        let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
+        let (rd, mut wr): (BoxRead, BoxWrite) = match &shared.tls {
+            None => {
+                let (rd, wr) = stream.into_split();
+                (Box::new(rd), Box::new(wr))
+            }
+            Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    let (rd, wr) = tokio::io::split(tls_stream);
+                    (Box::new(rd), Box::new(wr))
+                }
+                Ok(Err(e)) => {
+                    bump(&shared.counters.tls_failures);
+                    tracing::warn!("TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    bump(&shared.counters.tls_failures);
+                    tracing::warn!(
+                        "TLS handshake not finished within the handshake timeout of {:?}",
+                        shared.limits.handshake_timeout
+                    );
+                    return;
+                }
+            },
+        };
         let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
         let Some((session, client_name, welcome)) =
-            handshake(&shared, id, &mut reader, &mut wr).await
+            handshake(&shared, id, deadline, &mut reader, &mut wr).await
         else {
             bump(&shared.counters.handshake_failures);
             drain(reader.into_inner()).await;
@@ -125,7 +153,7 @@ async fn drain<R: AsyncRead + Unpin>(rd: R) {
     .await;
 }
 
-async fn send_direct(wr: &mut OwnedWriteHalf, frame: Frame, timeout: Duration) {
+async fn send_direct<W: AsyncWrite + Unpin>(wr: &mut W, frame: Frame, timeout: Duration) {
     let mut buf = BytesMut::new();
     if FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
         .encode(&frame, &mut buf)
@@ -156,8 +184,9 @@ fn codec_status(e: &CodecError) -> Status {
 async fn handshake(
     shared: &Shared,
     id: u64,
+    deadline: tokio::time::Instant,
     reader: &mut Reader,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut BoxWrite,
 ) -> Option<(Session, String, Frame)> {
     let limits = &shared.limits;
     let refuse = |status: Status| {
@@ -177,7 +206,7 @@ async fn handshake(
         return None;
     }
     let first = tokio::select! {
-        first = tokio::time::timeout(limits.handshake_timeout, reader.next()) => first,
+        first = tokio::time::timeout_at(deadline, reader.next()) => first,
         _ = shared.shutdown.cancelled() => {
             let status = Status::new(Code::ShuttingDown, "the server is shutting down");
             send_direct(wr, refuse(status), limits.handshake_timeout).await;
@@ -230,7 +259,7 @@ struct Connection {
     info: Arc<ConnInfo>,
     ctx: ConnectionContext,
     reader: Reader,
-    wr: Option<OwnedWriteHalf>,
+    wr: Option<BoxWrite>,
     tx: mpsc::Sender<Frame>,
     rx: Option<mpsc::Receiver<Frame>>,
     events: mpsc::Sender<(EventFn, Bytes)>,
@@ -251,12 +280,7 @@ enum Next {
 }
 
 impl Connection {
-    fn new(
-        shared: Arc<Shared>,
-        info: Arc<ConnInfo>,
-        mut reader: Reader,
-        wr: OwnedWriteHalf,
-    ) -> Self {
+    fn new(shared: Arc<Shared>, info: Arc<ConnInfo>, mut reader: Reader, wr: BoxWrite) -> Self {
         reader
             .decoder_mut()
             .set_max_frame_size(info.session.max_frame_size());

@@ -68,6 +68,7 @@ pub use config::Limits;
 pub use peerwire_proto::Status;
 pub use peerwire_proto::v1::Code;
 pub use peerwire_security::cred::PeerCredentials;
+pub use peerwire_security::tls::{ServerTls, TlsMode};
 pub use policy::AccessPolicy;
 pub use registry::{PushError, Stats};
 pub use router::{ConnectionContext, ConnectionId, RequestContext};
@@ -103,6 +104,7 @@ pub struct ServerBuilder {
     limits: Limits,
     policy: AccessPolicy,
     socket_group: Option<u32>,
+    tls: Option<Arc<ServerTls>>,
     namespaces: BTreeMap<String, Vec<u32>>,
     router: Router,
     errors: Vec<String>,
@@ -124,6 +126,14 @@ impl ServerBuilder {
     /// Sets who may connect. Default [`AccessPolicy::own_uid`]: only the server's own uid.
     pub fn access_policy(&mut self, policy: AccessPolicy) -> &mut Self {
         self.policy = policy;
+        self
+    }
+
+    /// Runs TLS 1.3 on every connection, after the access policy and before `Hello` (see
+    /// [`peerwire_security::tls`]). Default: no TLS. A failed TLS handshake closes that
+    /// connection with a log line naming the peer; nothing else is affected.
+    pub fn tls(&mut self, tls: ServerTls) -> &mut Self {
+        self.tls = Some(Arc::new(tls));
         self
     }
 
@@ -260,6 +270,7 @@ impl ServerBuilder {
             },
             router: self.router.clone(),
             policy: self.policy.clone(),
+            tls: self.tls.clone(),
             conns: Default::default(),
             next_id: AtomicU64::new(1),
             live: Default::default(),
@@ -299,6 +310,7 @@ impl Server {
             limits: Limits::default(),
             policy: AccessPolicy::own_uid(),
             socket_group: None,
+            tls: None,
             namespaces: BTreeMap::new(),
             router: Router::default(),
             errors: vec![],

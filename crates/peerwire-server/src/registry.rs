@@ -33,6 +33,8 @@ pub struct Stats {
     pub accepted: u64,
     /// Connections refused by the access policy.
     pub denied: u64,
+    /// TLS handshakes that failed or timed out (wrong or missing certificate, old TLS...).
+    pub tls_failures: u64,
     /// Handshakes that ended in `Welcome`.
     pub sessions: u64,
     /// Connections refused during the handshake (`Reject`, timeout, bad frames).
@@ -59,6 +61,7 @@ pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
     pub(crate) denied: AtomicU64,
     pub(crate) sessions: AtomicU64,
+    pub(crate) tls_failures: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) deadline_exceeded: AtomicU64,
@@ -78,6 +81,7 @@ pub(crate) struct Shared {
     pub(crate) offer: ServerOffer,
     pub(crate) router: Router,
     pub(crate) policy: crate::AccessPolicy,
+    pub(crate) tls: Option<Arc<peerwire_security::tls::ServerTls>>,
     pub(crate) conns: Mutex<HashMap<ConnectionId, ConnEntry>>,
     pub(crate) next_id: AtomicU64,
     /// Connection tasks alive, from accept to close (handshakes included).
@@ -132,6 +136,7 @@ impl Shared {
             accepted: get(&c.accepted),
             denied: get(&c.denied),
             sessions: get(&c.sessions),
+            tls_failures: get(&c.tls_failures),
             handshake_failures: get(&c.handshake_failures),
             open: self.conns().len() as u64,
             requests: get(&c.requests),

@@ -1,0 +1,261 @@
+//! TLS 1.3 over the Unix socket, with pinned per-device certificates.
+//!
+//! Each side trusts exactly one peer certificate (its `peer.pem`), not a CA: the verify
+//! callback accepts the peer only if the certificate it presents *is* the pinned one (and TLS
+//! proves the peer holds its key). A certificate signed by the pinned certificate, a valid
+//! certificate of another device, or any chain is refused. TLS 1.2 and below are refused.
+//!
+//! Modes: [`TlsMode::Off`]; [`TlsMode::ServerAuth`], where only the server proves itself (the
+//! client is authenticated by peer credentials and, later, a session token); and
+//! [`TlsMode::Mutual`], where both do.
+
+use std::fmt;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use openssl::ssl::{
+    Ssl, SslAcceptor, SslConnector, SslContextBuilder, SslMethod, SslVerifyMode, SslVersion,
+};
+use openssl::x509::{X509, X509StoreContextRef, X509VerifyResult};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_openssl::SslStream;
+
+use crate::identity::{Identity, IdentityError};
+
+/// Whether and how the transport is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// Plain Unix socket (peer credentials still checked).
+    #[default]
+    Off,
+    /// TLS; only the server presents a (pinned) certificate.
+    ServerAuth,
+    /// TLS; both ends present pinned certificates.
+    Mutual,
+}
+
+impl FromStr for TlsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "server-auth" => Ok(Self::ServerAuth),
+            "mutual" => Ok(Self::Mutual),
+            other => Err(format!(
+                "unknown TLS mode {other:?} (expected off, server-auth or mutual)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::ServerAuth => "server-auth",
+            Self::Mutual => "mutual",
+        })
+    }
+}
+
+/// Why a TLS session could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The identity could not be used.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The peer presented no certificate, or not the pinned one.
+    #[error("the peer's certificate is not the pinned {0} certificate")]
+    NotPinned(&'static str),
+    /// The TLS handshake failed (protocol version, alert from the peer, I/O...).
+    #[error("TLS handshake failed: {0}")]
+    Handshake(String),
+    /// OpenSSL could not be configured.
+    #[error("openssl: {0}")]
+    Openssl(#[from] openssl::error::ErrorStack),
+}
+
+/// Verify callback that accepts exactly the pinned certificate at depth 0, nothing else.
+fn pin(
+    pinned: &X509,
+) -> Result<impl Fn(bool, &mut X509StoreContextRef) -> bool + Send + Sync + 'static, TlsError> {
+    let pinned = pinned.to_der()?;
+    Ok(move |_preverified: bool, ctx: &mut X509StoreContextRef| {
+        // OpenSSL's own chain verification fails for a self-signed, CA:FALSE certificate that
+        // is in no trust store; what decides is whether the peer's leaf is the pinned one.
+        let ok = ctx.error_depth() == 0
+            && ctx.chain().is_some_and(|c| c.len() == 1)
+            && ctx
+                .current_cert()
+                .and_then(|c| c.to_der().ok())
+                .is_some_and(|der| der == pinned);
+        if !ok {
+            ctx.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
+        }
+        ok
+    })
+}
+
+fn tls13_only(b: &mut SslContextBuilder) -> Result<(), TlsError> {
+    b.set_min_proto_version(Some(SslVersion::TLS1_3))?;
+    b.set_max_proto_version(Some(SslVersion::TLS1_3))?;
+    Ok(())
+}
+
+fn handshake_error(
+    e: tokio_openssl::SslStream<impl Sized>,
+    err: openssl::ssl::Error,
+    what: &'static str,
+) -> TlsError {
+    if e.ssl().verify_result() == X509VerifyResult::APPLICATION_VERIFICATION {
+        return TlsError::NotPinned(what);
+    }
+    TlsError::Handshake(err.to_string())
+}
+
+/// The server side: our identity, and in mutual mode the pinned client certificate.
+pub struct ServerTls {
+    acceptor: SslAcceptor,
+    mode: TlsMode,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl ServerTls {
+    /// A TLS 1.3 server context for `identity` (role server). `mode` must not be `Off`.
+    pub fn new(identity: &Identity, mode: TlsMode) -> Result<Self, TlsError> {
+        let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server())?;
+        tls13_only(&mut b)?;
+        b.set_private_key(&identity.key)?;
+        b.set_certificate(&identity.cert)?;
+        b.check_private_key()?;
+        // No session tickets: every connection authenticates afresh.
+        b.set_num_tickets(0)?;
+        match mode {
+            TlsMode::Mutual => b.set_verify_callback(
+                SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+                pin(&identity.peer)?,
+            ),
+            _ => b.set_verify(SslVerifyMode::NONE),
+        }
+        Ok(Self {
+            acceptor: b.build(),
+            mode,
+        })
+    }
+
+    /// The server context for `mode` from an identity directory made by `peerwire init`, or
+    /// `None` for [`TlsMode::Off`].
+    pub fn from_dir(dir: &std::path::Path, mode: TlsMode) -> Result<Option<Self>, TlsError> {
+        if mode == TlsMode::Off {
+            return Ok(None);
+        }
+        let identity = Identity::load(dir, crate::identity::Role::Server)?;
+        Self::new(&identity, mode).map(Some)
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> TlsMode {
+        self.mode
+    }
+
+    /// Runs the server side of the handshake on `stream`.
+    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+    ) -> Result<SslStream<S>, TlsError> {
+        let ssl = Ssl::new(self.acceptor.context())?;
+        let mut s = SslStream::new(ssl, stream)?;
+        match Pin::new(&mut s).accept().await {
+            Ok(()) => Ok(s),
+            Err(e) => Err(handshake_error(s, e, "client")),
+        }
+    }
+}
+
+/// The client side: the pinned server certificate, and in mutual mode our identity.
+pub struct ClientTls {
+    connector: SslConnector,
+    mode: TlsMode,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Mutual TLS with `identity` (role client).
+    pub fn mutual(identity: &Identity) -> Result<Self, TlsError> {
+        Self::build(&identity.peer, Some(identity), TlsMode::Mutual)
+    }
+
+    /// The client context for `mode` from an identity directory made by `peerwire init`, or
+    /// `None` for [`TlsMode::Off`]. Server-auth needs only the pinned server certificate.
+    pub fn from_dir(dir: &std::path::Path, mode: TlsMode) -> Result<Option<Self>, TlsError> {
+        use crate::identity::Role;
+        match mode {
+            TlsMode::Off => Ok(None),
+            TlsMode::ServerAuth => {
+                Self::server_auth(&Identity::load_peer(dir, Role::Client)?).map(Some)
+            }
+            TlsMode::Mutual => Self::mutual(&Identity::load(dir, Role::Client)?).map(Some),
+        }
+    }
+
+    /// Server authentication only: the client trusts `server_cert` and presents no certificate.
+    pub fn server_auth(server_cert: &X509) -> Result<Self, TlsError> {
+        Self::build(server_cert, None, TlsMode::ServerAuth)
+    }
+
+    fn build(pinned: &X509, identity: Option<&Identity>, mode: TlsMode) -> Result<Self, TlsError> {
+        let mut b = SslConnector::builder(SslMethod::tls_client())?;
+        tls13_only(&mut b)?;
+        if let Some(id) = identity {
+            b.set_private_key(&id.key)?;
+            b.set_certificate(&id.cert)?;
+            b.check_private_key()?;
+        }
+        b.set_verify_callback(SslVerifyMode::PEER, pin(pinned)?);
+        Ok(Self {
+            connector: b.build(),
+            mode,
+        })
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> TlsMode {
+        self.mode
+    }
+
+    /// Runs the client side of the handshake on `stream`. In TLS 1.3 a server that refuses
+    /// *our* certificate says so only after this returns: the error then surfaces on the
+    /// first read.
+    pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+    ) -> Result<SslStream<S>, TlsError> {
+        // Identity is pinned, not named: no hostname check, no SNI.
+        let ssl = self
+            .connector
+            .configure()?
+            .verify_hostname(false)
+            .use_server_name_indication(false)
+            .into_ssl("peerwire")?;
+        let mut s = SslStream::new(ssl, stream)?;
+        match Pin::new(&mut s).connect().await {
+            Ok(()) => Ok(s),
+            Err(e) => Err(handshake_error(s, e, "server")),
+        }
+    }
+}
