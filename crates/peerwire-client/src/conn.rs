@@ -27,9 +27,13 @@ type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Records the first bytes read from the raw socket, so that a server that refused us in
 /// plain text (access policy `Reject`, sent before TLS) can be understood after TLS fails.
+/// It reads ahead in chunks (OpenSSL first asks for a 5-byte record header only), so the whole
+/// `Reject` is recorded by the time OpenSSL gives up.
 struct Tap<S> {
     inner: S,
     seen: Arc<Mutex<Vec<u8>>>,
+    ahead: Vec<u8>,
+    pos: usize,
 }
 
 impl<S> Tap<S> {
@@ -37,6 +41,8 @@ impl<S> Tap<S> {
         Self {
             inner,
             seen: Arc::default(),
+            ahead: Vec::new(),
+            pos: 0,
         }
     }
 }
@@ -47,13 +53,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let mut seen = lock(&self.seen);
-        if seen.len() < usize::try_from(HANDSHAKE_MAX_FRAME_SIZE).unwrap_or(usize::MAX) {
-            seen.extend_from_slice(buf.filled().get(before..).unwrap_or_default());
+        let this = &mut *self;
+        if this.pos >= this.ahead.len() {
+            let mut chunk = [0u8; 16 * 1024];
+            let mut chunk = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut chunk) {
+                std::task::Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            this.ahead = chunk.filled().to_vec();
+            this.pos = 0;
+            let mut seen = lock(&this.seen);
+            if seen.len() < usize::try_from(HANDSHAKE_MAX_FRAME_SIZE).unwrap_or(usize::MAX) {
+                seen.extend_from_slice(&this.ahead);
+            }
         }
-        polled
+        let rest = this.ahead.get(this.pos..).unwrap_or_default();
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(rest.get(..n).unwrap_or_default());
+        this.pos += n;
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -79,6 +98,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// In TLS 1.3 a server that refuses our certificate says so after our side of the handshake
+/// completed: the alert, or the closed socket, shows on the first write or read.
+fn server_ended_tls(e: std::io::Error) -> ConnectError {
+    ConnectError::Tls(TlsError::Handshake(format!(
+        "the server ended the TLS session ({e}); it does not accept this client's certificate"
+    )))
 }
 
 /// A plain-text `Reject` the server sent instead of starting TLS (for example: access denied).
@@ -239,17 +266,18 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     });
     let mut buf = BytesMut::new();
     FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE).encode(&handshake.hello_frame(), &mut buf)?;
-    wr.write_all(&buf).await.map_err(io_err)?;
+    if let Err(e) = wr.write_all(&buf).await {
+        return Err(match tls {
+            true => server_ended_tls(e),
+            false => io_err(e),
+        });
+    }
     let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
     let answer = match reader.next().await {
         Some(Ok(frame)) => frame,
         // With TLS 1.3 a server that refuses our certificate says so after our side of the
         // handshake completed: the alert arrives on this first read.
-        Some(Err(CodecError::Io(e))) if tls => {
-            return Err(ConnectError::Tls(TlsError::Handshake(format!(
-                "the server ended the TLS session ({e}); it does not accept this client's certificate"
-            ))));
-        }
+        Some(Err(CodecError::Io(e))) if tls => return Err(server_ended_tls(e)),
         Some(Err(e)) => return Err(e.into()),
         None => return Err(ConnectError::Closed),
     };

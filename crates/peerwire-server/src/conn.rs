@@ -84,14 +84,25 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                 let (rd, wr) = stream.into_split();
                 (Box::new(rd), Box::new(wr))
             }
-            Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+            Some(tls) => match tokio::time::timeout_at(deadline, async {
+                if closed_before_sending(&stream).await {
+                    return Err(None);
+                }
+                tls.accept(stream).await.map_err(Some)
+            })
+            .await
+            {
                 Ok(Ok(tls_stream)) => {
                     let (rd, wr) = tokio::io::split(tls_stream);
                     (Box::new(rd), Box::new(wr))
                 }
-                Ok(Err(e)) => {
+                Ok(Err(None)) => {
+                    tracing::info!("closed before the TLS handshake");
+                    return;
+                }
+                Ok(Err(Some(e))) => {
                     bump(&shared.counters.tls_failures);
-                    tracing::warn!("TLS handshake failed: {e}");
+                    tracing::warn!("TLS: {e}");
                     return;
                 }
                 Err(_) => {
@@ -124,6 +135,25 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     }
     .instrument(span)
     .await
+}
+
+/// Waits until the peer sends something or hangs up; true if it hung up without a byte (a
+/// liveness probe, a client that gave up). Peeks only: nothing is consumed or parsed.
+async fn closed_before_sending(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    if stream.readable().await.is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(
+            stream.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Ok(0)
+    )
 }
 
 /// Counts a connection task as live from accept to close (handshakes included).
