@@ -33,7 +33,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use peerwire_client::{Client, ClientTls};
 use peerwire_security::identity;
-use peerwire_server::{AccessPolicy, Limits, Server, ServerTls, Status, TlsMode};
+use peerwire_server::{
+    AccessPolicy, Binding, DeviceSecret, Limits, Minter, Server, ServerTls, Status, TlsMode,
+    Verifier, spawn_with_token,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -82,6 +85,18 @@ enum Command {
     Serve(ServeArgs),
     /// Measure round trips to a server's echo.Echo.
     Ping(PingArgs),
+    /// Session tokens for clients that cannot be pinned to a certificate.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Launch a display client with a fresh session token on an inherited pipe (never argv or
+    /// the environment), wait for it, and exit with its status.
+    Launch {
+        #[command(flatten)]
+        mint: MintArgs,
+        /// The client command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Report the socket's and its directory's owner, mode and problems; exit 1 if unsafe.
     Audit {
         /// Socket path to inspect.
@@ -99,6 +114,65 @@ enum Command {
         #[command(flatten)]
         tls: TlsArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a one-time token; it is printed alone on the last line of stdout.
+    Mint(MintArgs),
+}
+
+#[derive(clap::Args)]
+struct MintArgs {
+    /// Identity directory made by `peerwire init` (its server/token.key is the device secret).
+    #[arg(long, value_name = "DIR")]
+    identity: PathBuf,
+    /// The uid (or user name) the client will run as.
+    #[arg(long = "for-uid", value_name = "USER")]
+    for_uid: String,
+    /// The server socket the token is for.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Bind the token to this client executable too.
+    #[arg(long)]
+    exe: Option<PathBuf>,
+    /// Lifetime, e.g. 30s or 2m (at most 10m).
+    #[arg(long, default_value = "30s", value_parser = parse_ttl)]
+    ttl: Duration,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (s.strip_suffix('s').unwrap_or(s), 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s or 2m"))?;
+    let ttl = Duration::from_secs(n.saturating_mul(unit));
+    if ttl.is_zero() || ttl > peerwire_security::token::MAX_TTL {
+        return Err(format!(
+            "{s:?}: a token lives 1s to {}s",
+            peerwire_security::token::MAX_TTL.as_secs()
+        ));
+    }
+    Ok(ttl)
+}
+
+impl MintArgs {
+    fn mint(&self) -> anyhow::Result<String> {
+        let secret_path = self.identity.join("server").join("token.key");
+        let secret = DeviceSecret::read(&secret_path)
+            .with_context(|| format!("reading the device secret {}", secret_path.display()))?;
+        let socket = std::fs::canonicalize(&self.socket).unwrap_or_else(|_| self.socket.clone());
+        let exe = self.exe.as_ref().map(std::fs::canonicalize).transpose()?;
+        let binding = Binding {
+            uid: resolve_uid(&self.for_uid)?,
+            exe,
+            socket,
+        };
+        Ok(Minter::new(&secret)?.mint(&binding, self.ttl)?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -150,6 +224,10 @@ struct ServeArgs {
     /// Shutdown grace period for requests in flight, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     grace_ms: u64,
+    /// Require a one-time session token in every Hello (minted with `peerwire token mint` or
+    /// handed over by `peerwire launch`); needs --identity.
+    #[arg(long)]
+    require_token: bool,
     #[command(flatten)]
     access: AccessArgs,
     #[command(flatten)]
@@ -176,6 +254,10 @@ struct PingArgs {
     /// The uid (or user name) the server must run as; repeatable. Default: own uid or root.
     #[arg(long = "expect-server-uid", value_name = "USER")]
     expect_server_uid: Vec<String>,
+    /// Read a session token from standard input (never from an argument). Without this, a
+    /// token handed over by `peerwire launch` (PEERWIRE_TOKEN_FD) is used if present.
+    #[arg(long)]
+    token_stdin: bool,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -270,6 +352,18 @@ fn run() -> anyhow::Result<()> {
                 socket,
                 socket_group,
             } => audit(&socket, socket_group.as_deref()),
+            Command::Token(TokenCommand::Mint(args)) => {
+                let token = args.mint()?;
+                say!(
+                    "token for uid {} on {}, valid {:?}:",
+                    args.for_uid,
+                    args.socket.display(),
+                    args.ttl
+                );
+                say!("{token}");
+                Ok(())
+            }
+            Command::Launch { mint, command } => launch(&mint, &command).await,
             Command::DisplayClient { socket, tls } => {
                 peerwire_examples::run_display_client(&socket, tls.client()?, |l| {
                     say!("[client] {l}")
@@ -369,6 +463,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tick_ms,
         tick_message,
         grace_ms,
+        require_token,
         access,
         tls,
     } = args;
@@ -381,6 +476,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(server_tls) = tls.server()? {
         builder.tls(server_tls);
+    }
+    if require_token {
+        let dir = tls.dir().context("--require-token")?.join("server");
+        let secret = DeviceSecret::read(&dir.join("token.key"))
+            .with_context(|| format!("reading {}", dir.join("token.key").display()))?;
+        let verifier = Verifier::new(
+            &secret,
+            &dir.join("used-tokens"),
+            peerwire_security::token::DEFAULT_CAPACITY,
+        )?;
+        builder.require_tokens(verifier);
     }
     builder
         .name("peerwire-serve")
@@ -446,6 +552,7 @@ async fn ping(args: PingArgs) -> anyhow::Result<()> {
         message,
         wait_tick,
         expect_server_uid,
+        token_stdin,
         tls,
     } = args;
     let mut builder = Client::builder(&socket)
@@ -456,6 +563,21 @@ async fn ping(args: PingArgs) -> anyhow::Result<()> {
     }
     if let Some(client_tls) = tls.client()? {
         builder = builder.tls(client_tls);
+    }
+    if token_stdin {
+        let mut token = zeroize::Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 4096), &mut token)
+            .context("reading the session token from stdin")?;
+        // The token is the last non-empty line (what `peerwire token mint` prints last).
+        let last = token
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+            .to_owned();
+        builder = builder.token(zeroize::Zeroizing::new(last).as_str());
+    } else if std::env::var_os(peerwire_security::launch::TOKEN_FD_ENV).is_some() {
+        builder = builder.token_from_launcher()?;
     }
     let client = builder.connect().await?;
     let mut ticks = match wait_tick {
@@ -547,5 +669,24 @@ fn init(dir: &Path, device: Option<String>, force: bool) -> anyhow::Result<()> {
         dir.display(),
         dir.display()
     );
+    Ok(())
+}
+
+async fn launch(mint: &MintArgs, command: &[String]) -> anyhow::Result<()> {
+    let token = zeroize::Zeroizing::new(mint.mint()?);
+    let (program, args) = command.split_first().context("no command to launch")?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    let mut child =
+        spawn_with_token(&mut cmd, &token).with_context(|| format!("starting {program}"))?;
+    drop(token);
+    eprintln!(
+        "peerwire launch: started {program} as pid {} with a session token on an inherited pipe",
+        child.id()
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    if !status.success() {
+        bail!("{program} exited with {status}");
+    }
     Ok(())
 }

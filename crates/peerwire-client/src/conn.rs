@@ -262,7 +262,11 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         client_name: config.name.clone(),
         namespaces: config.namespaces.clone(),
         max_frame_size: config.max_frame_size,
-        session_token: vec![],
+        session_token: config
+            .token
+            .as_ref()
+            .map(|t| t.0.to_vec())
+            .unwrap_or_default(),
     });
     let mut buf = BytesMut::new();
     FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE).encode(&handshake.hello_frame(), &mut buf)?;

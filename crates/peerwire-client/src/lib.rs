@@ -125,6 +125,16 @@ pub(crate) struct Config {
     pub(crate) server_uids: Vec<u32>,
     pub(crate) server_exe: Option<PathBuf>,
     pub(crate) tls: Option<Arc<ClientTls>>,
+    pub(crate) token: Option<Arc<Token>>,
+}
+
+/// A session token held by the client: zeroized when dropped, never printed.
+pub(crate) struct Token(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<session token>")
+    }
 }
 
 /// Builds a [`Client`]. Setters take and return `self`.
@@ -185,6 +195,27 @@ impl ClientBuilder {
     pub fn tls(mut self, tls: ClientTls) -> Self {
         self.config.tls = Some(Arc::new(tls));
         self
+    }
+
+    /// Presents this one-time session token in `Hello`. A token is good for one session:
+    /// do not combine with [`reconnect`](Self::reconnect).
+    pub fn token(mut self, token: impl AsRef<str>) -> Self {
+        self.config.token = Some(Arc::new(Token(zeroize::Zeroizing::new(
+            token.as_ref().trim().as_bytes().to_vec(),
+        ))));
+        self
+    }
+
+    /// Reads the session token handed over by the launching server (an inherited pipe named by
+    /// `PEERWIRE_TOKEN_FD`, see `peerwire_security::launch`) and presents it in `Hello`.
+    pub fn token_from_launcher(self) -> std::io::Result<Self> {
+        match peerwire_security::launch::token_from_launcher()? {
+            Some(token) => Ok(self.token(token.as_str())),
+            None => Err(std::io::Error::other(format!(
+                "no session token was handed over ({} is not set)",
+                peerwire_security::launch::TOKEN_FD_ENV
+            ))),
+        }
     }
 
     /// Bound on connect plus handshake. Default 5 s.
@@ -394,6 +425,7 @@ impl Client {
                 server_uids: vec![],
                 server_exe: None,
                 tls: None,
+                token: None,
             },
         }
     }

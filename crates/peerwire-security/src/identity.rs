@@ -4,6 +4,7 @@
 //! ```text
 //! DIR/            0700
 //!   server/       0700   key.pem (0600)  cert.pem  peer.pem (= the client's cert.pem)
+//!                        token.key (0600: the 256-bit device secret for session tokens)
 //!   client/       0700   key.pem (0600)  cert.pem  peer.pem (= the server's cert.pem)
 //! ```
 //!
@@ -283,6 +284,10 @@ pub fn provision(dir: &Path, device: &str, force: bool) -> Result<Provisioned, I
         write_file(&sub.join("peer.pem"), &peer.to_pem()?, 0o644, force)?;
         fingerprints.push((role, fingerprint(cert)?));
     }
+    // The device secret for session tokens lives with the server's key.
+    crate::token::DeviceSecret::generate()?
+        .write(&dir.join("server").join("token.key"), force)
+        .map_err(io_err(&dir.join("server").join("token.key")))?;
     let mut fp = fingerprints.into_iter();
     let (Some(a), Some(b)) = (fp.next(), fp.next()) else {
         return Err(IdentityError::Openssl(openssl::error::ErrorStack::get()));

@@ -12,8 +12,10 @@
 //! - [`identity`]: per-device key pairs and self-signed, pinned certificates (`peerwire init`);
 //! - [`tls`]: TLS 1.3 contexts for both ends that trust exactly the pinned peer certificate.
 //!
-//! Later additions (session tokens, sealed storage, privilege dropping) each get a module of
-//! their own.
+//! - [`launch`]: spawning a client with its token on an inherited pipe;
+//! - [`token`]: one-time, time-limited session tokens bound to a peer, with a replay record.
+//!
+//! Later additions (sealed storage, privilege dropping) each get a module of their own.
 //!
 //! ```
 //! use std::os::unix::net::UnixStream;
@@ -31,8 +33,10 @@
 pub mod cred;
 pub mod exe;
 pub mod identity;
+pub mod launch;
 pub mod sockpath;
 mod sys;
 pub mod tls;
+pub mod token;
 
 pub use sys::systemd_listen_fd;

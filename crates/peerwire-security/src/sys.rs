@@ -108,3 +108,37 @@ mod tests {
         assert_eq!(theirs, mine);
     }
 }
+
+/// Makes `fd` survive `exec` in the child `cmd` will spawn (clears `FD_CLOEXEC` there only; in
+/// this process the descriptor stays close-on-exec, so no other child inherits it).
+pub(crate) fn inherit_in_child(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec; it only calls fcntl(2), which is
+    // async-signal-safe, allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of a descriptor this process inherited (named by an environment variable).
+pub(crate) fn take_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 {
+        return Err(io::Error::other(format!(
+            "refusing to take standard descriptor {fd}"
+        )));
+    }
+    nix::fcntl::fcntl(
+        // SAFETY: only borrowed for this fcntl, which checks that the descriptor is open.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .map_err(|e| io::Error::other(format!("descriptor {fd} is not open: {e}")))?;
+    // SAFETY: the descriptor is open, was handed to this process for this purpose by its parent
+    // (the variable naming it is consumed once), and nothing else in the process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

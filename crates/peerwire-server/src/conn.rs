@@ -23,6 +23,8 @@ use peerwire_proto::v1::{
 };
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, METHOD_SUBSCRIBE, METHOD_UNSUBSCRIBE, Status};
 use peerwire_security::cred::PeerCredentials;
+use peerwire_security::exe::peer_executable;
+use peerwire_security::token::Presenter;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -79,6 +81,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         tracing::debug!("admitted by the access policy");
         // TLS (if any) and Hello share one deadline: the handshake timeout.
         let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
+        // A session token may be bound to the client executable: resolve it (through a pidfd)
+        // while the raw socket is at hand.
+        let presenter = shared.tokens.as_ref().map(|_| Presenter {
+            uid: peer.uid,
+            exe: peer_executable(&stream).ok().map(|e| e.path),
+            socket: shared.socket_path.clone(),
+        });
         let (rd, mut wr): (BoxRead, BoxWrite) = match &shared.tls {
             None => {
                 let (rd, wr) = stream.into_split();
@@ -116,8 +125,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             },
         };
         let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
-        let Some((session, client_name, welcome)) =
-            handshake(&shared, id, deadline, &mut reader, &mut wr).await
+        let Some((session, client_name, welcome)) = handshake(
+            &shared,
+            id,
+            deadline,
+            presenter.as_ref(),
+            &mut reader,
+            &mut wr,
+        )
+        .await
         else {
             bump(&shared.counters.handshake_failures);
             drain(reader.into_inner()).await;
@@ -135,6 +151,28 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     }
     .instrument(span)
     .await
+}
+
+/// With session tokens required: the token in `Hello` must be valid, unused, and for this peer.
+fn check_token(shared: &Shared, presenter: Option<&Presenter>, token: &[u8]) -> Result<(), Status> {
+    let (Some(verifier), Some(presenter)) = (&shared.tokens, presenter) else {
+        return Ok(());
+    };
+    let unauthenticated = |why: String| Status::new(Code::Unauthenticated, why);
+    if token.is_empty() {
+        return Err(unauthenticated(
+            "this server requires a session token in Hello".into(),
+        ));
+    }
+    // Held for a map lookup and, for a valid token only, one small fsync'd append.
+    let mut verifier = verifier.lock().unwrap_or_else(|e| e.into_inner());
+    match verifier.verify(token, presenter) {
+        Ok(claims) => {
+            tracing::debug!(expires_at = claims.expires_at, "session token accepted");
+            Ok(())
+        }
+        Err(e) => Err(unauthenticated(e.to_string())),
+    }
 }
 
 /// Waits until the peer sends something or hangs up; true if it hung up without a byte (a
@@ -215,6 +253,7 @@ async fn handshake(
     shared: &Shared,
     id: u64,
     deadline: tokio::time::Instant,
+    presenter: Option<&Presenter>,
     reader: &mut Reader,
     wr: &mut BoxWrite,
 ) -> Option<(Session, String, Frame)> {
@@ -270,7 +309,14 @@ async fn handshake(
             welcome,
             session,
             hello,
-        } => Some((session, hello.client_name, welcome)),
+        } => {
+            if let Err(status) = check_token(shared, presenter, &hello.session_token) {
+                bump(&shared.counters.token_failures);
+                send_direct(wr, refuse(status), limits.handshake_timeout).await;
+                return None;
+            }
+            Some((session, hello.client_name, welcome))
+        }
         ServerOutcome::Reject { reject, status } => {
             tracing::warn!("handshake refused: {status}");
             send_direct(wr, reject, limits.handshake_timeout).await;

@@ -68,7 +68,9 @@ pub use config::Limits;
 pub use peerwire_proto::Status;
 pub use peerwire_proto::v1::Code;
 pub use peerwire_security::cred::PeerCredentials;
+pub use peerwire_security::launch::spawn_with_token;
 pub use peerwire_security::tls::{ServerTls, TlsMode};
+pub use peerwire_security::token::{Binding, DeviceSecret, Minter, Verifier};
 pub use policy::AccessPolicy;
 pub use registry::{PushError, Stats};
 pub use router::{ConnectionContext, ConnectionId, RequestContext};
@@ -105,6 +107,7 @@ pub struct ServerBuilder {
     policy: AccessPolicy,
     socket_group: Option<u32>,
     tls: Option<Arc<ServerTls>>,
+    tokens: Option<Arc<std::sync::Mutex<Option<Verifier>>>>,
     namespaces: BTreeMap<String, Vec<u32>>,
     router: Router,
     errors: Vec<String>,
@@ -134,6 +137,15 @@ impl ServerBuilder {
     /// connection with a log line naming the peer; nothing else is affected.
     pub fn tls(&mut self, tls: ServerTls) -> &mut Self {
         self.tls = Some(Arc::new(tls));
+        self
+    }
+
+    /// Requires a valid, unused session token in every `Hello` (R7, R8): a `Hello` without one,
+    /// or with one that is malformed, forged, expired, replayed or for another peer, is
+    /// answered `Reject(UNAUTHENTICATED)` with the reason. Use with TLS (`ServerAuth`) so the
+    /// token and the session stay confidential (R10).
+    pub fn require_tokens(&mut self, verifier: Verifier) -> &mut Self {
+        self.tokens = Some(Arc::new(std::sync::Mutex::new(Some(verifier))));
         self
     }
 
@@ -271,6 +283,19 @@ impl ServerBuilder {
             router: self.router.clone(),
             policy: self.policy.clone(),
             tls: self.tls.clone(),
+            tokens: match &self.tokens {
+                // A verifier owns its replay record; it moves into the first server built.
+                Some(slot) => match slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    Some(v) => Some(std::sync::Mutex::new(v)),
+                    None => {
+                        return Err(ServerError::Config(
+                            "the token verifier was already used by another server".into(),
+                        ));
+                    }
+                },
+                None => None,
+            },
+            socket_path: std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()),
             conns: Default::default(),
             next_id: AtomicU64::new(1),
             live: Default::default(),
@@ -311,6 +336,7 @@ impl Server {
             policy: AccessPolicy::own_uid(),
             socket_group: None,
             tls: None,
+            tokens: None,
             namespaces: BTreeMap::new(),
             router: Router::default(),
             errors: vec![],

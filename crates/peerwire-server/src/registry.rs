@@ -33,6 +33,8 @@ pub struct Stats {
     pub accepted: u64,
     /// Connections refused by the access policy.
     pub denied: u64,
+    /// Hellos refused for a missing or invalid session token.
+    pub token_failures: u64,
     /// TLS handshakes that failed or timed out (wrong or missing certificate, old TLS...).
     pub tls_failures: u64,
     /// Handshakes that ended in `Welcome`.
@@ -62,6 +64,7 @@ pub(crate) struct Counters {
     pub(crate) denied: AtomicU64,
     pub(crate) sessions: AtomicU64,
     pub(crate) tls_failures: AtomicU64,
+    pub(crate) token_failures: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) deadline_exceeded: AtomicU64,
@@ -82,6 +85,9 @@ pub(crate) struct Shared {
     pub(crate) router: Router,
     pub(crate) policy: crate::AccessPolicy,
     pub(crate) tls: Option<Arc<peerwire_security::tls::ServerTls>>,
+    pub(crate) tokens: Option<Mutex<peerwire_security::token::Verifier>>,
+    /// The socket path, canonical (what session tokens are bound to).
+    pub(crate) socket_path: std::path::PathBuf,
     pub(crate) conns: Mutex<HashMap<ConnectionId, ConnEntry>>,
     pub(crate) next_id: AtomicU64,
     /// Connection tasks alive, from accept to close (handshakes included).
@@ -137,6 +143,7 @@ impl Shared {
             denied: get(&c.denied),
             sessions: get(&c.sessions),
             tls_failures: get(&c.tls_failures),
+            token_failures: get(&c.token_failures),
             handshake_failures: get(&c.handshake_failures),
             open: self.conns().len() as u64,
             requests: get(&c.requests),
