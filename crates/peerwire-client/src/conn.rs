@@ -270,13 +270,24 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     });
     let mut buf = BytesMut::new();
     FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE).encode(&handshake.hello_frame(), &mut buf)?;
-    if let Err(e) = wr.write_all(&buf).await {
-        return Err(match tls {
-            true => server_ended_tls(e),
-            false => io_err(e),
-        });
-    }
     let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
+    if let Err(e) = wr.write_all(&buf).await {
+        if tls {
+            return Err(server_ended_tls(e));
+        }
+        // The server may have refused us (access policy) and closed before our Hello arrived:
+        // its Reject is still there to read, and says why.
+        if let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_secs(1), reader.next()).await
+        {
+            if let Err(e @ peerwire_proto::handshake::HandshakeError::Rejected { .. }) =
+                handshake.receive(frame)
+            {
+                return Err(ConnectError::Handshake(e));
+            }
+        }
+        return Err(io_err(e));
+    }
     let answer = match reader.next().await {
         Some(Ok(frame)) => frame,
         // With TLS 1.3 a server that refuses our certificate says so after our side of the
@@ -325,11 +336,12 @@ fn verify_server(
         path: config.path.clone(),
         reason,
     };
-    let expected: Vec<u32> = if config.server_uids.is_empty() {
+    let mut expected: Vec<u32> = if config.server_uids.is_empty() {
         vec![nix::unistd::geteuid().as_raw(), 0]
     } else {
         config.server_uids.clone()
     };
+    expected.dedup();
     if !expected.contains(&server.uid) {
         return Err(untrusted(format!(
             "the socket is served by uid {} ({server}), but the server is expected to run as uid {}",

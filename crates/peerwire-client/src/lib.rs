@@ -388,6 +388,15 @@ async fn reconnect(weak: Weak<Inner>, backoff: Backoff) {
                 }
                 return;
             }
+            // Refusals will not go away by themselves: say so loudly, and keep trying (an
+            // operator may fix the policy or restart the right server).
+            Err(
+                e @ (ConnectError::UntrustedServer { .. }
+                | ConnectError::Handshake(_)
+                | ConnectError::Tls(_)),
+            ) => {
+                tracing::warn!(attempt, "reconnect refused: {e}")
+            }
             Err(e) => tracing::debug!(attempt, "reconnect failed: {e}"),
         }
     }

@@ -89,26 +89,6 @@ pub fn systemd_listen_fd() -> io::Result<Option<OwnedFd>> {
     Ok(Some(fd))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::net::UnixStream;
-
-    #[test]
-    fn peer_groups_of_a_socket_pair_are_our_groups() {
-        let (a, _b) = UnixStream::pair().unwrap();
-        let mut mine: Vec<u32> = nix::unistd::getgroups()
-            .unwrap()
-            .into_iter()
-            .map(|g| g.as_raw())
-            .collect();
-        let mut theirs = peer_groups(&a).unwrap();
-        mine.sort();
-        theirs.sort();
-        assert_eq!(theirs, mine);
-    }
-}
-
 /// Makes `fd` survive `exec` in the child `cmd` will spawn (clears `FD_CLOEXEC` there only; in
 /// this process the descriptor stays close-on-exec, so no other child inherits it).
 pub(crate) fn inherit_in_child(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
@@ -141,4 +121,24 @@ pub(crate) fn take_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
     // SAFETY: the descriptor is open, was handed to this process for this purpose by its parent
     // (the variable naming it is consumed once), and nothing else in the process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn peer_groups_of_a_socket_pair_are_our_groups() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut mine: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut theirs = peer_groups(&a).unwrap();
+        mine.sort();
+        theirs.sort();
+        assert_eq!(theirs, mine);
+    }
 }
