@@ -231,17 +231,22 @@ fn independent_client_interoperates_and_is_refused_without_the_pinned_certificat
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("TLS:"))
         .collect();
-    assert_eq!(refusals.len(), 3, "{text}");
+    // One per refused attempt (a killed s_client may add an "unexpected EOF" line of its own).
+    assert!(refusals.len() >= 3, "{text}");
+    for why in [
+        "did not return a certificate",
+        "not the pinned client certificate",
+        "unsupported protocol",
+    ] {
+        assert!(
+            refusals.iter().any(|l| l.contains(why)),
+            "no refusal says {why:?}: {text}"
+        );
+    }
     assert!(
         refusals
             .iter()
             .all(|l| l.contains("uid=") && l.contains("pid=")),
-        "{text}"
-    );
-    assert!(
-        refusals
-            .iter()
-            .any(|l| l.contains("not the pinned client certificate")),
         "{text}"
     );
 }
