@@ -15,7 +15,10 @@
 //! - [`launch`]: spawning a client with its token on an inherited pipe;
 //! - [`token`]: one-time, time-limited session tokens bound to a peer, with a replay record.
 //!
-//! Later additions (sealed storage, privilege dropping) each get a module of their own.
+//! - [`seal`]: AES-256-GCM sealed files bound to purpose and name, keys and key rotation;
+//! - [`store`]: the persistent state store, each record sealed and written crash-safe.
+//!
+//! Privilege dropping will get a module of its own.
 //!
 //! ```
 //! use std::os::unix::net::UnixStream;
@@ -34,7 +37,9 @@ pub mod cred;
 pub mod exe;
 pub mod identity;
 pub mod launch;
+pub mod seal;
 pub mod sockpath;
+pub mod store;
 mod sys;
 pub mod tls;
 pub mod token;
