@@ -25,6 +25,7 @@
 //!
 //! Logging goes to stderr and is controlled by `RUST_LOG` (for example `RUST_LOG=debug`).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -33,9 +34,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use peerwire_client::{Client, ClientTls};
 use peerwire_security::identity;
+use peerwire_security::seal::{self, KeyProvider, KeyRing, Purpose};
+use peerwire_server::settings::{self, AccessSection, LimitsSection, ServerConfig, TlsSection};
 use peerwire_server::{
-    AccessPolicy, Binding, DeviceSecret, Limits, Minter, Server, ServerTls, Status, TlsMode,
-    Verifier, spawn_with_token,
+    Binding, DeviceSecret, Minter, ServerTls, Status, TlsMode, spawn_with_token,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
@@ -97,6 +99,21 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Sealed and plain configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Test helper: updates sealed state records in a loop (for the crash-consistency test).
+    #[command(name = "__state-writer", hide = true)]
+    StateWriter {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[arg(long, default_value_t = 200)]
+        count: u64,
+        #[arg(long, default_value_t = 1)]
+        start: u64,
+    },
     /// Report the socket's and its directory's owner, mode and problems; exit 1 if unsafe.
     Audit {
         /// Socket path to inspect.
@@ -114,6 +131,41 @@ enum Command {
         #[command(flatten)]
         tls: TlsArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Create a new 32-byte sealing key, mode 0400 (never replaces a file).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seal a plain configuration file (AES-256-GCM, bound to the output's name).
+    Seal {
+        #[command(flatten)]
+        key: KeyArgs,
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Output; its name without `.sealed` is what the file is bound to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a sealed configuration file in plain text (for an operator).
+    Open {
+        #[command(flatten)]
+        key: KeyArgs,
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
+    /// Validate a plain or sealed configuration file, permissions included, without starting.
+    Check {
+        #[command(flatten)]
+        key: KeyArgs,
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
+    /// Print a commented example configuration.
+    Example,
 }
 
 #[derive(Subcommand)]
@@ -212,9 +264,15 @@ impl TlsArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// Configuration file (TOML, plain or sealed); replaces the socket, access, TLS and limit
+    /// flags. See `peerwire config example`.
+    #[arg(long, conflicts_with_all = ["socket", "require_token"])]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    key: KeyArgs,
     /// Socket path; its directory is created 0700 if missing.
-    #[arg(long)]
-    socket: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    socket: Option<PathBuf>,
     /// Interval of the echo.Tick push topic, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     tick_ms: u64,
@@ -280,42 +338,36 @@ struct AccessArgs {
 }
 
 fn resolve_uid(user: &str) -> anyhow::Result<u32> {
-    if let Ok(uid) = user.parse() {
-        return Ok(uid);
-    }
-    nix::unistd::User::from_name(user)?
-        .map(|u| u.uid.as_raw())
-        .with_context(|| format!("no user named {user:?}"))
+    Ok(settings::resolve_uid("user", user)?)
 }
 
 fn resolve_gid(group: &str) -> anyhow::Result<u32> {
-    if let Ok(gid) = group.parse() {
-        return Ok(gid);
-    }
-    nix::unistd::Group::from_name(group)?
-        .map(|g| g.gid.as_raw())
-        .with_context(|| format!("no group named {group:?}"))
+    Ok(settings::resolve_gid("group", group)?)
 }
 
-impl AccessArgs {
-    fn policy(&self) -> anyhow::Result<AccessPolicy> {
-        let mut policy = if self.allow_uid.is_empty() && self.allow_group.is_empty() {
-            AccessPolicy::own_uid()
-        } else {
-            AccessPolicy::nobody()
+#[derive(clap::Args)]
+struct KeyArgs {
+    /// Key file for sealed files (32 bytes, mode 0400/0600; made by `peerwire config keygen`).
+    #[arg(long, value_name = "KEYFILE", conflicts_with = "key_credential")]
+    key: Option<PathBuf>,
+    /// Name of a systemd credential holding the key ($CREDENTIALS_DIRECTORY/NAME).
+    #[arg(long, value_name = "NAME")]
+    key_credential: Option<String>,
+}
+
+impl KeyArgs {
+    fn ring(&self) -> anyhow::Result<Option<KeyRing>> {
+        let provider = match (&self.key, &self.key_credential) {
+            (Some(path), _) => KeyProvider::File(path.clone()),
+            (None, Some(name)) => KeyProvider::SystemdCredential(name.clone()),
+            (None, None) => return Ok(None),
         };
-        for u in &self.allow_uid {
-            policy.allow_uid(resolve_uid(u)?);
-        }
-        for g in &self.allow_group {
-            policy.allow_group(resolve_gid(g)?);
-        }
-        for exe in &self.allow_exe {
-            policy
-                .allow_exe(exe)
-                .with_context(|| format!("--allow-exe {}", exe.display()))?;
-        }
-        Ok(policy)
+        Ok(Some(KeyRing::new(provider.load()?)))
+    }
+
+    fn require(&self) -> anyhow::Result<KeyRing> {
+        self.ring()?
+            .context("a key is needed: --key KEYFILE or --key-credential NAME")
     }
 }
 
@@ -364,6 +416,13 @@ fn run() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Launch { mint, command } => launch(&mint, &command).await,
+            Command::Config(cmd) => config(cmd),
+            Command::StateWriter {
+                dir,
+                key,
+                count,
+                start,
+            } => state_writer(&dir, &key, start, count),
             Command::DisplayClient { socket, tls } => {
                 peerwire_examples::run_display_client(&socket, tls.client()?, |l| {
                     say!("[client] {l}")
@@ -459,6 +518,8 @@ async fn demo(mode: TlsMode) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ServeArgs {
+        config,
+        key,
         socket,
         tick_ms,
         tick_message,
@@ -467,30 +528,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         access,
         tls,
     } = args;
-    let mut limits = Limits::default();
-    limits.shutdown_grace = Duration::from_millis(grace_ms);
-    let mut builder = Server::builder(&socket);
-    builder.access_policy(access.policy()?);
-    if let Some(g) = &access.socket_group {
-        builder.socket_group(resolve_gid(g)?);
-    }
-    if let Some(server_tls) = tls.server()? {
-        builder.tls(server_tls);
-    }
-    if require_token {
-        let dir = tls.dir().context("--require-token")?.join("server");
-        let secret = DeviceSecret::read(&dir.join("token.key"))
-            .with_context(|| format!("reading {}", dir.join("token.key").display()))?;
-        let verifier = Verifier::new(
-            &secret,
-            &dir.join("used-tokens"),
-            peerwire_security::token::DEFAULT_CAPACITY,
-        )?;
-        builder.require_tokens(verifier);
-    }
+    // Flags or a file: either way one ServerConfig, validated and turned into a builder the
+    // same way.
+    let config = match config {
+        Some(path) => ServerConfig::load(&path, key.ring()?.as_ref())?,
+        None => ServerConfig {
+            socket: socket.context("--socket is required without --config")?,
+            socket_group: access.socket_group.clone(),
+            access: AccessSection {
+                allow_uids: access.allow_uid.clone(),
+                allow_groups: access.allow_group.clone(),
+                allow_exes: access.allow_exe.clone(),
+            },
+            tls: TlsSection {
+                mode: tls.tls.to_string(),
+                identity: tls.identity.clone(),
+                require_token,
+            },
+            limits: LimitsSection {
+                shutdown_grace_ms: Some(grace_ms),
+                ..Default::default()
+            },
+        },
+    };
+    let socket = config.socket.clone();
+    let mode = config.tls_mode()?;
+    let mut builder = config.builder()?;
     builder
         .name("peerwire-serve")
-        .limits(limits)
         .namespace("echo", &[1])
         .method("echo.Echo", |_ctx, req: Vec<u8>| async move {
             Ok::<_, Status>(req)
@@ -502,9 +567,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = builder.bind()?;
     let handle = server.handle();
     eprintln!(
-        "peerwire serve: listening on {} (TLS: {})",
-        socket.display(),
-        tls.tls
+        "peerwire serve: listening on {} (TLS: {mode})",
+        socket.display()
     );
     let tick = Duration::from_millis(tick_ms.max(1));
     let ticker = handle.clone();
@@ -687,6 +751,82 @@ async fn launch(mint: &MintArgs, command: &[String]) -> anyhow::Result<()> {
     let status = tokio::task::spawn_blocking(move || child.wait()).await??;
     if !status.success() {
         bail!("{program} exited with {status}");
+    }
+    Ok(())
+}
+
+fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCommand::Keygen { out } => {
+            let key = seal::Key::generate()?;
+            key.write_new(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            say!(
+                "new key {} written to {} (mode 0400)",
+                key.id_hex(),
+                out.display()
+            );
+        }
+        ConfigCommand::Seal { key, input, out } => {
+            let text =
+                std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let text = zeroize::Zeroizing::new(text);
+            // Refuse to seal something the server would refuse to run with.
+            ServerConfig::parse(std::str::from_utf8(&text).context("not UTF-8")?, &input)?;
+            let sealed = seal::seal(
+                &key.require()?,
+                Purpose::Config,
+                &settings::sealed_name(&out),
+                &text,
+            )?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
+            std::io::Write::write_all(&mut f, &sealed)?;
+            f.sync_all()?;
+            say!("sealed {} into {}", input.display(), out.display());
+        }
+        ConfigCommand::Open { key, input } => {
+            let bytes =
+                std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let plain = seal::open(
+                &key.require()?,
+                Purpose::Config,
+                &settings::sealed_name(&input),
+                &bytes,
+            )
+            .with_context(|| format!("opening {}", input.display()))?;
+            std::io::Write::write_all(&mut std::io::stdout(), &plain)?;
+        }
+        ConfigCommand::Check { key, input } => {
+            let config = ServerConfig::load(&input, key.ring()?.as_ref())?;
+            config.policy()?;
+            say!(
+                "{}: ok (socket {}, TLS {}, {} allowed uid(s), {} allowed group(s))",
+                input.display(),
+                config.socket.display(),
+                config.tls_mode()?,
+                config.access.allow_uids.len(),
+                config.access.allow_groups.len()
+            );
+        }
+        ConfigCommand::Example => say!("{}", settings::EXAMPLE),
+    }
+    Ok(())
+}
+
+/// Updates records r0..r4 `count` times with "gen-N" (N counting up from `start`), printing
+/// each N once all five hold it.
+fn state_writer(dir: &Path, key: &KeyArgs, start: u64, count: u64) -> anyhow::Result<()> {
+    let store = peerwire_security::store::StateStore::open(dir, key.require()?)?;
+    for n in start..start.saturating_add(count) {
+        for r in 0..5 {
+            store.put(&format!("r{r}"), format!("gen-{n}").as_bytes())?;
+        }
+        say!("{n}");
     }
     Ok(())
 }

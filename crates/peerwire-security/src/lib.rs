@@ -16,6 +16,7 @@
 //! - [`token`]: one-time, time-limited session tokens bound to a peer, with a replay record.
 //!
 //! - [`seal`]: AES-256-GCM sealed files bound to purpose and name, keys and key rotation;
+//! - [`strict`]: "StrictModes" for plain configuration files;
 //! - [`store`]: the persistent state store, each record sealed and written crash-safe.
 //!
 //! Privilege dropping will get a module of its own.
@@ -40,6 +41,7 @@ pub mod launch;
 pub mod seal;
 pub mod sockpath;
 pub mod store;
+pub mod strict;
 mod sys;
 pub mod tls;
 pub mod token;

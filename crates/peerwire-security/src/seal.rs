@@ -134,7 +134,11 @@ impl Key {
 
     /// Writes the key to a new file, mode 0400 (never replacing an existing file).
     pub fn write_new(&self, path: &Path) -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o400).open(path)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(path)?;
         f.write_all(self.bytes.as_slice())?;
         f.sync_all()
     }
@@ -172,14 +176,22 @@ impl KeyProvider {
         }
         let me = nix::unistd::geteuid().as_raw();
         if meta.uid() != me && meta.uid() != 0 {
-            return Err(bad(format!("is owned by uid {}, not by uid {me} or root (fix: chown {me} {})", meta.uid(), path.display())));
+            return Err(bad(format!(
+                "is owned by uid {}, not by uid {me} or root (fix: chown {me} {})",
+                meta.uid(),
+                path.display()
+            )));
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(bad(format!("has mode {mode:04o}; group and others must have no access (fix: chmod 0400 {})", path.display())));
+            return Err(bad(format!(
+                "has mode {mode:04o}; group and others must have no access (fix: chmod 0400 {})",
+                path.display()
+            )));
         }
         let bytes = Zeroizing::new(fs::read(&path).map_err(|e| bad(e.to_string()))?);
-        Key::from_bytes(&bytes).map_err(|_| bad(format!("holds {} bytes; a key is 32 bytes", bytes.len())))
+        Key::from_bytes(&bytes)
+            .map_err(|_| bad(format!("holds {} bytes; a key is 32 bytes", bytes.len())))
     }
 }
 
@@ -193,7 +205,10 @@ pub struct KeyRing {
 impl KeyRing {
     /// A ring of one key.
     pub fn new(current: Key) -> Self {
-        Self { current, previous: vec![] }
+        Self {
+            current,
+            previous: vec![],
+        }
     }
 
     /// Adds an older key that can still open files (for rotation).
@@ -231,7 +246,12 @@ fn aad(header: &[u8], name: &str) -> Vec<u8> {
 }
 
 /// Seals `plaintext` as the file `name` for `purpose` with the ring's current key.
-pub fn seal(keys: &KeyRing, purpose: Purpose, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+pub fn seal(
+    keys: &KeyRing,
+    purpose: Purpose,
+    name: &str,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealError> {
     if plaintext.len() > MAX_PLAINTEXT {
         return Err(SealError::TooLarge(plaintext.len()));
     }
@@ -255,7 +275,12 @@ pub fn seal(keys: &KeyRing, purpose: Purpose, name: &str, plaintext: &[u8]) -> R
 }
 
 /// Opens a file sealed by [`seal`] for the same purpose and name.
-pub fn open(keys: &KeyRing, purpose: Purpose, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+pub fn open(
+    keys: &KeyRing,
+    purpose: Purpose,
+    name: &str,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
     if sealed.len() > MAX_PLAINTEXT + HEADER + TAG {
         return Err(SealError::TooLarge(sealed.len()));
     }
@@ -270,7 +295,9 @@ pub fn open(keys: &KeyRing, purpose: Purpose, name: &str, sealed: &[u8]) -> Resu
     let (ciphertext, tag) = rest.split_at(rest.len() - TAG);
     let id = header.get(8..16).unwrap_or_default();
     let Some(key) = keys.find(id) else {
-        return Err(SealError::WrongKey(id.iter().map(|b| format!("{b:02x}")).collect()));
+        return Err(SealError::WrongKey(
+            id.iter().map(|b| format!("{b:02x}")).collect(),
+        ));
     };
     if header.get(7) != Some(&purpose.byte()) {
         return Err(SealError::Tampered);
@@ -304,8 +331,19 @@ mod tests {
     #[test]
     fn round_trip_and_every_byte_flip_detected() {
         let keys = ring();
-        let sealed = seal(&keys, Purpose::Config, "server.toml", b"socket = \"/run/x.sock\"\n").unwrap();
-        assert_eq!(open(&keys, Purpose::Config, "server.toml", &sealed).unwrap().as_slice(), b"socket = \"/run/x.sock\"\n");
+        let sealed = seal(
+            &keys,
+            Purpose::Config,
+            "server.toml",
+            b"socket = \"/run/x.sock\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            open(&keys, Purpose::Config, "server.toml", &sealed)
+                .unwrap()
+                .as_slice(),
+            b"socket = \"/run/x.sock\"\n"
+        );
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
@@ -319,24 +357,44 @@ mod tests {
             assert!(expected, "byte {i}: {err}");
         }
         for len in 0..sealed.len() {
-            assert!(open(&keys, Purpose::Config, "server.toml", &sealed[..len]).is_err(), "truncated to {len}");
+            assert!(
+                open(&keys, Purpose::Config, "server.toml", &sealed[..len]).is_err(),
+                "truncated to {len}"
+            );
         }
-        assert!(matches!(open(&keys, Purpose::Config, "server.toml", &sealed[..10]), Err(SealError::Truncated(10))));
+        assert!(matches!(
+            open(&keys, Purpose::Config, "server.toml", &sealed[..10]),
+            Err(SealError::Truncated(10))
+        ));
     }
 
     #[test]
     fn bound_to_purpose_and_name_and_key() {
         let keys = ring();
         let sealed = seal(&keys, Purpose::State, "a", b"1").unwrap();
-        assert!(matches!(open(&keys, Purpose::State, "b", &sealed), Err(SealError::Tampered)));
-        assert!(matches!(open(&keys, Purpose::Config, "a", &sealed), Err(SealError::Tampered)));
-        assert!(matches!(open(&ring(), Purpose::State, "a", &sealed), Err(SealError::WrongKey(_))));
+        assert!(matches!(
+            open(&keys, Purpose::State, "b", &sealed),
+            Err(SealError::Tampered)
+        ));
+        assert!(matches!(
+            open(&keys, Purpose::Config, "a", &sealed),
+            Err(SealError::Tampered)
+        ));
+        assert!(matches!(
+            open(&ring(), Purpose::State, "a", &sealed),
+            Err(SealError::WrongKey(_))
+        ));
         // Nonces are fresh: sealing twice gives different bytes.
         assert_ne!(sealed, seal(&keys, Purpose::State, "a", b"1").unwrap());
         // Rotation: a new current key still opens what the old one sealed.
         let old = Key::from_bytes(&keys.current.bytes[..]).unwrap();
         let rotated = KeyRing::new(Key::generate().unwrap()).with_previous(old);
-        assert_eq!(open(&rotated, Purpose::State, "a", &sealed).unwrap().as_slice(), b"1");
+        assert_eq!(
+            open(&rotated, Purpose::State, "a", &sealed)
+                .unwrap()
+                .as_slice(),
+            b"1"
+        );
     }
 
     #[test]
@@ -345,13 +403,19 @@ mod tests {
         let path = dir.path().join("k");
         let key = Key::generate().unwrap();
         key.write_new(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o400);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o400
+        );
         assert_eq!(KeyProvider::File(path.clone()).load().unwrap().id, key.id);
         assert!(key.write_new(&path).is_err(), "never replaced");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = KeyProvider::File(path).load().unwrap_err().to_string();
         assert!(err.contains("chmod 0400"), "{err}");
-        let err = KeyProvider::SystemdCredential("peerwire.key".into()).load().unwrap_err().to_string();
+        let err = KeyProvider::SystemdCredential("peerwire.key".into())
+            .load()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("CREDENTIALS_DIRECTORY"), "{err}");
     }
 }

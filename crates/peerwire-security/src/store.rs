@@ -86,8 +86,14 @@ fn check_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok { Ok(()) } else { Err(StoreError::BadName(name.to_owned())) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.to_owned()))
+    }
 }
 
 /// A directory of sealed records.
@@ -102,7 +108,11 @@ impl StateStore {
     pub fn open(dir: impl Into<PathBuf>, keys: KeyRing) -> Result<Self, StoreError> {
         let dir = dir.into();
         if !dir.exists() {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io(&dir))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io(&dir))?;
         }
         let meta = fs::symlink_metadata(&dir).map_err(io(&dir))?;
         let unsafe_dir = |problem: String| StoreError::Unsafe {
@@ -114,11 +124,18 @@ impl StateStore {
         }
         let me = nix::unistd::geteuid().as_raw();
         if meta.uid() != me {
-            return Err(unsafe_dir(format!("is owned by uid {}, not uid {me} (fix: chown {me} {})", meta.uid(), dir.display())));
+            return Err(unsafe_dir(format!(
+                "is owned by uid {}, not uid {me} (fix: chown {me} {})",
+                meta.uid(),
+                dir.display()
+            )));
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(unsafe_dir(format!("has mode {mode:04o} (fix: chmod 0700 {})", dir.display())));
+            return Err(unsafe_dir(format!(
+                "has mode {mode:04o} (fix: chmod 0700 {})",
+                dir.display()
+            )));
         }
         Ok(Self { dir, keys })
     }
@@ -130,16 +147,23 @@ impl StateStore {
     /// Writes `value` as record `name`, atomically.
     pub fn put(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         check_name(name)?;
-        let sealed = seal::seal(&self.keys, Purpose::State, name, value).map_err(|source| StoreError::Record {
-            name: name.to_owned(),
-            source,
+        let sealed = seal::seal(&self.keys, Purpose::State, name, value).map_err(|source| {
+            StoreError::Record {
+                name: name.to_owned(),
+                source,
+            }
         })?;
         let mut rand = [0u8; 8];
-        openssl::rand::rand_bytes(&mut rand).map_err(|e| io(&self.dir)(std::io::Error::other(e)))?;
+        openssl::rand::rand_bytes(&mut rand)
+            .map_err(|e| io(&self.dir)(std::io::Error::other(e)))?;
         let suffix: String = rand.iter().map(|b| format!("{b:02x}")).collect();
         let tmp = self.dir.join(format!(".{name}.{suffix}.tmp"));
         let written = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&sealed)?;
             f.sync_all()?;
             fs::rename(&tmp, self.path(name))?;
@@ -186,10 +210,14 @@ impl StateStore {
     pub fn get_message<M: Message + Default>(&self, name: &str) -> Result<Option<M>, StoreError> {
         match self.get(name)? {
             None => Ok(None),
-            Some(bytes) => M::decode(bytes.as_slice()).map(Some).map_err(|source| StoreError::Decode {
-                name: name.to_owned(),
-                source,
-            }),
+            Some(bytes) => {
+                M::decode(bytes.as_slice())
+                    .map(Some)
+                    .map_err(|source| StoreError::Decode {
+                        name: name.to_owned(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -199,7 +227,9 @@ impl StateStore {
         let path = self.path(name);
         match fs::remove_file(&path) {
             Ok(()) => {
-                File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(&self.dir))?;
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -252,34 +282,64 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
         let store = StateStore::open(&dir, KeyRing::new(Key::generate().unwrap())).unwrap();
-        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         store.put("a", b"alpha").unwrap();
         store.put("b", b"beta").unwrap();
         store.put_message("c", &"gamma".to_string()).unwrap();
-        assert_eq!(fs::metadata(dir.join("a.sealed")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(dir.join("a.sealed"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         assert_eq!(store.get("a").unwrap().unwrap().as_slice(), b"alpha");
         assert_eq!(store.get_message::<String>("c").unwrap().unwrap(), "gamma");
         assert!(store.get("missing").unwrap().is_none());
         assert_eq!(store.list().unwrap(), ["a", "b", "c"]);
         // The plaintext is not on disk.
-        assert!(!fs::read(dir.join("a.sealed")).unwrap().windows(5).any(|w| w == b"alpha"));
+        assert!(
+            !fs::read(dir.join("a.sealed"))
+                .unwrap()
+                .windows(5)
+                .any(|w| w == b"alpha")
+        );
         // Corrupt one record: it reports, the others read fine.
         let mut bytes = fs::read(dir.join("b.sealed")).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         fs::write(dir.join("b.sealed"), &bytes).unwrap();
-        assert!(matches!(store.get("b").unwrap_err().seal_error(), Some(SealError::Tampered)));
+        assert!(matches!(
+            store.get("b").unwrap_err().seal_error(),
+            Some(SealError::Tampered)
+        ));
         assert_eq!(store.get("a").unwrap().unwrap().as_slice(), b"alpha");
         // Swap two records: detected.
         fs::copy(dir.join("a.sealed"), dir.join("c.sealed")).unwrap();
-        assert!(matches!(store.get("c").unwrap_err().seal_error(), Some(SealError::Tampered)));
+        assert!(matches!(
+            store.get("c").unwrap_err().seal_error(),
+            Some(SealError::Tampered)
+        ));
         // Truncated.
         fs::write(dir.join("b.sealed"), &bytes[..20]).unwrap();
-        assert!(matches!(store.get("b").unwrap_err().seal_error(), Some(SealError::Truncated(20))));
+        assert!(matches!(
+            store.get("b").unwrap_err().seal_error(),
+            Some(SealError::Truncated(20))
+        ));
         assert!(store.delete("a").unwrap());
         assert!(!store.delete("a").unwrap());
-        assert!(matches!(store.put("../x", b""), Err(StoreError::BadName(_))));
-        assert!(matches!(store.put(".hidden", b""), Err(StoreError::BadName(_))));
+        assert!(matches!(
+            store.put("../x", b""),
+            Err(StoreError::BadName(_))
+        ));
+        assert!(matches!(
+            store.put(".hidden", b""),
+            Err(StoreError::BadName(_))
+        ));
     }
 
     #[test]
@@ -291,10 +351,15 @@ mod tests {
         let store = StateStore::open(&dir, KeyRing::new(old)).unwrap();
         store.put("r", b"value").unwrap();
         let wrong = StateStore::open(&dir, KeyRing::new(Key::generate().unwrap())).unwrap();
-        assert!(matches!(wrong.get("r").unwrap_err().seal_error(), Some(SealError::WrongKey(_))));
+        assert!(matches!(
+            wrong.get("r").unwrap_err().seal_error(),
+            Some(SealError::WrongKey(_))
+        ));
         let new = Key::generate().unwrap();
         let new_copy = Key::from_bytes(&new.bytes_for_test()).unwrap();
-        let (rotated, n) = store.rotate(KeyRing::new(new).with_previous(old_copy)).unwrap();
+        let (rotated, n) = store
+            .rotate(KeyRing::new(new).with_previous(old_copy))
+            .unwrap();
         assert_eq!(n, 1);
         assert_eq!(rotated.get("r").unwrap().unwrap().as_slice(), b"value");
         // After rotation the new key alone opens everything.

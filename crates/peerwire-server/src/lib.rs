@@ -49,6 +49,7 @@ mod conn;
 mod policy;
 mod registry;
 mod router;
+pub mod settings;
 mod socket;
 
 use std::collections::BTreeMap;
