@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use peerwire_client::{Client, ClientTls};
-use peerwire_security::identity;
 use peerwire_security::seal::{self, KeyProvider, KeyRing, Purpose};
+use peerwire_security::{identity, privilege};
 use peerwire_server::settings::{self, AccessSection, LimitsSection, ServerConfig, TlsSection};
 use peerwire_server::{
     Binding, DeviceSecret, Minter, ServerTls, Status, TlsMode, spawn_with_token,
@@ -290,6 +290,20 @@ struct ServeArgs {
     access: AccessArgs,
     #[command(flatten)]
     tls: TlsArgs,
+    /// When started as root: bind the socket, give it to this user, then become this user for
+    /// good (uids, gids, no capabilities unless --keep-cap, no_new_privs).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Supplementary group of the service user (repeatable); default: none.
+    #[arg(long = "group", value_name = "GROUP", requires = "user")]
+    groups: Vec<String>,
+    /// Capability to keep after dropping root (repeatable), e.g. CAP_NET_BIND_SERVICE; default:
+    /// none.
+    #[arg(long = "keep-cap", value_name = "CAP", requires = "user")]
+    keep_caps: Vec<String>,
+    /// Run as root without --user (not for production: logs a loud warning).
+    #[arg(long, conflicts_with = "user")]
+    allow_root: bool,
 }
 
 #[derive(clap::Args)]
@@ -393,12 +407,17 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     peerwire_examples::init_logging("warn");
     let cli = Cli::parse();
+    // The server drops its privileges before any thread exists: no runtime yet.
+    let cli = match cli.command {
+        Command::Serve(args) => return serve_main(args),
+        command => Cli { command },
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         match cli.command {
             Command::Demo { tls } => demo(tls).await,
             Command::Init { dir, device, force } => init(&dir, device, force),
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(_) => bail!("serve runs outside the shared runtime"),
             Command::Ping(args) => ping(args).await,
             Command::Audit {
                 socket,
@@ -516,7 +535,9 @@ async fn demo(mode: TlsMode) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// `peerwire serve`: privileged setup, privilege drop, then the runtime and the server.
+fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
+    privilege::harden_process()?;
     let ServeArgs {
         config,
         key,
@@ -527,6 +548,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         require_token,
         access,
         tls,
+        user,
+        groups,
+        keep_caps,
+        allow_root,
     } = args;
     // Flags or a file: either way one ServerConfig, validated and turned into a builder the
     // same way.
@@ -551,6 +576,67 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
         },
     };
+    let root = nix::unistd::geteuid().is_root();
+    let spec = match &user {
+        Some(name) => {
+            let mut spec = privilege::DropSpec::for_user(name)?;
+            spec.groups = groups
+                .iter()
+                .map(|g| resolve_gid(g))
+                .collect::<anyhow::Result<_>>()?;
+            spec.keep = keep_caps
+                .iter()
+                .map(|c| privilege::parse_capability(c))
+                .collect::<Result<_, _>>()?;
+            Some(spec)
+        }
+        None if root && !allow_root => bail!(
+            "refusing to run as root: give --user NAME (the service user to become after binding \
+             the socket), or --allow-root for a test setup"
+        ),
+        None if root => {
+            tracing::warn!(
+                "RUNNING AS ROOT (--allow-root): every capability is kept; use --user in production"
+            );
+            eprintln!(
+                "peerwire serve: WARNING: running as root (--allow-root); use --user NAME in production"
+            );
+            None
+        }
+        None => None,
+    };
+    // Privileged setup: the socket directory, owned by the service user; then become that
+    // user for good. The socket itself is bound afterwards, by the service user: SO_PEERCRED of
+    // a listening socket is fixed at listen(), and clients check it.
+    if let Some(spec) = &spec {
+        if root {
+            let group = config
+                .socket_group
+                .as_deref()
+                .map(|g| settings::resolve_gid("socket_group", g))
+                .transpose()?;
+            if let Some(dir) = config.socket.parent() {
+                peerwire_security::sockpath::prepare_directory(dir, group, spec.uid)?;
+            }
+        }
+        privilege::drop_privileges(spec)?;
+        privilege::harden_process()?;
+        eprintln!(
+            "peerwire serve: running as uid {} gid {} with {} capabilities, no_new_privs set",
+            spec.uid,
+            spec.gid,
+            if spec.keep.is_empty() {
+                "no".to_string()
+            } else {
+                format!("{:?}", spec.keep)
+            }
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(serve(config, tick_ms, tick_message))
+}
+
+async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyhow::Result<()> {
     let socket = config.socket.clone();
     let mode = config.tls_mode()?;
     let mut builder = config.builder()?;

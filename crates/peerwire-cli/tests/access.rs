@@ -54,7 +54,7 @@ fn policy_admits_allowed_uids_and_groups_and_denies_others() {
     let socket = dir.path().join("run/s.sock");
     let log = dir.path().join("server.log");
     let mut cmd = Command::new(shared_bin());
-    cmd.arg("serve")
+    cmd.args(["serve", "--allow-root"])
         .arg("--socket")
         .arg(&socket)
         .args([
@@ -131,7 +131,7 @@ async fn executable_allowlist_rejects_another_binary_of_the_same_uid() {
     let socket = dir.path().join("run/s.sock");
     let bin = shared_bin();
     let mut cmd = Command::new(&bin);
-    cmd.arg("serve")
+    cmd.args(["serve", "--allow-root"])
         .arg("--socket")
         .arg(&socket)
         .arg("--allow-exe")
@@ -227,7 +227,7 @@ async fn socket_and_directory_are_never_more_open_than_configured() {
 
 fn serve_fails(socket: &Path) -> String {
     let out = Command::new(shared_bin())
-        .arg("serve")
+        .args(["serve", "--allow-root"])
         .arg("--socket")
         .arg(socket)
         .output()
@@ -321,7 +321,7 @@ async fn client_refuses_a_server_running_as_another_uid() {
     let socket = home.join("run/display.sock");
     let mut cmd = as_user(bob, bob_gid, &[]);
     cmd.arg(shared_bin())
-        .arg("serve")
+        .args(["serve", "--allow-root"])
         .arg("--socket")
         .arg(&socket)
         .args(["--allow-uid", "0"]);
@@ -396,7 +396,7 @@ async fn systemd_socket_activation_is_checked_like_a_bound_socket() {
         cmd.args(["-E", "RUST_LOG=info", "-E", "NO_COLOR=1", "-l"])
             .arg(&socket)
             .arg(shared_bin())
-            .arg("serve")
+            .args(["serve", "--allow-root"])
             .arg("--socket")
             .arg(&socket)
             .env("RUST_LOG", "info")

@@ -122,7 +122,7 @@ fn sealed_config_round_trips_and_the_server_starts_from_it() {
     );
     // The server runs from the sealed file.
     let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--config"])
+    cmd.args(["serve", "--allow-root", "--config"])
         .arg(&sealed)
         .arg("--key")
         .arg(&key);
@@ -149,7 +149,7 @@ fn untrusted_or_invalid_plain_configs_are_refused_naming_the_problem() {
         e.contains("writable by group or others") && e.contains("chmod 0600"),
         "{e}"
     );
-    let e = err(pw(&["serve", "--config"], &[&file]));
+    let e = err(pw(&["serve", "--allow-root", "--config"], &[&file]));
     assert!(e.contains("untrusted configuration"), "{e}");
     // A safe file in a world-writable directory.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();

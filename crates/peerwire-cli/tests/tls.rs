@@ -180,7 +180,7 @@ fn independent_client_interoperates_and_is_refused_without_the_pinned_certificat
     let socket = tmp.path().join("run/s.sock");
     let log = tmp.path().join("serve.log");
     let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
+    cmd.args(["serve", "--allow-root"])
         .arg("--socket")
         .arg(&socket)
         .args(["--tls", "mutual", "--identity"])
@@ -435,7 +435,7 @@ fn strace_sees_only_ciphertext_with_tls() {
     for (mode, visible) in [("off", true), ("mutual", false), ("server-auth", false)] {
         let socket = tmp.path().join(format!("run-{mode}/s.sock"));
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
+        cmd.args(["serve", "--allow-root"])
             .arg("--socket")
             .arg(&socket)
             .args([

@@ -55,7 +55,7 @@ fn setup(open: bool) -> Setup {
 
 fn serve(s: &Setup, extra: &[&str]) -> ServeProcess {
     let mut cmd = Command::new(shared_bin());
-    cmd.arg("serve")
+    cmd.args(["serve", "--allow-root"])
         .arg("--socket")
         .arg(&s.socket)
         .arg("--identity")
@@ -392,7 +392,7 @@ async fn flood_of_bad_tokens_neither_grows_memory_nor_blocks_valid_clients() {
     let s = setup(false);
     // 100,000 refusals are 100,000 WARN lines: keep them out of the test output.
     let mut cmd = Command::new(shared_bin());
-    cmd.arg("serve")
+    cmd.args(["serve", "--allow-root"])
         .arg("--socket")
         .arg(&s.socket)
         .arg("--identity")

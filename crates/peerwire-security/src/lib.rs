@@ -19,7 +19,8 @@
 //! - [`strict`]: "StrictModes" for plain configuration files;
 //! - [`store`]: the persistent state store, each record sealed and written crash-safe.
 //!
-//! Privilege dropping will get a module of its own.
+//! - [`privilege`]: dropping root for a service user with only the kept capabilities, and
+//!   process hardening (not dumpable, no core dumps, locked memory where allowed).
 //!
 //! ```
 //! use std::os::unix::net::UnixStream;
@@ -38,6 +39,7 @@ pub mod cred;
 pub mod exe;
 pub mod identity;
 pub mod launch;
+pub mod privilege;
 pub mod seal;
 pub mod sockpath;
 pub mod store;

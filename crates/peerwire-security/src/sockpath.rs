@@ -102,9 +102,9 @@ pub fn socket_mode(group: Option<u32>) -> u32 {
 }
 
 /// Checks an existing socket directory; returns every problem found.
-fn directory_problems(dir: &Path, group: Option<u32>) -> Vec<PathError> {
+fn directory_problems(dir: &Path, group: Option<u32>, owner: u32) -> Vec<PathError> {
     let want = directory_mode(group);
-    let me = geteuid().as_raw();
+    let me = owner;
     let meta = match std::fs::symlink_metadata(dir) {
         Ok(meta) => meta,
         Err(e) => {
@@ -171,8 +171,11 @@ fn directory_problems(dir: &Path, group: Option<u32>) -> Vec<PathError> {
 }
 
 /// Creates the socket directory (mode 0700, or 0750 owned by `group`) if it is missing, and
-/// checks it either way.
-pub fn prepare_directory(dir: &Path, group: Option<u32>) -> Result<(), PathError> {
+/// checks it either way. `owner` is the user that will serve on it: root calls this for the
+/// service user it is about to become (the directory is then given to that user), and the
+/// service user binds the socket itself after dropping root, so that `SO_PEERCRED` of the
+/// listening socket, which is fixed at `listen` time, names the service user.
+pub fn prepare_directory(dir: &Path, group: Option<u32>, owner: u32) -> Result<(), PathError> {
     let want = directory_mode(group);
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -187,6 +190,16 @@ pub fn prepare_directory(dir: &Path, group: Option<u32>) -> Result<(), PathError
                         "check the parent directory's permissions",
                     )
                 })?;
+            if owner != geteuid().as_raw() {
+                // Root prepares the directory of the service user it is about to become.
+                chown(dir, Some(nix::unistd::Uid::from_raw(owner)), None).map_err(|e| {
+                    problem(
+                        dir,
+                        format!("cannot give the directory to uid {owner}: {e}"),
+                        "run as root or as that user",
+                    )
+                })?;
+            }
             if let Some(g) = group {
                 chown(dir, None, Some(Gid::from_raw(g))).map_err(|e| {
                     problem(
@@ -215,14 +228,14 @@ pub fn prepare_directory(dir: &Path, group: Option<u32>) -> Result<(), PathError
         }
         Ok(_) => {}
     }
-    match directory_problems(dir, group).into_iter().next() {
+    match directory_problems(dir, group, owner).into_iter().next() {
         Some(p) => Err(p),
         None => Ok(()),
     }
 }
 
 /// Removes a stale socket of ours at `path`; refuses a live one or anything else.
-fn clear_stale(path: &Path) -> Result<(), PathError> {
+fn clear_stale(path: &Path, owner: u32) -> Result<(), PathError> {
     let meta = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => {
@@ -241,7 +254,7 @@ fn clear_stale(path: &Path) -> Result<(), PathError> {
             "move it away or choose another socket path; peerwire never deletes it",
         ));
     }
-    let me = geteuid().as_raw();
+    let me = owner;
     if meta.uid() != me {
         return Err(problem(
             path,
@@ -285,8 +298,9 @@ fn clear_stale(path: &Path) -> Result<(), PathError> {
 pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, PathError> {
     validate_socket_path(path)?;
     let dir = path.parent().unwrap_or(Path::new("/"));
-    prepare_directory(dir, group)?;
-    clear_stale(path)?;
+    let owner = geteuid().as_raw();
+    prepare_directory(dir, group, owner)?;
+    clear_stale(path, owner)?;
     let old = umask(Mode::from_bits_truncate(0o177));
     let bound = UnixListener::bind(path);
     umask(old);
@@ -341,7 +355,7 @@ pub fn check_socket_file(path: &Path, group: Option<u32>) -> Result<(), PathErro
         .is_some_and(|m| m.uid() == 0 && !m.file_type().is_symlink());
     if let Some(p) = path
         .parent()
-        .map(|d| directory_problems(d, group))
+        .map(|d| directory_problems(d, group, geteuid().as_raw()))
         .and_then(|v| {
             v.into_iter()
                 .find(|p| !(root_owned && p.problem.contains("is owned by uid 0")))
@@ -445,7 +459,9 @@ pub fn audit(path: &Path, group: Option<u32>) -> Audit {
         ));
         return audit;
     }
-    audit.problems.extend(directory_problems(dir, group));
+    audit
+        .problems
+        .extend(directory_problems(dir, group, geteuid().as_raw()));
     match std::fs::symlink_metadata(path) {
         Err(_) => audit
             .facts

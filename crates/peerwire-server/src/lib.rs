@@ -46,6 +46,7 @@
 
 mod config;
 mod conn;
+mod notify;
 mod policy;
 mod registry;
 mod router;
@@ -239,6 +240,14 @@ impl ServerBuilder {
     /// (`LISTEN_PID`/`LISTEN_FDS`), the passed socket is used instead, after the same checks.
     /// Must be called inside a tokio runtime.
     pub fn bind(&self) -> Result<Server, ServerError> {
+        self.validate()?;
+        let (listener, origin) = socket::listen(&self.path, self.socket_group)?;
+        listener.set_nonblocking(true)?;
+        let listener = UnixListener::from_std(listener)?;
+        self.serve_on(listener, origin)
+    }
+
+    fn validate(&self) -> Result<(), ServerError> {
         let mut errors = self.errors.clone();
         if let Err(e) = peerwire_security::sockpath::validate_socket_path(&self.path) {
             errors.push(e.to_string());
@@ -272,7 +281,14 @@ impl ServerBuilder {
                 peerwire_proto::handshake::MIN_FRAME_SIZE
             )));
         }
-        let (listener, origin) = socket::listen(&self.path, self.socket_group)?;
+        Ok(())
+    }
+
+    fn serve_on(
+        &self,
+        listener: UnixListener,
+        origin: socket::Origin,
+    ) -> Result<Server, ServerError> {
         let shared = Arc::new(Shared {
             name: self.name.clone(),
             limits: self.limits,
@@ -367,9 +383,15 @@ impl Server {
         } = self;
         let tracker = TaskTracker::new();
         tracing::info!(path = %guard.path().display(), "listening");
+        notify::notify("READY=1");
+        // Watchdog pings come from this loop: if it stalls, systemd notices and restarts us.
+        let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
         loop {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
+                _ = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
+                    notify::notify("WATCHDOG=1");
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         bump(&shared.counters.connections);
@@ -383,6 +405,7 @@ impl Server {
                 },
             }
         }
+        notify::notify("STOPPING=1");
         drop(listener);
         drop(guard);
         tracing::info!("shutting down: {} connections open", shared.conns().len());

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{getsockopt, sockopt};
 use peerwire_security::sockpath;
-use tokio::net::UnixListener;
 
 use crate::ServerError;
 
@@ -31,7 +30,7 @@ pub(crate) enum Origin {
 pub(crate) fn listen(
     path: &Path,
     group: Option<u32>,
-) -> Result<(UnixListener, Origin), ServerError> {
+) -> Result<(std::os::unix::net::UnixListener, Origin), ServerError> {
     let inherited = peerwire_security::systemd_listen_fd()
         .map_err(|e| err(path, format!("socket activation: {e}")))?;
     let (listener, origin) = match inherited {
@@ -47,8 +46,7 @@ pub(crate) fn listen(
             Origin::Bound,
         ),
     };
-    listener.set_nonblocking(true)?;
-    Ok((UnixListener::from_std(listener)?, origin))
+    Ok((listener, origin))
 }
 
 fn check_inherited(

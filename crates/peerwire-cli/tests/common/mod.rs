@@ -40,7 +40,10 @@ pub struct ServeProcess {
 impl ServeProcess {
     pub fn start(path: &Path, extra: &[&str]) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").arg("--socket").arg(path).args(extra);
+        cmd.args(["serve", "--allow-root"])
+            .arg("--socket")
+            .arg(path)
+            .args(extra);
         Self::spawn(cmd, path)
     }
 
