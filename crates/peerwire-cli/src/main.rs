@@ -84,7 +84,7 @@ enum Command {
     },
     /// Run the reference server (echo.Echo, echo.Sleep, push topic echo.Tick) until SIGINT or
     /// SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure round trips to a server's echo.Echo.
     Ping(PingArgs),
     /// Session tokens for clients that cannot be pinned to a certificate.
@@ -409,7 +409,7 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The server drops its privileges before any thread exists: no runtime yet.
     let cli = match cli.command {
-        Command::Serve(args) => return serve_main(args),
+        Command::Serve(args) => return serve_main(*args),
         command => Cli { command },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
