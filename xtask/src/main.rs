@@ -4,6 +4,10 @@
 //!   --all-targets -D warnings`, `cargo test --workspace` (which includes the repository rules
 //!   in `xtask/src/tidy.rs`), and `cargo doc` with warnings denied.
 //!
+//! - `cargo xtask hardening`: builds the release binaries and checks each ELF file for PIE,
+//!   full RELRO, a non-executable stack, no RPATH/RUNPATH and no W+X segment (and runs
+//!   Debian's `checksec` when installed).
+//!
 //! Every step uses `--locked`, so a `Cargo.lock` out of step with the manifests fails.
 
 use std::process::Command;
@@ -11,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
+mod hardening;
 #[cfg(test)]
 mod tidy;
 
@@ -18,11 +23,16 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("hardening") => hardening::run(&root()),
         _ => {
-            eprintln!("usage: cargo xtask ci");
+            eprintln!("usage: cargo xtask ci | hardening");
             bail!("unknown or missing task: {args:?}");
         }
     }
+}
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {

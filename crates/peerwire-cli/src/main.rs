@@ -91,7 +91,7 @@ enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Launch a display client with a fresh session token on an inherited pipe (never argv or
-    /// the environment), wait for it, and exit with its status.
+    /// the environment), wait for it, and fail if it fails.
     Launch {
         #[command(flatten)]
         mint: MintArgs,
@@ -443,6 +443,7 @@ fn run() -> anyhow::Result<()> {
                 start,
             } => state_writer(&dir, &key, start, count),
             Command::DisplayClient { socket, tls } => {
+                privilege::harden_process()?;
                 peerwire_examples::run_display_client(&socket, tls.client()?, |l| {
                     say!("[client] {l}")
                 })
@@ -465,6 +466,12 @@ async fn demo(mode: TlsMode) -> anyhow::Result<()> {
         "peerwire demo: socket {} (directory 0700, socket 0600); both ends check each other's uid (SO_PEERCRED)",
         path.display()
     );
+    if nix::unistd::geteuid().is_root() {
+        say!(
+            "peerwire demo: running as root, for a self-contained demo; in production the server drops to a \
+             service user (peerwire serve --user NAME) and refuses to run as root without it"
+        );
+    }
     if mode != TlsMode::Off {
         let p = identity::provision(&identity, "demo-device", false)?;
         say!(

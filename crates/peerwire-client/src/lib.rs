@@ -69,6 +69,10 @@ use tokio_util::sync::CancellationToken;
 pub use error::{CallError, ConnectError};
 pub use peerwire_proto::handshake::HandshakeError;
 pub use peerwire_security::cred::PeerCredentials;
+/// The same process hardening the server uses, for the display client: no core dumps, not
+/// dumpable (no same-uid ptrace or `/proc/PID/mem`), memory locked where allowed. Call it
+/// first thing in `main`.
+pub use peerwire_security::privilege::harden_process;
 pub use peerwire_security::tls::{ClientTls, TlsMode};
 
 use conn::Conn;

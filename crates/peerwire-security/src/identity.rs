@@ -166,9 +166,9 @@ pub fn generate(role: Role, device: &str) -> Result<(PKey<Private>, X509), Ident
     Ok((key, b.build()))
 }
 
-fn make_private_dir(dir: &Path) -> Result<(), IdentityError> {
+fn make_private_dir(dir: &Path, traversable: bool) -> Result<(), IdentityError> {
     match fs::symlink_metadata(dir) {
-        Ok(meta) => check_private(dir, &meta, true),
+        Ok(meta) => check_private(dir, &meta, true, traversable),
         Err(_) => fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -178,7 +178,14 @@ fn make_private_dir(dir: &Path) -> Result<(), IdentityError> {
 }
 
 /// Refuses a path that others can read (keys, key directories) or write, or that is not ours.
-fn check_private(path: &Path, meta: &fs::Metadata, is_dir: bool) -> Result<(), IdentityError> {
+/// `traversable`: the top identity directory may be 0711 so that each end's user can reach its
+/// own subdirectory; it must still not be readable or writable by others.
+fn check_private(
+    path: &Path,
+    meta: &fs::Metadata,
+    is_dir: bool,
+    traversable: bool,
+) -> Result<(), IdentityError> {
     let bad = |problem: String, fix: String| IdentityError::Permissions {
         path: path.to_owned(),
         problem,
@@ -207,7 +214,8 @@ fn check_private(path: &Path, meta: &fs::Metadata, is_dir: bool) -> Result<(), I
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    let forbidden = if traversable { 0o066 } else { 0o077 };
+    if mode & forbidden != 0 {
         let want = if is_dir { 0o700 } else { 0o600 };
         return Err(bad(
             format!("has mode {mode:04o}: group or others can reach it"),
@@ -268,7 +276,7 @@ pub fn provision(dir: &Path, device: &str, force: bool) -> Result<Provisioned, I
             }
         }
     }
-    make_private_dir(dir)?;
+    make_private_dir(dir, true)?;
     let server = generate(Role::Server, device)?;
     let client = generate(Role::Client, device)?;
     let mut fingerprints = vec![];
@@ -277,7 +285,7 @@ pub fn provision(dir: &Path, device: &str, force: bool) -> Result<Provisioned, I
         (Role::Client, &client, &server.1),
     ] {
         let sub = dir.join(role.dir_name());
-        make_private_dir(&sub)?;
+        make_private_dir(&sub, false)?;
         let pem = Zeroizing::new(key.private_key_to_pem_pkcs8()?);
         write_file(&sub.join("key.pem"), &pem, 0o600, force)?;
         write_file(&sub.join("cert.pem"), &cert.to_pem()?, 0o644, force)?;
@@ -312,7 +320,7 @@ impl Identity {
         let key_path = dir.join("key.pem");
         for (path, is_dir) in [(&dir, true), (&key_path, false)] {
             let meta = fs::symlink_metadata(path).map_err(io_err(path))?;
-            check_private(path, &meta, is_dir)?;
+            check_private(path, &meta, is_dir, false)?;
         }
         let pem = read(&key_path)?;
         let key = PKey::private_key_from_pem(&pem)?;

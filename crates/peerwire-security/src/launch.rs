@@ -29,11 +29,20 @@ pub fn spawn_with_token(cmd: &mut Command, token: &str) -> io::Result<Child> {
 }
 
 /// In a launched client: reads the token from the descriptor named by `PEERWIRE_TOKEN_FD`, if
-/// set, and closes it. The variable is left in place; the descriptor can be read only once.
+/// set, and closes it. Only the first call in a process reads it; later calls fail.
 pub fn token_from_launcher() -> io::Result<Option<Zeroizing<String>>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The descriptor is claimed once per process: a second call must not take over whatever
+    // file has reused that number since.
+    static TAKEN: AtomicBool = AtomicBool::new(false);
     let Ok(value) = std::env::var(TOKEN_FD_ENV) else {
         return Ok(None);
     };
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::other(format!(
+            "the token descriptor named by {TOKEN_FD_ENV} was already read by this process"
+        )));
+    }
     let fd: i32 = value.trim().parse().map_err(|_| {
         io::Error::other(format!(
             "{TOKEN_FD_ENV}={value:?} is not a descriptor number"

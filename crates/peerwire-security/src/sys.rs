@@ -118,8 +118,9 @@ pub(crate) fn take_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
         nix::fcntl::FcntlArg::F_GETFD,
     )
     .map_err(|e| io::Error::other(format!("descriptor {fd} is not open: {e}")))?;
-    // SAFETY: the descriptor is open, was handed to this process for this purpose by its parent
-    // (the variable naming it is consumed once), and nothing else in the process owns it.
+    // SAFETY: the descriptor is open, was handed to this process for this purpose by its parent,
+    // and is claimed once (launch::token_from_launcher guards with a process-wide flag), so
+    // nothing else in the process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

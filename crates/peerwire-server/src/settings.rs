@@ -279,6 +279,12 @@ impl ServerConfig {
                 "needed for TLS and for session tokens",
             ));
         }
+        if self.tls.require_token && mode == TlsMode::Off {
+            tracing::warn!(
+                "tls.require_token without TLS: session tokens and all traffic travel in clear \
+                 on the socket; use tls.mode = \"server-auth\" (R10)"
+            );
+        }
         Ok(mode)
     }
 

@@ -19,6 +19,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     peerwire_examples::init_logging("warn");
     let args = Args::parse();
+    peerwire_client::harden_process()?;
     let tls = match &args.identity {
         Some(dir) => peerwire_client::ClientTls::from_dir(dir, peerwire_client::TlsMode::Mutual)?,
         None => None,

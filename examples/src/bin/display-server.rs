@@ -21,6 +21,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     peerwire_examples::init_logging("info");
     let args = Args::parse();
+    peerwire_client::harden_process()?;
     let mut builder =
         peerwire_examples::display_server(&args.socket, |line| println!("[server] {line}"));
     if let Some(dir) = &args.identity {
