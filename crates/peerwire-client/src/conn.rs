@@ -315,7 +315,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     });
     let writer_conn = conn.clone();
     tokio::spawn(async move {
-        let writer = peerwire_proto::io::write_frames(wr, FrameCodec::new(max), rx);
+        let writer = peerwire_proto::io::write_frames(wr, FrameCodec::new(max), rx, None);
         tokio::select! {
             result = writer => if let Err(e) = result { tracing::debug!("writer ended: {e}") },
             _ = writer_conn.closed.cancelled() => {}

@@ -16,17 +16,30 @@ const WRITE_BATCH: usize = 64 * 1024;
 
 /// Writes every frame received on `rx` to `io`, batching queued frames, until the queue is
 /// closed (all senders dropped), then shuts the write side down. Returns on the first error.
+/// `queued`, if given, counts the encoded bytes waiting in the queue: the writer subtracts each
+/// frame's length as it takes it (the sender adds it; see the server's outbound byte limit).
 pub async fn write_frames<W: AsyncWrite + Unpin>(
     mut io: W,
     mut codec: FrameCodec,
     mut rx: mpsc::Receiver<Frame>,
+    queued: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 ) -> Result<(), CodecError> {
+    use prost::Message;
+    let taken = |frame: &Frame| {
+        if let Some(q) = &queued {
+            q.fetch_sub(frame.encoded_len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     let mut buf = BytesMut::with_capacity(WRITE_BATCH);
     while let Some(frame) = rx.recv().await {
+        taken(&frame);
         codec.encode(&frame, &mut buf)?;
         while buf.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(frame) => codec.encode(&frame, &mut buf)?,
+                Ok(frame) => {
+                    taken(&frame);
+                    codec.encode(&frame, &mut buf)?
+                }
                 Err(_) => break,
             }
         }

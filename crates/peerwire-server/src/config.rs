@@ -27,8 +27,18 @@ pub struct Limits {
     /// Frames queued for one connection before it counts as a slow consumer and is closed.
     /// Default 1024.
     pub outbound_queue: usize,
+    /// Bytes of encoded frames queued for one connection before it counts as a slow consumer
+    /// and is closed (one frame is always accepted into an empty queue). Default 8 MiB.
+    pub outbound_queue_bytes: usize,
     /// Most open connections; further ones get `Reject(RESOURCE_EXHAUSTED)`. Default 1024.
     pub max_connections: usize,
+    /// Most open connections of one uid. Default 256.
+    pub max_connections_per_uid: usize,
+    /// Most connections that have not finished their handshake yet, in total. Default 256.
+    pub max_unauthenticated: usize,
+    /// Most connections of one uid that have not finished their handshake yet. Default 32: one
+    /// local user opening silent connections cannot lock others out.
+    pub max_unauthenticated_per_uid: usize,
     /// Most topics one connection may subscribe to. Default 256.
     pub max_subscriptions: usize,
     /// Time in-flight requests get to finish after shutdown starts. Default 5 s.
@@ -46,7 +56,11 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
             outbound_queue: 1024,
+            outbound_queue_bytes: 8 * 1024 * 1024,
             max_connections: 1024,
+            max_connections_per_uid: 256,
+            max_unauthenticated: 256,
+            max_unauthenticated_per_uid: 32,
             max_subscriptions: 256,
             shutdown_grace: Duration::from_secs(5),
         }

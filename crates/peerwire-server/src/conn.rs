@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ServerHandle;
-use crate::registry::{ConnEntry, Shared, bump};
+use crate::registry::{ConnEntry, Full, Outbox, Shared, bump};
 use crate::router::{ConnInfo, ConnectionContext, EventFn, RequestContext};
 
 /// Client events queued for a connection's event handlers before new ones are dropped.
@@ -57,7 +57,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         }
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let _live = LiveGuard::new(shared.clone());
     // ERROR level so that the span, and with it the peer's credentials, is on every line of
     // this connection whatever level RUST_LOG lets through.
     let span = tracing::error_span!("conn", id, %peer);
@@ -79,6 +78,23 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         }
         bump(&shared.counters.accepted);
         tracing::debug!("admitted by the access policy");
+        // Connection limits, still before any byte of the peer is read.
+        let mut admission = match Admission::new(&shared, peer.uid) {
+            Ok(a) => a,
+            Err(status) => {
+                bump(&shared.counters.limit_refusals);
+                tracing::warn!("connection refused: {status}");
+                let (rd, mut wr) = stream.into_split();
+                send_direct(
+                    &mut wr,
+                    reject_frame(&status),
+                    shared.limits.handshake_timeout,
+                )
+                .await;
+                drain(rd).await;
+                return;
+            }
+        };
         // TLS (if any) and Hello share one deadline: the handshake timeout.
         let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
         // A session token may be bound to the client executable: resolve it (through a pidfd)
@@ -139,6 +155,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             drain(reader.into_inner()).await;
             return;
         };
+        admission.authenticated();
         bump(&shared.counters.sessions);
         tracing::info!(client = %client_name, "session established");
         let info = Arc::new(ConnInfo {
@@ -194,19 +211,92 @@ async fn closed_before_sending(stream: &UnixStream) -> bool {
     )
 }
 
-/// Counts a connection task as live from accept to close (handshakes included).
-struct LiveGuard(Arc<Shared>);
+/// A connection's place in the connection limits, from admission to close.
+struct Admission {
+    shared: Arc<Shared>,
+    uid: u32,
+    unauthenticated: bool,
+}
 
-impl LiveGuard {
-    fn new(shared: Arc<Shared>) -> Self {
-        shared.live.fetch_add(1, Ordering::Relaxed);
-        Self(shared)
+impl Admission {
+    /// Takes a place, or says which limit is full (and its value).
+    fn new(shared: &Arc<Shared>, uid: u32) -> Result<Self, Status> {
+        let l = &shared.limits;
+        let mut a = shared.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        let (open, unauth) = a.per_uid.get(&uid).copied().unwrap_or((0, 0));
+        let full = |what: &str, limit: usize| {
+            Err(Status::new(
+                Code::ResourceExhausted,
+                format!("{what} limit of {limit} reached"),
+            ))
+        };
+        if a.total >= l.max_connections {
+            return full("max_connections", l.max_connections);
+        }
+        if open >= l.max_connections_per_uid {
+            return full(
+                &format!("max_connections_per_uid (uid {uid})"),
+                l.max_connections_per_uid,
+            );
+        }
+        if a.unauthenticated >= l.max_unauthenticated {
+            return full("max_unauthenticated", l.max_unauthenticated);
+        }
+        if unauth >= l.max_unauthenticated_per_uid {
+            return full(
+                &format!("max_unauthenticated_per_uid (uid {uid})"),
+                l.max_unauthenticated_per_uid,
+            );
+        }
+        a.total += 1;
+        a.unauthenticated += 1;
+        a.per_uid.insert(uid, (open + 1, unauth + 1));
+        Ok(Self {
+            shared: shared.clone(),
+            uid,
+            unauthenticated: true,
+        })
+    }
+
+    /// The handshake succeeded: no longer counted as unauthenticated.
+    fn authenticated(&mut self) {
+        if std::mem::replace(&mut self.unauthenticated, false) {
+            let mut a = self
+                .shared
+                .admitted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            a.unauthenticated = a.unauthenticated.saturating_sub(1);
+            if let Some(e) = a.per_uid.get_mut(&self.uid) {
+                e.1 = e.1.saturating_sub(1);
+            }
+        }
     }
 }
 
-impl Drop for LiveGuard {
+impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::Relaxed);
+        let mut a = self
+            .shared
+            .admitted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        a.total = a.total.saturating_sub(1);
+        if self.unauthenticated {
+            a.unauthenticated = a.unauthenticated.saturating_sub(1);
+        }
+        let unauth = usize::from(self.unauthenticated);
+        let gone = match a.per_uid.get_mut(&self.uid) {
+            Some(e) => {
+                e.0 = e.0.saturating_sub(1);
+                e.1 = e.1.saturating_sub(unauth);
+                e.0 == 0
+            }
+            None => false,
+        };
+        if gone {
+            a.per_uid.remove(&self.uid);
+        }
     }
 }
 
@@ -262,18 +352,6 @@ async fn handshake(
         tracing::warn!("handshake refused: {status}");
         reject_frame(&status)
     };
-    let open = shared.live.load(Ordering::Relaxed);
-    if open > limits.max_connections {
-        let status = Status::new(
-            Code::ResourceExhausted,
-            format!(
-                "the server has {open} connections open, its max_connections limit is {}",
-                limits.max_connections
-            ),
-        );
-        send_direct(wr, refuse(status), limits.handshake_timeout).await;
-        return None;
-    }
     let first = tokio::select! {
         first = tokio::time::timeout_at(deadline, reader.next()) => first,
         _ = shared.shutdown.cancelled() => {
@@ -336,7 +414,7 @@ struct Connection {
     ctx: ConnectionContext,
     reader: Reader,
     wr: Option<BoxWrite>,
-    tx: mpsc::Sender<Frame>,
+    tx: Outbox,
     rx: Option<mpsc::Receiver<Frame>>,
     events: mpsc::Sender<(EventFn, Bytes)>,
     events_rx: Option<mpsc::Receiver<(EventFn, Bytes)>>,
@@ -360,7 +438,10 @@ impl Connection {
         reader
             .decoder_mut()
             .set_max_frame_size(info.session.max_frame_size());
-        let (tx, rx) = mpsc::channel(shared.limits.outbound_queue);
+        let (tx, rx) = Outbox::new(
+            shared.limits.outbound_queue,
+            shared.limits.outbound_queue_bytes,
+        );
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let ctx = ConnectionContext {
             inner: info.clone(),
@@ -397,7 +478,7 @@ impl Connection {
             return;
         };
         let max = self.info.session.max_frame_size();
-        if self.tx.try_send(welcome).is_err() {
+        if self.tx.push(welcome).is_err() {
             return;
         }
         self.shared.conns().insert(
@@ -414,6 +495,7 @@ impl Connection {
             wr,
             FrameCodec::new(max),
             rx,
+            Some(self.tx.queued.clone()),
         ));
         let event_task = tokio::spawn(run_event_handlers(self.ctx.clone(), events_rx));
 
@@ -529,24 +611,24 @@ impl Connection {
 
     /// Queues a frame without waiting. A full queue means the peer stopped reading.
     fn send(&self, frame: Frame) -> Next {
-        match self.tx.try_send(frame) {
+        match self.tx.push(frame) {
             Ok(()) => Next::Continue,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Full::Queue) => {
                 bump(&self.shared.counters.slow_consumers);
                 Next::Close(Some(Status::new(
                     Code::SlowConsumer,
                     format!(
-                        "outbound queue of {} frames is full",
-                        self.shared.limits.outbound_queue
+                        "outbound queue full (limits: {} frames, {} bytes): the peer does not read",
+                        self.shared.limits.outbound_queue, self.shared.limits.outbound_queue_bytes
                     ),
                 )))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Next::Close(None),
+            Err(Full::Closed) => Next::Close(None),
         }
     }
 
     fn goodbye(&self, status: &Status) {
-        let _ = self.tx.try_send(Frame::new(Kind::Goodbye(Goodbye {
+        let _ = self.tx.push(Frame::new(Kind::Goodbye(Goodbye {
             code: status.code as i32,
             reason: status.message.clone(),
         })));
@@ -756,7 +838,7 @@ impl Connection {
             );
             let _ = self
                 .tx
-                .try_send(Frame::new(Kind::Response(status.to_response(id))));
+                .push(Frame::new(Kind::Response(status.to_response(id))));
         }
         self.task_ids.clear();
     }

@@ -260,6 +260,9 @@ impl ServerBuilder {
             || l.outbound_queue == 0
             || l.max_in_flight == 0
             || l.max_connections == 0
+            || l.max_connections_per_uid == 0
+            || l.max_unauthenticated == 0
+            || l.max_unauthenticated_per_uid == 0
             || l.keepalive_interval.is_zero()
             || l.idle_timeout <= l.keepalive_interval
             || l.default_deadline > l.max_deadline
@@ -315,7 +318,7 @@ impl ServerBuilder {
             socket_path: std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()),
             conns: Default::default(),
             next_id: AtomicU64::new(1),
-            live: Default::default(),
+            admitted: Default::default(),
             shutdown: CancellationToken::new(),
             counters: Default::default(),
         });

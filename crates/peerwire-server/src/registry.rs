@@ -14,9 +14,58 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Limits;
 use crate::router::{ConnInfo, ConnectionId, Router};
 
+/// A connection's outbound queue, bounded in frames and in bytes. Never blocks.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    pub(crate) tx: mpsc::Sender<Frame>,
+    /// Encoded bytes queued and not yet taken by the writer.
+    pub(crate) queued: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) max_bytes: usize,
+}
+
+/// Why a frame could not be queued.
+pub(crate) enum Full {
+    /// The queue holds its maximum number of frames, or of bytes.
+    Queue,
+    /// The connection is closing.
+    Closed,
+}
+
+impl Outbox {
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> (Self, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let outbox = Self {
+            tx,
+            queued: Arc::default(),
+            max_bytes,
+        };
+        (outbox, rx)
+    }
+
+    /// Queues `frame`; a frame is always accepted into an empty queue, whatever its size.
+    pub(crate) fn push(&self, frame: Frame) -> Result<(), Full> {
+        let len = prost::Message::encoded_len(&frame);
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before.saturating_add(len) > self.max_bytes {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return Err(Full::Queue);
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => Full::Queue,
+                    mpsc::error::TrySendError::Closed(_) => Full::Closed,
+                })
+            }
+        }
+    }
+}
+
 pub(crate) struct ConnEntry {
     pub(crate) info: Arc<ConnInfo>,
-    pub(crate) tx: mpsc::Sender<Frame>,
+    pub(crate) tx: Outbox,
     pub(crate) topics: HashSet<String>,
     pub(crate) seq: HashMap<String, u64>,
     /// Cancelled to make the connection task close the connection (slow consumer).
@@ -55,6 +104,8 @@ pub struct Stats {
     pub events_sent: u64,
     /// Connections closed because their outbound queue was full.
     pub slow_consumers: u64,
+    /// Connections refused for a connection limit (total, per uid, unauthenticated).
+    pub limit_refusals: u64,
 }
 
 #[derive(Default)]
@@ -72,10 +123,19 @@ pub(crate) struct Counters {
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) events_sent: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
+    pub(crate) limit_refusals: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Default)]
+pub(crate) struct Admitted {
+    pub(crate) total: usize,
+    pub(crate) unauthenticated: usize,
+    /// uid -> (open, of which unauthenticated)
+    pub(crate) per_uid: HashMap<u32, (usize, usize)>,
 }
 
 pub(crate) struct Shared {
@@ -90,8 +150,8 @@ pub(crate) struct Shared {
     pub(crate) socket_path: std::path::PathBuf,
     pub(crate) conns: Mutex<HashMap<ConnectionId, ConnEntry>>,
     pub(crate) next_id: AtomicU64,
-    /// Connection tasks alive, from accept to close (handshakes included).
-    pub(crate) live: std::sync::atomic::AtomicUsize,
+    /// Admitted connections, in total, per uid, and still in their handshake.
+    pub(crate) admitted: Mutex<Admitted>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) counters: Counters,
 }
@@ -152,6 +212,7 @@ impl Shared {
             protocol_errors: get(&c.protocol_errors),
             events_sent: get(&c.events_sent),
             slow_consumers: get(&c.slow_consumers),
+            limit_refusals: get(&c.limit_refusals),
         }
     }
 
@@ -173,19 +234,20 @@ impl Shared {
         if len > max as usize {
             return Err(PushError::TooLarge { len, max });
         }
-        match entry.tx.try_send(frame) {
+        match entry.tx.push(frame) {
             Ok(()) => {
                 *seq += 1;
                 bump(&self.counters.events_sent);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Full::Queue) => {
                 if !entry.kick.is_cancelled() {
                     bump(&self.counters.slow_consumers);
                     tracing::warn!(
                         conn = entry.info.id,
                         peer = %entry.info.peer,
                         queue = self.limits.outbound_queue,
+                        queue_bytes = self.limits.outbound_queue_bytes,
                         "outbound queue full: closing slow consumer"
                     );
                     entry.kick.cancel();
@@ -193,9 +255,7 @@ impl Shared {
                 Err(PushError::SlowConsumer(entry.info.id))
             }
             // The connection is closing; it is about to leave the map.
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(PushError::NoSuchConnection(entry.info.id))
-            }
+            Err(Full::Closed) => Err(PushError::NoSuchConnection(entry.info.id)),
         }
     }
 

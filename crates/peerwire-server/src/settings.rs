@@ -49,7 +49,11 @@ max_deadline_ms = 300000         # 1 .. 86400000
 keepalive_interval_ms = 15000    # 1 .. 86400000
 idle_timeout_ms = 60000          # more than keepalive_interval_ms
 outbound_queue = 1024            # frames per connection, 1 .. 1000000
+outbound_queue_bytes = 8388608   # bytes per connection, 1024 .. 1073741824
 max_connections = 1024           # 1 .. 1000000
+max_connections_per_uid = 256    # 1 .. 1000000
+max_unauthenticated = 256        # connections still in their handshake, 1 .. 1000000
+max_unauthenticated_per_uid = 32 # 1 .. 1000000
 max_subscriptions = 256          # per connection, 1 .. 65536
 shutdown_grace_ms = 5000         # 0 .. 86400000
 "#;
@@ -155,7 +159,11 @@ pub struct LimitsSection {
     pub keepalive_interval_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub outbound_queue: Option<u64>,
+    pub outbound_queue_bytes: Option<u64>,
     pub max_connections: Option<u64>,
+    pub max_connections_per_uid: Option<u64>,
+    pub max_unauthenticated: Option<u64>,
+    pub max_unauthenticated_per_uid: Option<u64>,
     pub max_subscriptions: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
 }
@@ -356,6 +364,34 @@ impl ServerConfig {
             1,
             1_000_000,
             d.max_connections as u64,
+        )? as usize;
+        out.outbound_queue_bytes = ranged(
+            "outbound_queue_bytes",
+            l.outbound_queue_bytes,
+            1024,
+            1 << 30,
+            d.outbound_queue_bytes as u64,
+        )? as usize;
+        out.max_connections_per_uid = ranged(
+            "max_connections_per_uid",
+            l.max_connections_per_uid,
+            1,
+            1_000_000,
+            d.max_connections_per_uid as u64,
+        )? as usize;
+        out.max_unauthenticated = ranged(
+            "max_unauthenticated",
+            l.max_unauthenticated,
+            1,
+            1_000_000,
+            d.max_unauthenticated as u64,
+        )? as usize;
+        out.max_unauthenticated_per_uid = ranged(
+            "max_unauthenticated_per_uid",
+            l.max_unauthenticated_per_uid,
+            1,
+            1_000_000,
+            d.max_unauthenticated_per_uid as u64,
         )? as usize;
         out.max_subscriptions = ranged(
             "max_subscriptions",
