@@ -167,3 +167,98 @@ fn ci_runs_the_readme_test_command() {
     assert!(ci.contains("cargo xtask ci"));
     assert!(readme.contains("cargo run --release -p peerwire-cli -- demo"));
 }
+
+/// The systemd unit is valid: `systemd-analyze verify` on a copy whose ExecStart points at an
+/// executable that exists here (verify checks it), with no output at all (verify exits 0 on
+/// mere warnings).
+#[test]
+fn systemd_unit_verifies() {
+    let dir = std::env::temp_dir().join(format!("peerwire-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/peerwire.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/peerwire "));
+    std::fs::write(
+        dir.join("peerwire.service"),
+        unit.replace("ExecStart=/usr/bin/peerwire ", "ExecStart=/bin/true "),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("deploy/systemd/peerwire.socket"),
+        dir.join("peerwire.socket"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.join("peerwire.service"))
+        .arg(dir.join("peerwire.socket"))
+        .output()
+        .expect("systemd-analyze is installed (Debian package systemd)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify: {text}"
+    );
+}
+
+/// `systemd-analyze security --offline=true` rates the unit 1.0 or lower ("SAFE").
+#[test]
+fn systemd_unit_exposure_is_at_most_one() {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(root().join("deploy/systemd/peerwire.service"))
+        .output()
+        .expect("systemd-analyze is installed (Debian package systemd)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level for peerwire.service"))
+        .unwrap_or_else(|| panic!("no overall exposure line in: {text}"));
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the figure in {line:?}"));
+    assert!(score <= 1.0, "exposure {score} > 1.0: {line}");
+}
+
+/// The unit keeps the directives the threat model relies on.
+#[test]
+fn systemd_unit_keeps_its_hardening() {
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/peerwire.service")).unwrap();
+    for directive in [
+        "User=peerwire",
+        "Type=notify",
+        "WatchdogSec=",
+        "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_UNIX",
+        "UMask=0077",
+        "RuntimeDirectoryMode=0700",
+        "LoadCredentialEncrypted=",
+        "ProtectSystem=strict",
+        "SystemCallFilter=",
+    ] {
+        let present = unit.contains(directive);
+        assert!(present, "the unit lost {directive:?}");
+    }
+    assert!(
+        unit.lines().any(|l| l.trim() == "CapabilityBoundingSet="),
+        "the bounding set must stay empty"
+    );
+    assert!(
+        !unit
+            .lines()
+            .any(|l| l.trim_start().starts_with("PrivateUsers=")),
+        "PrivateUsers= would hide peers' uids"
+    );
+    let socket = std::fs::read_to_string(root().join("deploy/systemd/peerwire.socket")).unwrap();
+    assert!(
+        socket.contains("SocketMode=0600"),
+        "SocketMode must be explicit (systemd's default is 0666)"
+    );
+}

@@ -183,7 +183,13 @@ impl KeyProvider {
             )));
         }
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        // systemd >= 256 grants the service access to a credential through an ACL on tmpfs, so
+        // the group bits show the ACL mask (0440): for credentials only others are checked.
+        let forbidden = match self {
+            KeyProvider::File(_) => 0o077,
+            KeyProvider::SystemdCredential(_) => 0o007,
+        };
+        if mode & forbidden != 0 {
             return Err(bad(format!(
                 "has mode {mode:04o}; group and others must have no access (fix: chmod 0400 {})",
                 path.display()

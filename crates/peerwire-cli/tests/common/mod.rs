@@ -145,6 +145,14 @@ impl RawClient {
         }
     }
 
+    pub fn from_stream(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            codec: FrameCodec::new(16 << 20),
+            buf: BytesMut::new(),
+        }
+    }
+
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }

@@ -1,0 +1,253 @@
+//! Hostile peers against the limits, with real sockets and a real `peerwire serve` process:
+//! slowloris, a thousand silent connections, a peer that never reads its responses. While they
+//! attack, a well-behaved client (another user) is served and the server's memory stays bounded.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::{
+    RawClient, Read, ServeProcess, as_user, ensure_group, ensure_user, hello_frame, open_tempdir,
+    shared_bin,
+};
+use peerwire_proto::codec::FrameCodec;
+use peerwire_proto::v1::{Code, Frame, Request, frame::Kind};
+use prost::Message;
+use tokio_util::codec::Encoder;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard).unwrap();
+}
+
+/// A server that admits root and the display group, with the socket open to that group.
+fn server(dir: &Path, extra: &[&str]) -> (ServeProcess, std::path::PathBuf) {
+    let socket = dir.join("run/s.sock");
+    let mut cmd = Command::new(shared_bin());
+    cmd.args([
+        "serve",
+        "--allow-root",
+        "--socket-group",
+        "pwt-display",
+        "--allow-uid",
+        "0",
+        "--allow-group",
+        "pwt-display",
+        "--socket",
+    ])
+    .arg(&socket)
+    .args(extra);
+    (ServeProcess::spawn(cmd, &socket), socket)
+}
+
+/// `peerwire ping` as pwt-alice: the well-behaved client. Returns how long it took.
+fn good_client(socket: &Path) -> Duration {
+    let uid = ensure_user("pwt-alice", "pwt-display");
+    let gid = ensure_group("pwt-display");
+    let start = Instant::now();
+    let out = as_user(uid, gid, &[])
+        .arg(shared_bin())
+        .args(["ping", "--count", "5", "--socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "good client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_dropped_at_the_handshake_timeout() {
+    let tmp = open_tempdir();
+    let cfg = tmp.path().join("server.toml");
+    let socket = tmp.path().join("run/s.sock");
+    std::fs::write(
+        &cfg,
+        format!(
+            "socket = {:?}\n[limits]\nhandshake_timeout_ms = 1000\n",
+            socket.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut cmd = Command::new(shared_bin());
+    cmd.args(["serve", "--allow-root", "--config"]).arg(&cfg);
+    let _server = ServeProcess::spawn(cmd, &socket);
+    let mut hello = BytesMut::new();
+    FrameCodec::new(u32::MAX)
+        .encode(&hello_frame(&[1], &[("echo", 1)]), &mut hello)
+        .unwrap();
+    let mut raw = RawClient::connect(&socket).await;
+    let start = Instant::now();
+    // One byte every 200 ms: the Hello would take seconds; the server stops waiting after 1 s.
+    for byte in hello.iter().take(hello.len() - 1) {
+        if tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &[*byte])
+            .await
+            .is_err()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if start.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    match raw.read().await {
+        Read::Frame(f) => match f.kind {
+            Some(Kind::Reject(r)) => {
+                assert_eq!(r.code, Code::HandshakeTimeout as i32, "{}", r.reason)
+            }
+            other => panic!("{other:?}"),
+        },
+        Read::Eof | Read::Error(_) => {}
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "dropped after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_silent_connections_do_not_lock_out_other_users() {
+    raise_fd_limit();
+    ensure_user("pwt-alice", "pwt-display");
+    let tmp = open_tempdir();
+    let (server, socket) = server(tmp.path(), &[]);
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let mut silent = Vec::new();
+    for _ in 0..1000 {
+        silent.push(tokio::net::UnixStream::connect(&socket).await.unwrap());
+    }
+    // The well-behaved client of another user is served at once.
+    let took = good_client(&socket);
+    assert!(
+        took < Duration::from_secs(3),
+        "the good client waited {took:?}"
+    );
+    // Past root's share of unauthenticated connections, each silent peer got a clear refusal.
+    let mut refused = 0;
+    let mut reason = String::new();
+    for stream in silent.drain(..).skip(40).take(20) {
+        let mut raw = RawClient::from_stream(stream);
+        if let Read::Frame(f) = raw.read().await {
+            if let Some(Kind::Reject(r)) = f.kind {
+                assert_eq!(r.code, Code::ResourceExhausted as i32);
+                reason = r.reason;
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        refused, 20,
+        "silent peers beyond the limit were not refused"
+    );
+    assert!(
+        reason.contains("max_unauthenticated_per_uid") && reason.contains("limit of 32"),
+        "{reason}"
+    );
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 32 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB"
+    );
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_its_responses_is_cut_off() {
+    let tmp = open_tempdir();
+    ensure_user("pwt-alice", "pwt-display");
+    let (server, socket) = server(tmp.path(), &[]);
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let mut raw = RawClient::connect(&socket).await;
+    assert!(matches!(
+        raw.hello(&[("echo", 1)]).await.kind,
+        Some(Kind::Welcome(_))
+    ));
+    // 200 echo requests of 512 KiB (100 MiB of responses), and never a read.
+    let payload = vec![0x5au8; 512 * 1024].encode_to_vec();
+    let mut sent = 0;
+    for id in 1..=200u64 {
+        let frame = Frame::new(Kind::Request(Request {
+            id,
+            method: "echo.Echo".into(),
+            payload: payload.clone(),
+            deadline_ms: 0,
+        }));
+        let mut buf = BytesMut::new();
+        FrameCodec::new(u32::MAX).encode(&frame, &mut buf).unwrap();
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &buf),
+        )
+        .await
+        {
+            Ok(Ok(())) => sent += 1,
+            // The server stopped reading from us (it closed us as a slow consumer).
+            _ => break,
+        }
+    }
+    assert!(sent >= 10, "only {sent} requests went out");
+    // Meanwhile another user is served promptly.
+    let took = good_client(&socket);
+    assert!(
+        took < Duration::from_secs(3),
+        "the good client waited {took:?}"
+    );
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 64 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB"
+    );
+    // The server gave up on the non-reader: its connection is closed (after what was queued).
+    let start = Instant::now();
+    let mut frames = 0;
+    let mut goodbye = None;
+    loop {
+        match raw.read().await {
+            Read::Frame(f) => {
+                frames += 1;
+                if let Some(Kind::Goodbye(g)) = f.kind {
+                    goodbye = Some(g);
+                }
+            }
+            Read::Eof | Read::Error(_) => break,
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the server kept the non-reader"
+        );
+    }
+    assert!(
+        frames < 200,
+        "all {frames} responses were kept for a peer that does not read"
+    );
+    if let Some(g) = goodbye {
+        assert_eq!(g.code, Code::SlowConsumer as i32, "{}", g.reason);
+    }
+}
