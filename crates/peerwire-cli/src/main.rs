@@ -114,6 +114,15 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         start: u64,
     },
+    /// Print a running server's counters (connections, denials, limit hits, queue drops...),
+    /// asked over its own socket: only admitted peers can ask.
+    Stats {
+        /// Socket path of the server.
+        #[arg(long)]
+        socket: PathBuf,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
     /// Report the socket's and its directory's owner, mode and problems; exit 1 if unsafe.
     Audit {
         /// Socket path to inspect.
@@ -436,6 +445,7 @@ fn run() -> anyhow::Result<()> {
             }
             Command::Launch { mint, command } => launch(&mint, &command).await,
             Command::Config(cmd) => config(cmd),
+            Command::Stats { socket, tls } => stats(&socket, &tls).await,
             Command::StateWriter {
                 dir,
                 key,
@@ -920,6 +930,36 @@ fn state_writer(dir: &Path, key: &KeyArgs, start: u64, count: u64) -> anyhow::Re
             store.put(&format!("r{r}"), format!("gen-{n}").as_bytes())?;
         }
         say!("{n}");
+    }
+    Ok(())
+}
+
+async fn stats(socket: &Path, tls: &TlsArgs) -> anyhow::Result<()> {
+    let mut builder = Client::builder(socket).name("peerwire-stats");
+    if let Some(client_tls) = tls.client()? {
+        builder = builder.tls(client_tls);
+    }
+    let client = builder.connect().await?;
+    let s: peerwire_proto::v1::ServerStats = client.call(peerwire_proto::METHOD_STATS, &()).await?;
+    client.close().await;
+    for (name, value) in [
+        ("connections", s.connections),
+        ("accepted", s.accepted),
+        ("denied", s.denied),
+        ("limit_refusals", s.limit_refusals),
+        ("tls_failures", s.tls_failures),
+        ("token_failures", s.token_failures),
+        ("handshake_failures", s.handshake_failures),
+        ("sessions", s.sessions),
+        ("open", s.open),
+        ("requests", s.requests),
+        ("deadline_exceeded", s.deadline_exceeded),
+        ("handler_panics", s.handler_panics),
+        ("protocol_errors", s.protocol_errors),
+        ("events_sent", s.events_sent),
+        ("slow_consumers", s.slow_consumers),
+    ] {
+        say!("{name:<20} {value}");
     }
     Ok(())
 }

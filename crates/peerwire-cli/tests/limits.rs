@@ -251,3 +251,66 @@ async fn a_peer_that_never_reads_its_responses_is_cut_off() {
         assert_eq!(g.code, Code::SlowConsumer as i32, "{}", g.reason);
     }
 }
+
+#[test]
+fn stats_command_reports_denials_and_limit_hits() {
+    let tmp = open_tempdir();
+    let bob = ensure_user("pwt-bob", "pwt-display");
+    let display = ensure_group("pwt-display");
+    // Admits root only, but the socket is reachable by the display group: bob is denied.
+    let socket = tmp.path().join("run/s.sock");
+    let mut cmd = Command::new(shared_bin());
+    cmd.args([
+        "serve",
+        "--allow-root",
+        "--socket-group",
+        "pwt-display",
+        "--allow-uid",
+        "0",
+        "--socket",
+    ])
+    .arg(&socket);
+    let _server = ServeProcess::spawn(cmd, &socket);
+    let out = as_user(bob, display, &[])
+        .arg(shared_bin())
+        .args(["ping", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = Command::new(shared_bin())
+        .args(["ping", "--count", "3", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = Command::new(shared_bin())
+        .args(["stats", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let get = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert_eq!(get("denied"), 1, "{text}");
+    assert!(get("requests") >= 3, "{text}");
+    assert!(get("sessions") >= 2, "{text}");
+    assert_eq!(get("open"), 1, "{text}");
+    // Bob, denied, cannot read the statistics either.
+    let out = as_user(bob, display, &[])
+        .arg(shared_bin())
+        .args(["stats", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
+}

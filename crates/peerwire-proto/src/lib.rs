@@ -63,6 +63,10 @@ pub const RESERVED_NAMESPACE: &str = "peerwire";
 /// Built-in method: subscribe the connection to topics (payload [`v1::SubscribeRequest`]).
 pub const METHOD_SUBSCRIBE: &str = "peerwire.Subscribe";
 
+/// Built-in method: the server's counters (response payload [`v1::ServerStats`]), for any
+/// admitted peer.
+pub const METHOD_STATS: &str = "peerwire.Stats";
+
 /// Built-in method: unsubscribe the connection from topics (payload [`v1::SubscribeRequest`]).
 pub const METHOD_UNSUBSCRIBE: &str = "peerwire.Unsubscribe";
 

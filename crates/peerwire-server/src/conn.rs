@@ -21,7 +21,9 @@ use peerwire_proto::v1::{
     Code, Frame, Goodbye, Ping, Pong, Request, Response, SubscribeRequest, SubscribeResponse,
     frame::Kind,
 };
-use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, METHOD_SUBSCRIBE, METHOD_UNSUBSCRIBE, Status};
+use peerwire_proto::{
+    HANDSHAKE_MAX_FRAME_SIZE, METHOD_STATS, METHOD_SUBSCRIBE, METHOD_UNSUBSCRIBE, Status,
+};
 use peerwire_security::cred::PeerCredentials;
 use peerwire_security::exe::peer_executable;
 use peerwire_security::token::Presenter;
@@ -742,6 +744,15 @@ impl Connection {
             return self.respond(status.to_response(req.id));
         }
         match req.method.as_str() {
+            METHOD_STATS => {
+                let stats = self.shared.stats().to_wire();
+                return self.respond(Response {
+                    id: req.id,
+                    code: Code::Ok as i32,
+                    message: String::new(),
+                    payload: stats.encode_to_vec(),
+                });
+            }
             METHOD_SUBSCRIBE | METHOD_UNSUBSCRIBE => {
                 let response = match self.subscribe(&req) {
                     Ok(payload) => Response {

@@ -187,6 +187,29 @@ pub enum PushError {
     SlowConsumer(ConnectionId),
 }
 
+impl Stats {
+    /// The counters as sent by `peerwire.Stats`.
+    pub fn to_wire(&self) -> peerwire_proto::v1::ServerStats {
+        peerwire_proto::v1::ServerStats {
+            connections: self.connections,
+            accepted: self.accepted,
+            denied: self.denied,
+            limit_refusals: self.limit_refusals,
+            tls_failures: self.tls_failures,
+            token_failures: self.token_failures,
+            handshake_failures: self.handshake_failures,
+            sessions: self.sessions,
+            open: self.open,
+            requests: self.requests,
+            deadline_exceeded: self.deadline_exceeded,
+            handler_panics: self.handler_panics,
+            protocol_errors: self.protocol_errors,
+            events_sent: self.events_sent,
+            slow_consumers: self.slow_consumers,
+        }
+    }
+}
+
 impl Shared {
     pub(crate) fn conns(&self) -> MutexGuard<'_, HashMap<ConnectionId, ConnEntry>> {
         // A poisoned lock only means a thread panicked while holding it; the map itself is
