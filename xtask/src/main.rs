@@ -8,6 +8,9 @@
 //!   full RELRO, a non-executable stack, no RPATH/RUNPATH and no W+X segment (and runs
 //!   Debian's `checksec` when installed).
 //!
+//! - `cargo xtask fuzz [--seconds N]`: drives the libraries' fuzzing entry points with random
+//!   and mutated inputs on the stable toolchain (see `fuzz/` for the cargo-fuzz targets).
+//!
 //! Every step uses `--locked`, so a `Cargo.lock` out of step with the manifests fails.
 
 use std::process::Command;
@@ -15,6 +18,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
+mod fuzz;
 mod hardening;
 #[cfg(test)]
 mod tidy;
@@ -24,8 +28,18 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("hardening") => hardening::run(&root()),
+        Some("fuzz") => {
+            let seconds = match args.get(1).map(String::as_str) {
+                Some("--seconds") => args
+                    .get(2)
+                    .and_then(|s| s.parse().ok())
+                    .context("--seconds N")?,
+                _ => 60,
+            };
+            fuzz::run(&root(), seconds)
+        }
         _ => {
-            eprintln!("usage: cargo xtask ci | hardening");
+            eprintln!("usage: cargo xtask ci | hardening | fuzz [--seconds N]");
             bail!("unknown or missing task: {args:?}");
         }
     }

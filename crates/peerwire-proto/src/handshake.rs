@@ -431,6 +431,40 @@ impl ClientHandshake {
     }
 }
 
+/// Fuzzing entry point: decodes `data` as a frame (as the codec would hand it over) and runs
+/// the server's handshake on it, then a client's on whatever the server answered. Never panics.
+pub fn fuzz_handshake(data: &[u8]) {
+    use prost::Message;
+    let Ok(frame) = Frame::decode(data) else {
+        return;
+    };
+    let offer = ServerOffer {
+        server_name: "fuzz".into(),
+        namespaces: BTreeMap::from([("display".to_string(), vec![1, 2])]),
+        limits: Limits {
+            max_frame_size: 1 << 20,
+            max_in_flight: 8,
+            default_deadline_ms: 1000,
+            max_deadline_ms: 2000,
+            keepalive_interval_ms: 1000,
+            idle_timeout_ms: 3000,
+        },
+    };
+    let answer = match ServerHandshake::new(offer, 1).receive(frame.clone()) {
+        ServerOutcome::Accept {
+            welcome, session, ..
+        } => {
+            let _ = session.check_name("display.X");
+            welcome
+        }
+        ServerOutcome::Reject { reject, .. } => reject,
+    };
+    if let Some(Kind::Hello(hello)) = frame.kind {
+        let _ = ClientHandshake::new(hello).receive(answer);
+    }
+    let _ = ClientHandshake::new(Hello::default()).receive(Frame::decode(data).unwrap_or_default());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

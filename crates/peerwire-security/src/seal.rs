@@ -321,6 +321,15 @@ pub fn open(
     .map_err(|_| SealError::Tampered)
 }
 
+/// Fuzzing entry point: opens arbitrary bytes as a sealed file with a fixed key. Never panics.
+pub fn fuzz_open(data: &[u8]) {
+    if let Ok(key) = Key::from_bytes(&[7u8; 32]) {
+        let keys = KeyRing::new(key);
+        let _ = open(&keys, Purpose::State, "fuzz", data);
+        let _ = open(&keys, Purpose::Config, "fuzz", data);
+    }
+}
+
 /// True when `bytes` look like a sealed file (for tools that accept plain or sealed input).
 pub fn is_sealed(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)

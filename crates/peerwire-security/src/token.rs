@@ -380,6 +380,30 @@ impl Verifier {
     }
 }
 
+/// Fuzzing entry point: verifies arbitrary bytes as a token presented by uid 1000 on a fixed
+/// socket, with a fixed secret and a replay record in the temporary directory. Never panics.
+pub fn fuzz_verify(data: &[u8]) {
+    use std::sync::{Mutex, OnceLock};
+    static VERIFIER: OnceLock<Option<Mutex<Verifier>>> = OnceLock::new();
+    let verifier = VERIFIER.get_or_init(|| {
+        let secret = DeviceSecret(Zeroizing::new(vec![9u8; SECRET_LEN]));
+        let store =
+            std::env::temp_dir().join(format!("peerwire-fuzz-tokens-{}", std::process::id()));
+        Verifier::new(&secret, &store, 64).ok().map(Mutex::new)
+    });
+    let by = Presenter {
+        uid: 1000,
+        exe: None,
+        socket: PathBuf::from("/run/peerwire/sdk.sock"),
+    };
+    if let Some(v) = verifier {
+        let _ = v
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .verify(data, &by);
+    }
+}
+
 /// Used nonces with their expiry, in memory and in an append-only file.
 #[derive(Debug)]
 struct NonceStore {

@@ -482,6 +482,16 @@ impl ServerConfig {
     }
 }
 
+/// Fuzzing entry point: parses arbitrary bytes as a configuration file. Never panics.
+pub fn fuzz_config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(config) = ServerConfig::parse(text, Path::new("fuzz")) {
+            let _ = config.limits();
+            let _ = config.tls_mode();
+        }
+    }
+}
+
 /// The name a configuration file is sealed under: its file name without `.sealed`.
 pub fn sealed_name(path: &Path) -> String {
     let name = path
