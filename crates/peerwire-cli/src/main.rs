@@ -275,7 +275,10 @@ impl TlsArgs {
 struct ServeArgs {
     /// Configuration file (TOML, plain or sealed); replaces the socket, access, TLS and limit
     /// flags. See `peerwire config example`.
-    #[arg(long, conflicts_with_all = ["socket", "require_token"])]
+    #[arg(long, conflicts_with_all = [
+        "socket", "require_token", "grace_ms", "allow_uid", "allow_group", "allow_exe",
+        "socket_group", "tls", "identity",
+    ])]
     config: Option<PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
@@ -958,6 +961,7 @@ async fn stats(socket: &Path, tls: &TlsArgs) -> anyhow::Result<()> {
         ("protocol_errors", s.protocol_errors),
         ("events_sent", s.events_sent),
         ("slow_consumers", s.slow_consumers),
+        ("events_dropped", s.events_dropped),
     ] {
         say!("{name:<20} {value}");
     }

@@ -314,3 +314,112 @@ fn stats_command_reports_denials_and_limit_hits() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscribers_are_handled_by_their_topic_policy_and_never_block_a_push() {
+    use peerwire_server::{Server, SlowConsumerPolicy};
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("run/s.sock");
+    let mut b = Server::builder(&socket);
+    b.namespace("feed", &[1])
+        .topic_policy("feed.State", SlowConsumerPolicy::KeepLatest)
+        .topic_policy("feed.Log", SlowConsumerPolicy::DropOldest)
+        .topic_policy("feed.Alarm", SlowConsumerPolicy::Disconnect);
+    let server = b.bind().unwrap();
+    let handle = server.handle();
+    tokio::spawn(server.run());
+    // Three peers that subscribe and then never read, one per topic.
+    let mut stalled = vec![];
+    for topic in ["feed.State", "feed.Log", "feed.Alarm"] {
+        let mut raw = RawClient::connect(&socket).await;
+        assert!(matches!(
+            raw.hello(&[("feed", 1)]).await.kind,
+            Some(Kind::Welcome(_))
+        ));
+        let sub = peerwire_proto::v1::SubscribeRequest {
+            topics: vec![topic.into()],
+        };
+        raw.send(Frame::new(Kind::Request(Request {
+            id: 1,
+            method: peerwire_proto::METHOD_SUBSCRIBE.into(),
+            payload: sub.encode_to_vec(),
+            deadline_ms: 0,
+        })))
+        .await;
+        assert!(matches!(raw.read().await, Read::Frame(_)), "subscribed");
+        stalled.push(raw);
+    }
+    // A well-behaved subscriber of the two dropping topics, reading as it goes.
+    let good = peerwire_client::Client::builder(&socket)
+        .namespace("feed", &[1])
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = good
+        .subscribe_many(&["feed.State", "feed.Log"])
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut last = (0u64, 0u64);
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
+            let v: u64 = ev.decode().unwrap();
+            if ev.topic == "feed.State" {
+                last.0 = v
+            } else {
+                last.1 = v
+            }
+        }
+        last
+    });
+    // 20,000 pushes per topic: none of them may wait for the stalled peers.
+    let start = Instant::now();
+    for i in 1..=20_000u64 {
+        for topic in ["feed.State", "feed.Log", "feed.Alarm"] {
+            let _ = handle.broadcast(topic, &i);
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "60,000 pushes took {took:?}"
+    );
+    let stats = handle.stats();
+    assert!(stats.events_dropped > 0, "{stats:?}");
+    assert!(
+        stats.slow_consumers >= 1,
+        "the Alarm subscriber was not cut off: {stats:?}"
+    );
+    // The good subscriber ends with the latest value of both topics.
+    let last = reader.await.unwrap();
+    assert_eq!(last, (20_000, 20_000));
+    // The stalled State and Log peers are still connected and, when they finally read, end
+    // with the latest events; the stalled Alarm peer was told why it was cut off.
+    let alarm = stalled.pop().unwrap();
+    for (mut raw, topic) in stalled.into_iter().zip(["feed.State", "feed.Log"]) {
+        let mut last = None;
+        while let Ok(Read::Frame(f)) =
+            tokio::time::timeout(Duration::from_millis(500), raw.read()).await
+        {
+            if let Some(Kind::Event(e)) = f.kind {
+                last = Some((e.seq, u64::decode(e.payload.as_slice()).unwrap()));
+            }
+        }
+        let (seq, value) = last.unwrap_or_else(|| panic!("{topic}: nothing delivered"));
+        assert_eq!(value, 20_000, "{topic}");
+        assert_eq!(
+            seq, 20_000,
+            "{topic}: seq counts every event, the gaps show the drops"
+        );
+    }
+    let mut alarm = alarm;
+    let frames = alarm.read_to_end().await;
+    let goodbye = frames.iter().find_map(|f| match &f.kind {
+        Some(Kind::Goodbye(g)) => Some(g.code),
+        _ => None,
+    });
+    // The Goodbye is queued behind what the peer never read; it may be dropped with the rest.
+    if let Some(code) = goodbye {
+        assert_eq!(code, Code::SlowConsumer as i32);
+    }
+    assert!(frames.len() < 20_000, "the Alarm peer was not cut off");
+}

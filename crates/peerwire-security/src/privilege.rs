@@ -165,7 +165,8 @@ pub fn drop_privileges(spec: &DropSpec) -> Result<(), PrivilegeError> {
 }
 
 /// Reads back `/proc/self/status` and compares it with `spec`.
-fn verify(spec: &DropSpec, bounding_checked: bool) -> Result<(), PrivilegeError> {
+fn verify(spec: &DropSpec, root_started: bool) -> Result<(), PrivilegeError> {
+    let bounding_checked = root_started;
     let s = status()?;
     let mismatch = |name: &str, expected: String| -> Result<(), PrivilegeError> {
         let found = field(&s, name)
@@ -184,6 +185,11 @@ fn verify(spec: &DropSpec, bounding_checked: bool) -> Result<(), PrivilegeError>
     };
     mismatch("Uid", [spec.uid; 4].map(|u| u.to_string()).join(" "))?;
     mismatch("Gid", [spec.gid; 4].map(|g| g.to_string()).join(" "))?;
+    if !root_started {
+        // Started as the service user (systemd User=): the groups are the service manager's
+        // to set (SupplementaryGroups=); without CAP_SETGID they cannot be changed here.
+        return verify_caps(&s, spec, bounding_checked);
+    }
     let mut groups: Vec<u32> = spec.groups.clone();
     groups.sort_unstable();
     groups.dedup();
@@ -202,6 +208,25 @@ fn verify(spec: &DropSpec, bounding_checked: bool) -> Result<(), PrivilegeError>
                 .join(" "),
         });
     }
+    verify_caps(&s, spec, bounding_checked)
+}
+
+fn verify_caps(s: &str, spec: &DropSpec, bounding_checked: bool) -> Result<(), PrivilegeError> {
+    let mismatch = |name: &str, expected: String| -> Result<(), PrivilegeError> {
+        let found = field(s, name)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if found == expected {
+            Ok(())
+        } else {
+            Err(PrivilegeError::Verify {
+                field: name.into(),
+                found,
+                expected,
+            })
+        }
+    };
     let keep = mask(&spec.keep);
     for set in ["CapInh", "CapAmb"] {
         mismatch(set, mask(&[]))?;

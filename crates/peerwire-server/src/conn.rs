@@ -417,6 +417,7 @@ struct Connection {
     reader: Reader,
     wr: Option<BoxWrite>,
     tx: Outbox,
+    events_out: Arc<crate::outbound::EventQueue>,
     rx: Option<mpsc::Receiver<Frame>>,
     events: mpsc::Sender<(EventFn, Bytes)>,
     events_rx: Option<mpsc::Receiver<(EventFn, Bytes)>>,
@@ -440,6 +441,9 @@ impl Connection {
         reader
             .decoder_mut()
             .set_max_frame_size(info.session.max_frame_size());
+        let events_out = Arc::new(crate::outbound::EventQueue::new(
+            shared.limits.outbound_queue,
+        ));
         let (tx, rx) = Outbox::new(
             shared.limits.outbound_queue,
             shared.limits.outbound_queue_bytes,
@@ -458,6 +462,7 @@ impl Connection {
             reader,
             wr: Some(wr),
             tx,
+            events_out,
             rx: Some(rx),
             events,
             events_rx: Some(events_rx),
@@ -490,14 +495,16 @@ impl Connection {
                 tx: self.tx.clone(),
                 topics: HashSet::new(),
                 seq: HashMap::new(),
+                events: self.events_out.clone(),
                 kick: self.kick.clone(),
             },
         );
-        let writer = tokio::spawn(peerwire_proto::io::write_frames(
+        let writer = tokio::spawn(crate::outbound::write_loop(
             wr,
             FrameCodec::new(max),
             rx,
-            Some(self.tx.queued.clone()),
+            self.events_out.clone(),
+            self.tx.queued.clone(),
         ));
         let event_task = tokio::spawn(run_event_handlers(self.ctx.clone(), events_rx));
 
@@ -515,6 +522,10 @@ impl Connection {
         self.tasks.abort_all();
         event_task.abort();
         self.shared.conns().remove(&self.info.id);
+        self.shared.counters.events_dropped.fetch_add(
+            self.events_out.dropped.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         let Connection { tx, shared, .. } = self;
         drop(tx);
         let mut writer = writer;

@@ -47,6 +47,7 @@
 mod config;
 mod conn;
 mod notify;
+mod outbound;
 mod policy;
 mod registry;
 mod router;
@@ -67,6 +68,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Limits;
+pub use outbound::SlowConsumerPolicy;
 pub use peerwire_proto::Status;
 pub use peerwire_proto::v1::Code;
 pub use peerwire_security::cred::PeerCredentials;
@@ -108,6 +110,7 @@ pub struct ServerBuilder {
     limits: Limits,
     policy: AccessPolicy,
     socket_group: Option<u32>,
+    topic_policies: std::collections::HashMap<String, SlowConsumerPolicy>,
     tls: Option<Arc<ServerTls>>,
     tokens: Option<Arc<std::sync::Mutex<Option<Verifier>>>>,
     namespaces: BTreeMap<String, Vec<u32>>,
@@ -148,6 +151,16 @@ impl ServerBuilder {
     /// token and the session stay confidential (R10).
     pub fn require_tokens(&mut self, verifier: Verifier) -> &mut Self {
         self.tokens = Some(Arc::new(std::sync::Mutex::new(Some(verifier))));
+        self
+    }
+
+    /// Declares what happens to `topic`'s events when a subscriber does not read: see
+    /// [`SlowConsumerPolicy`]. Default `Disconnect`. Whatever the policy, a push never waits.
+    pub fn topic_policy(&mut self, topic: &str, policy: SlowConsumerPolicy) -> &mut Self {
+        if let Err(e) = names::namespace_of(topic) {
+            self.errors.push(e.to_string());
+        }
+        self.topic_policies.insert(topic.to_owned(), policy);
         self
     }
 
@@ -302,6 +315,7 @@ impl ServerBuilder {
             },
             router: self.router.clone(),
             policy: self.policy.clone(),
+            topic_policies: self.topic_policies.clone(),
             tls: self.tls.clone(),
             tokens: match &self.tokens {
                 // A verifier owns its replay record; it moves into the first server built.
@@ -355,6 +369,7 @@ impl Server {
             limits: Limits::default(),
             policy: AccessPolicy::own_uid(),
             socket_group: None,
+            topic_policies: Default::default(),
             tls: None,
             tokens: None,
             namespaces: BTreeMap::new(),

@@ -68,6 +68,8 @@ pub(crate) struct ConnEntry {
     pub(crate) tx: Outbox,
     pub(crate) topics: HashSet<String>,
     pub(crate) seq: HashMap<String, u64>,
+    /// Events of topics with a drop policy.
+    pub(crate) events: Arc<crate::outbound::EventQueue>,
     /// Cancelled to make the connection task close the connection (slow consumer).
     pub(crate) kick: CancellationToken,
 }
@@ -104,6 +106,8 @@ pub struct Stats {
     pub events_sent: u64,
     /// Connections closed because their outbound queue was full.
     pub slow_consumers: u64,
+    /// Events dropped or replaced by a topic's `DropOldest`/`KeepLatest` policy.
+    pub events_dropped: u64,
     /// Connections refused for a connection limit (total, per uid, unauthenticated).
     pub limit_refusals: u64,
 }
@@ -124,6 +128,8 @@ pub(crate) struct Counters {
     pub(crate) events_sent: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
     pub(crate) limit_refusals: AtomicU64,
+    /// Drops of closed connections (live ones are summed from their queues).
+    pub(crate) events_dropped: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -144,6 +150,7 @@ pub(crate) struct Shared {
     pub(crate) offer: ServerOffer,
     pub(crate) router: Router,
     pub(crate) policy: crate::AccessPolicy,
+    pub(crate) topic_policies: HashMap<String, crate::SlowConsumerPolicy>,
     pub(crate) tls: Option<Arc<peerwire_security::tls::ServerTls>>,
     pub(crate) tokens: Option<Mutex<peerwire_security::token::Verifier>>,
     /// The socket path, canonical (what session tokens are bound to).
@@ -206,6 +213,7 @@ impl Stats {
             protocol_errors: self.protocol_errors,
             events_sent: self.events_sent,
             slow_consumers: self.slow_consumers,
+            events_dropped: self.events_dropped,
         }
     }
 }
@@ -220,6 +228,15 @@ impl Shared {
     pub(crate) fn stats(&self) -> Stats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // One lock, released before the counters are read (std mutexes are not reentrant).
+        let (open, live_dropped) = {
+            let conns = self.conns();
+            let dropped = conns
+                .values()
+                .map(|e| e.events.dropped.load(Ordering::Relaxed))
+                .sum::<u64>();
+            (conns.len() as u64, dropped)
+        };
         Stats {
             connections: get(&c.connections),
             accepted: get(&c.accepted),
@@ -228,13 +245,14 @@ impl Shared {
             tls_failures: get(&c.tls_failures),
             token_failures: get(&c.token_failures),
             handshake_failures: get(&c.handshake_failures),
-            open: self.conns().len() as u64,
+            open,
             requests: get(&c.requests),
             deadline_exceeded: get(&c.deadline_exceeded),
             handler_panics: get(&c.handler_panics),
             protocol_errors: get(&c.protocol_errors),
             events_sent: get(&c.events_sent),
             slow_consumers: get(&c.slow_consumers),
+            events_dropped: live_dropped + get(&c.events_dropped),
             limit_refusals: get(&c.limit_refusals),
         }
     }
@@ -256,6 +274,14 @@ impl Shared {
         let len = prost::Message::encoded_len(&frame);
         if len > max as usize {
             return Err(PushError::TooLarge { len, max });
+        }
+        let policy = self.topic_policies.get(topic).copied().unwrap_or_default();
+        if policy != crate::SlowConsumerPolicy::Disconnect {
+            *seq += 1;
+            bump(&self.counters.events_sent);
+            let name: Arc<str> = topic.into();
+            entry.events.push(&name, frame, policy);
+            return Ok(());
         }
         match entry.tx.push(frame) {
             Ok(()) => {
