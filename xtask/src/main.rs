@@ -11,6 +11,9 @@
 //! - `cargo xtask fuzz [--seconds N]`: drives the libraries' fuzzing entry points with random
 //!   and mutated inputs on the stable toolchain (see `fuzz/` for the cargo-fuzz targets).
 //!
+//! - `cargo xtask soak [--seconds N]`: mixed load (calls, pushes, reconnects, hostile peers) on a
+//!   real `peerwire serve`; fails on errors, stalls or memory growth.
+//!
 //! Every step uses `--locked`, so a `Cargo.lock` out of step with the manifests fails.
 
 use std::process::Command;
@@ -20,6 +23,7 @@ use anyhow::{Context, bail};
 
 mod fuzz;
 mod hardening;
+mod soak;
 #[cfg(test)]
 mod tidy;
 
@@ -28,20 +32,26 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("hardening") => hardening::run(&root()),
-        Some("fuzz") => {
-            let seconds = match args.get(1).map(String::as_str) {
-                Some("--seconds") => args
-                    .get(2)
-                    .and_then(|s| s.parse().ok())
-                    .context("--seconds N")?,
-                _ => 60,
-            };
-            fuzz::run(&root(), seconds)
-        }
+        Some("fuzz") => fuzz::run(&root(), seconds(&args, 60)?),
+        Some("soak") => soak::run(&root(), seconds(&args, 60)?),
         _ => {
-            eprintln!("usage: cargo xtask ci | hardening | fuzz [--seconds N]");
+            eprintln!(
+                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N]"
+            );
             bail!("unknown or missing task: {args:?}");
         }
+    }
+}
+
+/// `--seconds N` after the task name, or `default`.
+fn seconds(args: &[String], default: u64) -> anyhow::Result<u64> {
+    match args.get(1).map(String::as_str) {
+        Some("--seconds") => args
+            .get(2)
+            .and_then(|s| s.parse().ok())
+            .context("--seconds N"),
+        Some(other) => bail!("unknown argument {other:?} (expected --seconds N)"),
+        None => Ok(default),
     }
 }
 

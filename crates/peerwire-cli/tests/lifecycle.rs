@@ -222,3 +222,52 @@ fn demo_runs_end_to_end() {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
 }
+
+#[test]
+fn service_manager_sees_ready_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let socket = dir.path().join("run/s.sock");
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(["serve", "--allow-root", "--socket"])
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "200000");
+    let mut server = ServeProcess::spawn(cmd, &socket);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    // READY once listening, then a WATCHDOG ping at least every 100 ms.
+    let start = Instant::now();
+    while seen
+        .iter()
+        .filter(|m: &&String| m.as_str() == "WATCHDOG=1")
+        .count()
+        < 3
+    {
+        let n = listener
+            .recv(&mut buf)
+            .expect("no notification within 10 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("READY=1"),
+        "{seen:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "watchdog pings too slow: {seen:?}"
+    );
+    server.signal(Signal::SIGTERM);
+    loop {
+        let n = listener.recv(&mut buf).expect("no STOPPING=1");
+        if &buf[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+}
