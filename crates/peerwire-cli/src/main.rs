@@ -700,11 +700,12 @@ async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyh
     server.run().await?;
     let s = handle.stats();
     eprintln!(
-        "peerwire serve: stopped after {} connections ({} admitted, {} denied), {} TLS failures, \
-         {} sessions, {} requests, {} handshake failures, {} protocol errors",
+        "peerwire serve: stopped after {} connections ({} admitted, {} denied, {} over a limit), \
+         {} TLS failures, {} sessions, {} requests, {} handshake failures, {} protocol errors",
         s.connections,
         s.accepted,
         s.denied,
+        s.limit_refusals,
         s.tls_failures,
         s.sessions,
         s.requests,
@@ -950,6 +951,7 @@ async fn stats(socket: &Path, tls: &TlsArgs) -> anyhow::Result<()> {
         ("accepted", s.accepted),
         ("denied", s.denied),
         ("limit_refusals", s.limit_refusals),
+        ("limit_hits", s.limit_hits),
         ("tls_failures", s.tls_failures),
         ("token_failures", s.token_failures),
         ("handshake_failures", s.handshake_failures),

@@ -121,7 +121,7 @@ fn policy_admits_allowed_uids_and_groups_and_denies_others() {
         denied[0]
     );
     // Admitted: the start-up probe, alice, bob in the render group, root.
-    assert!(log.contains("(4 admitted, 1 denied)"), "{log}");
+    assert!(log.contains("(4 admitted, 1 denied,"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

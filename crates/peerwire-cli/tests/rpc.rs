@@ -520,3 +520,51 @@ async fn builder_refuses_invalid_configuration() {
         "frame size",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_connection_limits_answer_with_the_limit_and_its_value() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let mut limits = Limits::default();
+    limits.max_in_flight = 2;
+    limits.max_subscriptions = 1;
+    let (handle, _run) = start(&path, move |b| {
+        b.limits(limits);
+        b.method("slow.Sleep", |_ctx, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Status>(ms)
+        });
+    });
+    let client = Client::builder(&path)
+        .namespace("slow", &[1])
+        .connect()
+        .await
+        .unwrap();
+    let a = tokio::spawn({
+        let c = client.clone();
+        async move { c.call::<u64, u64>("slow.Sleep", &500).await }
+    });
+    let b = tokio::spawn({
+        let c = client.clone();
+        async move { c.call::<u64, u64>("slow.Sleep", &500).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = client.call::<u64, u64>("slow.Sleep", &1).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.to_string().contains("max_in_flight limit of 2"),
+        "{err}"
+    );
+    assert_eq!(a.await.unwrap().unwrap(), 500);
+    assert_eq!(b.await.unwrap().unwrap(), 500);
+    // Once they are done, calls go through again on the same connection.
+    assert_eq!(client.call::<u64, u64>("slow.Sleep", &1).await.unwrap(), 1);
+    let _first = client.subscribe("slow.A").await.unwrap();
+    let err = client.subscribe("slow.B").await.unwrap_err();
+    assert!(
+        err.to_string().contains("max_subscriptions limit of 1"),
+        "{err}"
+    );
+    assert_eq!(handle.stats().limit_hits, 2);
+}

@@ -660,6 +660,7 @@ impl Connection {
                     ),
                 );
                 tracing::warn!("{status}");
+                bump(&self.shared.counters.limit_hits);
                 frame = Frame::new(Kind::Response(status.to_response(r.id)));
             }
         }
@@ -740,6 +741,12 @@ impl Connection {
             );
         }
         if self.in_flight.len() >= limits.max_in_flight as usize {
+            bump(&self.shared.counters.limit_hits);
+            tracing::warn!(
+                request = req.id,
+                "max_in_flight limit of {} requests reached",
+                limits.max_in_flight
+            );
             return self.respond(
                 Status::new(
                     Code::ResourceExhausted,
@@ -883,6 +890,8 @@ impl Connection {
                 .filter(|t| !entry.topics.contains(*t))
                 .count();
             if entry.topics.len() + new > max {
+                bump(&self.shared.counters.limit_hits);
+                tracing::warn!("max_subscriptions limit of {max} topics reached");
                 return Err(Status::new(
                     Code::ResourceExhausted,
                     format!("max_subscriptions limit of {max} topics reached"),

@@ -110,6 +110,9 @@ pub struct Stats {
     pub events_dropped: u64,
     /// Connections refused for a connection limit (total, per uid, unauthenticated).
     pub limit_refusals: u64,
+    /// Requests refused for a per-connection limit (max_in_flight, max_subscriptions, a response
+    /// over max_frame_size).
+    pub limit_hits: u64,
 }
 
 #[derive(Default)]
@@ -128,6 +131,7 @@ pub(crate) struct Counters {
     pub(crate) events_sent: AtomicU64,
     pub(crate) slow_consumers: AtomicU64,
     pub(crate) limit_refusals: AtomicU64,
+    pub(crate) limit_hits: AtomicU64,
     /// Drops of closed connections (live ones are summed from their queues).
     pub(crate) events_dropped: AtomicU64,
 }
@@ -202,6 +206,7 @@ impl Stats {
             accepted: self.accepted,
             denied: self.denied,
             limit_refusals: self.limit_refusals,
+            limit_hits: self.limit_hits,
             tls_failures: self.tls_failures,
             token_failures: self.token_failures,
             handshake_failures: self.handshake_failures,
@@ -254,6 +259,7 @@ impl Shared {
             slow_consumers: get(&c.slow_consumers),
             events_dropped: live_dropped + get(&c.events_dropped),
             limit_refusals: get(&c.limit_refusals),
+            limit_hits: get(&c.limit_hits),
         }
     }
 
