@@ -17,21 +17,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::{
     RawClient, Read, ServeProcess, as_user, ensure_group, ensure_user, hello_frame, open_tempdir,
-    shared_bin,
+    rss_kib, shared_bin,
 };
 use peerwire_proto::codec::FrameCodec;
 use peerwire_proto::v1::{Code, Frame, Request, frame::Kind};
 use prost::Message;
 use tokio_util::codec::Encoder;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

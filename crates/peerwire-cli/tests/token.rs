@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::{
-    BIN, RawClient, Read, ServeProcess, as_user, ensure_group, ensure_user, open_tempdir,
+    BIN, RawClient, Read, ServeProcess, as_user, ensure_group, ensure_user, open_tempdir, rss_kib,
     shared_bin,
 };
 use nix::sys::signal::Signal;
@@ -331,15 +331,6 @@ fn launched_client_gets_its_token_through_an_inherited_pipe() {
             entry.path().display()
         );
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// A Hello with a well-formed but forged token (right length and version, random MAC): the

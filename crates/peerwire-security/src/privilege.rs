@@ -164,25 +164,27 @@ pub fn drop_privileges(spec: &DropSpec) -> Result<(), PrivilegeError> {
     verify(spec, root)
 }
 
+/// One `/proc/self/status` field, whitespace-normalised, must read `expected`.
+fn expect_field(status: &str, name: &str, expected: String) -> Result<(), PrivilegeError> {
+    let found = field(status, name)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if found == expected {
+        return Ok(());
+    }
+    Err(PrivilegeError::Verify {
+        field: name.into(),
+        found,
+        expected,
+    })
+}
+
 /// Reads back `/proc/self/status` and compares it with `spec`.
 fn verify(spec: &DropSpec, root_started: bool) -> Result<(), PrivilegeError> {
     let bounding_checked = root_started;
     let s = status()?;
-    let mismatch = |name: &str, expected: String| -> Result<(), PrivilegeError> {
-        let found = field(&s, name)
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        if found == expected {
-            Ok(())
-        } else {
-            Err(PrivilegeError::Verify {
-                field: name.into(),
-                found,
-                expected,
-            })
-        }
-    };
+    let mismatch = |name: &str, expected: String| expect_field(&s, name, expected);
     mismatch("Uid", [spec.uid; 4].map(|u| u.to_string()).join(" "))?;
     mismatch("Gid", [spec.gid; 4].map(|g| g.to_string()).join(" "))?;
     if !root_started {
@@ -212,21 +214,7 @@ fn verify(spec: &DropSpec, root_started: bool) -> Result<(), PrivilegeError> {
 }
 
 fn verify_caps(s: &str, spec: &DropSpec, bounding_checked: bool) -> Result<(), PrivilegeError> {
-    let mismatch = |name: &str, expected: String| -> Result<(), PrivilegeError> {
-        let found = field(s, name)
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        if found == expected {
-            Ok(())
-        } else {
-            Err(PrivilegeError::Verify {
-                field: name.into(),
-                found,
-                expected,
-            })
-        }
-    };
+    let mismatch = |name: &str, expected: String| expect_field(s, name, expected);
     let keep = mask(&spec.keep);
     for set in ["CapInh", "CapAmb"] {
         mismatch(set, mask(&[]))?;

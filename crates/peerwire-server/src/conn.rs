@@ -67,15 +67,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         if let Err(reason) = shared.policy.check(&stream, &peer) {
             bump(&shared.counters.denied);
             tracing::warn!("access denied: {reason}");
-            let (rd, mut wr) = stream.into_split();
             let status = Status::new(Code::PermissionDenied, reason);
-            send_direct(
-                &mut wr,
-                reject_frame(&status),
-                shared.limits.handshake_timeout,
-            )
-            .await;
-            drain(rd).await;
+            refuse_unread(stream, &status, shared.limits.handshake_timeout).await;
             return;
         }
         bump(&shared.counters.accepted);
@@ -86,14 +79,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             Err(status) => {
                 bump(&shared.counters.limit_refusals);
                 tracing::warn!("connection refused: {status}");
-                let (rd, mut wr) = stream.into_split();
-                send_direct(
-                    &mut wr,
-                    reject_frame(&status),
-                    shared.limits.handshake_timeout,
-                )
-                .await;
-                drain(rd).await;
+                refuse_unread(stream, &status, shared.limits.handshake_timeout).await;
                 return;
             }
         };
@@ -300,6 +286,13 @@ impl Drop for Admission {
             a.per_uid.remove(&self.uid);
         }
     }
+}
+
+/// Refuses a peer before reading anything from it: a plain-text `Reject`, then close.
+async fn refuse_unread(stream: UnixStream, status: &Status, timeout: Duration) {
+    let (rd, mut wr) = stream.into_split();
+    send_direct(&mut wr, reject_frame(status), timeout).await;
+    drain(rd).await;
 }
 
 /// Reads and discards what the peer already sent, briefly and boundedly, so that closing the
