@@ -190,8 +190,13 @@ impl KeyProvider {
             KeyProvider::SystemdCredential(_) => 0o007,
         };
         if mode & forbidden != 0 {
+            let who = if forbidden == 0o077 {
+                "group and others"
+            } else {
+                "others"
+            };
             return Err(bad(format!(
-                "has mode {mode:04o}; group and others must have no access (fix: chmod 0400 {})",
+                "has mode {mode:04o}; {who} must have no access (fix: chmod 0400 {})",
                 path.display()
             )));
         }

@@ -553,8 +553,12 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = self.kick.cancelled() => {
-                    return Some(Status::new(Code::SlowConsumer, format!(
-                        "outbound queue of {} frames is full", limits.outbound_queue)));
+                    let status = Status::new(Code::SlowConsumer, format!(
+                        "outbound queue full (limits: {} frames, {} bytes): the peer does not read",
+                        limits.outbound_queue, limits.outbound_queue_bytes));
+                    // Queued only if it still fits; the log line and the counter say it anyway.
+                    self.goodbye(&status);
+                    return Some(status);
                 }
                 _ = self.shared.shutdown.cancelled(), if self.draining.is_none() => {
                     let status = Status::new(Code::ShuttingDown, "the server is shutting down");

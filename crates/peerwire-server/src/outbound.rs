@@ -21,8 +21,9 @@ use tokio_util::codec::Encoder;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SlowConsumerPolicy {
-    /// The subscriber is disconnected with `Goodbye(SLOW_CONSUMER)` (the default: nothing is
-    /// lost silently).
+    /// The subscriber is disconnected (the default: nothing is lost silently). The server logs
+    /// and counts it; a `Goodbye(SLOW_CONSUMER)` reaches the peer only if it still fits in the
+    /// queue the peer was not reading.
     #[default]
     Disconnect,
     /// The oldest queued event of the topic is dropped to make room; the subscriber sees a gap
