@@ -436,6 +436,7 @@ impl Connection {
             .set_max_frame_size(info.session.max_frame_size());
         let events_out = Arc::new(crate::outbound::EventQueue::new(
             shared.limits.outbound_queue,
+            shared.limits.outbound_queue_bytes,
         ));
         let (tx, rx) = Outbox::new(
             shared.limits.outbound_queue,

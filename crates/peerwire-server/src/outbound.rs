@@ -34,54 +34,154 @@ pub enum SlowConsumerPolicy {
     KeepLatest,
 }
 
-/// Events of topics with a drop policy, bounded by `max` frames.
+/// Events of topics with a drop policy, bounded by `max` frames and `max_bytes` encoded bytes
+/// (one event is always accepted into an empty queue, whatever its size).
 pub(crate) struct EventQueue {
-    frames: Mutex<VecDeque<(Arc<str>, Frame)>>,
+    state: Mutex<Queued>,
     notify: Notify,
     max: usize,
+    max_bytes: usize,
     pub(crate) dropped: AtomicU64,
 }
 
+#[derive(Default)]
+struct Queued {
+    frames: VecDeque<(Arc<str>, usize, Frame)>,
+    bytes: usize,
+}
+
+impl Queued {
+    fn remove(&mut self, index: usize) -> bool {
+        match self.frames.remove(index) {
+            Some((_, len, _)) => {
+                self.bytes = self.bytes.saturating_sub(len);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl EventQueue {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, max_bytes: usize) -> Self {
         Self {
-            frames: Mutex::new(VecDeque::new()),
+            state: Mutex::new(Queued::default()),
             notify: Notify::new(),
             max: max.max(1),
+            max_bytes,
             dropped: AtomicU64::new(0),
         }
     }
 
-    /// Queues an event by its topic's policy; never blocks, never fails.
+    /// Queues an event by its topic's policy; never blocks, never fails. `KeepLatest` replaces
+    /// the topic's queued event; `DropOldest` makes room by dropping the topic's own oldest
+    /// events (never another topic's), and drops the new event if the topic has none queued.
     pub(crate) fn push(&self, topic: &Arc<str>, frame: Frame, policy: SlowConsumerPolicy) {
-        let mut q = self.frames.lock().unwrap_or_else(|e| e.into_inner());
-        let before = q.len();
-        match policy {
-            SlowConsumerPolicy::KeepLatest => q.retain(|(t, _)| t != topic),
-            _ => {
-                if q.len() >= self.max {
-                    let oldest = q.iter().position(|(t, _)| t == topic).unwrap_or(0);
-                    q.remove(oldest);
-                }
+        let len = frame.encoded_len();
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dropped = 0u64;
+        if policy == SlowConsumerPolicy::KeepLatest {
+            while let Some(i) = q.frames.iter().position(|(t, _, _)| t == topic) {
+                q.remove(i);
+                dropped += 1;
             }
         }
-        let dropped = (before + 1).saturating_sub(q.len() + 1);
-        if dropped > 0 {
-            self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
-        }
-        q.push_back((topic.clone(), frame));
-        drop(q);
-        self.notify.notify_one();
-    }
-
-    fn take(&self, buf: &mut Vec<Frame>, limit: usize) {
-        let mut q = self.frames.lock().unwrap_or_else(|e| e.into_inner());
-        while buf.len() < limit {
-            match q.pop_front() {
-                Some((_, f)) => buf.push(f),
+        let full = |q: &Queued| {
+            !q.frames.is_empty()
+                && (q.frames.len() >= self.max || q.bytes.saturating_add(len) > self.max_bytes)
+        };
+        while full(&q) {
+            match q.frames.iter().position(|(t, _, _)| t == topic) {
+                Some(i) => {
+                    q.remove(i);
+                    dropped += 1;
+                }
                 None => break,
             }
         }
+        let accepted = !full(&q);
+        if accepted {
+            q.bytes = q.bytes.saturating_add(len);
+            q.frames.push_back((topic.clone(), len, frame));
+        } else {
+            dropped += 1;
+        }
+        drop(q);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if accepted {
+            self.notify.notify_one();
+        }
+    }
+
+    fn take(&self, buf: &mut Vec<Frame>, limit: usize) {
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while buf.len() < limit {
+            match q.frames.pop_front() {
+                Some((_, len, f)) => {
+                    q.bytes = q.bytes.saturating_sub(len);
+                    buf.push(f);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerwire_proto::v1::{Event, frame::Kind};
+
+    fn event(topic: &str, n: u64) -> Frame {
+        Frame::new(Kind::Event(Event {
+            topic: topic.into(),
+            seq: n,
+            payload: vec![0; 100],
+        }))
+    }
+
+    fn topics(q: &EventQueue) -> Vec<(String, u64)> {
+        let mut out = vec![];
+        q.take(&mut out, usize::MAX);
+        out.into_iter()
+            .filter_map(|f| match f.kind {
+                Some(Kind::Event(e)) => Some((e.topic, e.seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn policies_stay_within_their_bounds_and_their_topic() {
+        let (state, log): (Arc<str>, Arc<str>) = ("t.State".into(), "t.Log".into());
+        let q = EventQueue::new(3, 1 << 20);
+        q.push(&state, event("t.State", 1), SlowConsumerPolicy::KeepLatest);
+        for n in 1..=10 {
+            q.push(&log, event("t.Log", n), SlowConsumerPolicy::DropOldest);
+        }
+        q.push(&state, event("t.State", 2), SlowConsumerPolicy::KeepLatest);
+        // Log kept its newest two beside State's latest; State's event was never evicted by Log.
+        assert_eq!(
+            topics(&q),
+            [
+                ("t.Log".to_string(), 9),
+                ("t.Log".to_string(), 10),
+                ("t.State".to_string(), 2)
+            ]
+        );
+        assert_eq!(q.dropped.load(Ordering::Relaxed), 9);
+        // The byte bound: 100-byte events, 350 bytes at most.
+        let q = EventQueue::new(1000, 350);
+        for n in 1..=10 {
+            q.push(&log, event("t.Log", n), SlowConsumerPolicy::DropOldest);
+        }
+        let kept = topics(&q);
+        assert!(
+            kept.len() <= 3 && kept.last() == Some(&("t.Log".to_string(), 10)),
+            "{kept:?}"
+        );
     }
 }
 
