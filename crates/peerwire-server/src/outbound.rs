@@ -129,62 +129,6 @@ impl EventQueue {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use peerwire_proto::v1::{Event, frame::Kind};
-
-    fn event(topic: &str, n: u64) -> Frame {
-        Frame::new(Kind::Event(Event {
-            topic: topic.into(),
-            seq: n,
-            payload: vec![0; 100],
-        }))
-    }
-
-    fn topics(q: &EventQueue) -> Vec<(String, u64)> {
-        let mut out = vec![];
-        q.take(&mut out, usize::MAX);
-        out.into_iter()
-            .filter_map(|f| match f.kind {
-                Some(Kind::Event(e)) => Some((e.topic, e.seq)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn policies_stay_within_their_bounds_and_their_topic() {
-        let (state, log): (Arc<str>, Arc<str>) = ("t.State".into(), "t.Log".into());
-        let q = EventQueue::new(3, 1 << 20);
-        q.push(&state, event("t.State", 1), SlowConsumerPolicy::KeepLatest);
-        for n in 1..=10 {
-            q.push(&log, event("t.Log", n), SlowConsumerPolicy::DropOldest);
-        }
-        q.push(&state, event("t.State", 2), SlowConsumerPolicy::KeepLatest);
-        // Log kept its newest two beside State's latest; State's event was never evicted by Log.
-        assert_eq!(
-            topics(&q),
-            [
-                ("t.Log".to_string(), 9),
-                ("t.Log".to_string(), 10),
-                ("t.State".to_string(), 2)
-            ]
-        );
-        assert_eq!(q.dropped.load(Ordering::Relaxed), 9);
-        // The byte bound: 100-byte events, 350 bytes at most.
-        let q = EventQueue::new(1000, 350);
-        for n in 1..=10 {
-            q.push(&log, event("t.Log", n), SlowConsumerPolicy::DropOldest);
-        }
-        let kept = topics(&q);
-        assert!(
-            kept.len() <= 3 && kept.last() == Some(&("t.Log".to_string(), 10)),
-            "{kept:?}"
-        );
-    }
-}
-
 /// Bytes gathered before they are written out.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -239,4 +183,60 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     io.flush().await?;
     io.shutdown().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerwire_proto::v1::{Event, frame::Kind};
+
+    fn event(topic: &str, n: u64) -> Frame {
+        Frame::new(Kind::Event(Event {
+            topic: topic.into(),
+            seq: n,
+            payload: vec![0; 100],
+        }))
+    }
+
+    fn topics(q: &EventQueue) -> Vec<(String, u64)> {
+        let mut out = vec![];
+        q.take(&mut out, usize::MAX);
+        out.into_iter()
+            .filter_map(|f| match f.kind {
+                Some(Kind::Event(e)) => Some((e.topic, e.seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn policies_stay_within_their_bounds_and_their_topic() {
+        let (state, log): (Arc<str>, Arc<str>) = ("t.State".into(), "t.Log".into());
+        let q = EventQueue::new(3, 1 << 20);
+        q.push(&state, event("t.State", 1), SlowConsumerPolicy::KeepLatest);
+        for n in 1..=10 {
+            q.push(&log, event("t.Log", n), SlowConsumerPolicy::DropOldest);
+        }
+        q.push(&state, event("t.State", 2), SlowConsumerPolicy::KeepLatest);
+        // Log kept its newest two beside State's latest; State's event was never evicted by Log.
+        assert_eq!(
+            topics(&q),
+            [
+                ("t.Log".to_string(), 9),
+                ("t.Log".to_string(), 10),
+                ("t.State".to_string(), 2)
+            ]
+        );
+        assert_eq!(q.dropped.load(Ordering::Relaxed), 9);
+        // The byte bound: 100-byte events, 350 bytes at most.
+        let q = EventQueue::new(1000, 350);
+        for n in 1..=10 {
+            q.push(&log, event("t.Log", n), SlowConsumerPolicy::DropOldest);
+        }
+        let kept = topics(&q);
+        assert!(
+            kept.len() <= 3 && kept.last() == Some(&("t.Log".to_string(), 10)),
+            "{kept:?}"
+        );
+    }
 }
