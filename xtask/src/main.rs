@@ -14,6 +14,9 @@
 //! - `cargo xtask soak [--seconds N]`: mixed load (calls, pushes, reconnects, hostile peers) on a
 //!   real `peerwire serve`; fails on errors, stalls or memory growth.
 //!
+//! - `cargo xtask bench [--quick]`: the benchmark harness in `bench/` (raw Unix socket, peerwire
+//!   plain and mutual TLS, separate processes, two CPU placements); see docs/performance.md.
+//!
 //! Every step uses `--locked`, so a `Cargo.lock` out of step with the manifests fails.
 
 use std::process::Command;
@@ -21,6 +24,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
+mod bench;
 mod fuzz;
 mod hardening;
 mod soak;
@@ -34,9 +38,10 @@ fn main() -> anyhow::Result<()> {
         Some("hardening") => hardening::run(&root()),
         Some("fuzz") => fuzz::run(&root(), seconds(&args, 60)?),
         Some("soak") => soak::run(&root(), seconds(&args, 60)?),
+        Some("bench") => bench::run(&root(), args.iter().any(|a| a == "--quick")),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N]"
+                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N] | bench [--quick]"
             );
             bail!("unknown or missing task: {args:?}");
         }

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::str::FromStr;
 
 use openssl::ssl::{
-    Ssl, SslAcceptor, SslConnector, SslContextBuilder, SslMethod, SslVerifyMode, SslVersion,
+    Ssl, SslAcceptor, SslContext, SslContextBuilder, SslMethod, SslVerifyMode, SslVersion,
 };
 use openssl::x509::{X509, X509StoreContextRef, X509VerifyResult};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -182,7 +182,7 @@ impl ServerTls {
 
 /// The client side: the pinned server certificate, and in mutual mode our identity.
 pub struct ClientTls {
-    connector: SslConnector,
+    context: SslContext,
     mode: TlsMode,
 }
 
@@ -219,7 +219,9 @@ impl ClientTls {
     }
 
     fn build(pinned: &X509, identity: Option<&Identity>, mode: TlsMode) -> Result<Self, TlsError> {
-        let mut b = SslConnector::builder(SslMethod::tls_client())?;
+        // A bare context, not SslConnector: that one loads the system's CA store (tens of
+        // milliseconds per client), which pinning never consults.
+        let mut b = SslContext::builder(SslMethod::tls_client())?;
         tls13_only(&mut b)?;
         if let Some(id) = identity {
             b.set_private_key(&id.key)?;
@@ -228,7 +230,7 @@ impl ClientTls {
         }
         b.set_verify_callback(SslVerifyMode::PEER, pin(pinned)?);
         Ok(Self {
-            connector: b.build(),
+            context: b.build(),
             mode,
         })
     }
@@ -246,12 +248,7 @@ impl ClientTls {
         stream: S,
     ) -> Result<SslStream<S>, TlsError> {
         // Identity is pinned, not named: no hostname check, no SNI.
-        let ssl = self
-            .connector
-            .configure()?
-            .verify_hostname(false)
-            .use_server_name_indication(false)
-            .into_ssl("peerwire")?;
+        let ssl = Ssl::new(&self.context)?;
         let mut s = SslStream::new(ssl, stream)?;
         match Pin::new(&mut s).connect().await {
             Ok(()) => Ok(s),
