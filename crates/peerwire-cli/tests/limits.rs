@@ -30,23 +30,24 @@ fn raise_fd_limit() {
     setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard).unwrap();
 }
 
-/// A server that admits root and the display group, with the socket open to that group.
-fn server(dir: &Path, extra: &[&str]) -> (ServeProcess, std::path::PathBuf) {
+/// A server that admits root and the display group, with the socket open to that group. The
+/// handshake timeout is long (60 s) so that what a test observes does not depend on how fast a
+/// loaded machine opens its connections.
+fn server(dir: &Path) -> (ServeProcess, std::path::PathBuf) {
     let socket = dir.join("run/s.sock");
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = {:?}\nsocket_group = \"pwt-display\"\n[access]\nallow_uids = [\"0\"]\n\
+             allow_groups = [\"pwt-display\"]\n[limits]\nhandshake_timeout_ms = 60000\n",
+            socket.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let mut cmd = Command::new(shared_bin());
-    cmd.args([
-        "serve",
-        "--allow-root",
-        "--socket-group",
-        "pwt-display",
-        "--allow-uid",
-        "0",
-        "--allow-group",
-        "pwt-display",
-        "--socket",
-    ])
-    .arg(&socket)
-    .args(extra);
+    cmd.args(["serve", "--allow-root", "--config"]).arg(&config);
     (ServeProcess::spawn(cmd, &socket), socket)
 }
 
@@ -126,7 +127,7 @@ async fn a_thousand_silent_connections_do_not_lock_out_other_users() {
     raise_fd_limit();
     ensure_user("pwt-alice", "pwt-display");
     let tmp = open_tempdir();
-    let (server, socket) = server(tmp.path(), &[]);
+    let (server, socket) = server(tmp.path());
     let pid = server.child.id();
     let before = rss_kib(pid);
     let mut silent = Vec::new();
@@ -172,7 +173,7 @@ async fn a_thousand_silent_connections_do_not_lock_out_other_users() {
 async fn a_peer_that_never_reads_its_responses_is_cut_off() {
     let tmp = open_tempdir();
     ensure_user("pwt-alice", "pwt-display");
-    let (server, socket) = server(tmp.path(), &[]);
+    let (server, socket) = server(tmp.path());
     let pid = server.child.id();
     let before = rss_kib(pid);
     let mut raw = RawClient::connect(&socket).await;
