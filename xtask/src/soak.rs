@@ -66,6 +66,22 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// A client of the echo namespace; a failure to connect is counted as an error.
+async fn connect(socket: &Path, counts: &Counts, who: &str) -> Option<Client> {
+    match Client::builder(socket)
+        .namespace("echo", &[1])
+        .connect()
+        .await
+    {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("soak: {who} cannot connect: {e}");
+            counts.errors.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 async fn soak(socket: &Path, pid: u32, length: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     while tokio::net::UnixStream::connect(socket).await.is_err() {
@@ -80,17 +96,8 @@ async fn soak(socket: &Path, pid: u32, length: Duration) -> anyhow::Result<()> {
     for worker in 0..8u64 {
         let (socket, stop, counts) = (socket.to_owned(), stop.clone(), counts.clone());
         tasks.push(tokio::spawn(async move {
-            let client = match Client::builder(&socket)
-                .namespace("echo", &[1])
-                .connect()
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("soak: caller {worker} cannot connect: {e}");
-                    counts.errors.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+            let Some(client) = connect(&socket, &counts, "caller").await else {
+                return;
             };
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -125,17 +132,8 @@ async fn soak(socket: &Path, pid: u32, length: Duration) -> anyhow::Result<()> {
         let (socket, stop, counts) = (socket.to_owned(), stop.clone(), counts.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let client = match Client::builder(&socket)
-                    .namespace("echo", &[1])
-                    .connect()
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("soak: subscriber cannot connect: {e}");
-                        counts.errors.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
+                let Some(client) = connect(&socket, &counts, "subscriber").await else {
+                    return;
                 };
                 counts.reconnects.fetch_add(1, Ordering::Relaxed);
                 let Ok(mut ticks) = client.subscribe("echo.Tick").await else {

@@ -111,6 +111,14 @@ fn ping_with(mut cmd: Command, s: &Setup, tls: &[&str], token: &str) -> Result<(
     }
 }
 
+/// A 30 s token for `binding`, minted with `secret` by the library.
+fn mint_with(secret: &DeviceSecret, binding: &Binding) -> String {
+    Minter::new(secret)
+        .unwrap()
+        .mint(binding, Duration::from_secs(30))
+        .unwrap()
+}
+
 fn ping(s: &Setup, token: &str) -> Result<(), String> {
     let id = s.id.to_str().unwrap().to_owned();
     ping_with(
@@ -185,42 +193,21 @@ fn expired_forged_and_foreign_tokens_are_refused() {
         socket: "/run/other.sock".into(),
         ..binding.clone()
     };
-    let err = ping(
-        &s,
-        &Minter::new(&secret)
-            .unwrap()
-            .mint(&elsewhere, Duration::from_secs(30))
-            .unwrap(),
-    )
-    .unwrap_err();
+    let err = ping(&s, &mint_with(&secret, &elsewhere)).unwrap_err();
     assert!(err.contains("another server socket"), "{err}");
     // Bound to another executable.
     let other_exe = Binding {
         exe: Some("/usr/bin/true".into()),
         ..binding.clone()
     };
-    let err = ping(
-        &s,
-        &Minter::new(&secret)
-            .unwrap()
-            .mint(&other_exe, Duration::from_secs(30))
-            .unwrap(),
-    )
-    .unwrap_err();
+    let err = ping(&s, &mint_with(&secret, &other_exe)).unwrap_err();
     assert!(err.contains("another executable"), "{err}");
     // Bound to the right executable: accepted.
     let right_exe = Binding {
         exe: Some(shared_bin()),
         ..binding
     };
-    ping(
-        &s,
-        &Minter::new(&secret)
-            .unwrap()
-            .mint(&right_exe, Duration::from_secs(30))
-            .unwrap(),
-    )
-    .unwrap();
+    ping(&s, &mint_with(&secret, &right_exe)).unwrap();
 }
 
 #[test]
