@@ -17,6 +17,11 @@
 //! - `cargo xtask bench [--quick]`: the benchmark harness in `bench/` (raw Unix socket, peerwire
 //!   plain and mutual TLS, separate processes, two CPU placements); see docs/performance.md.
 //!
+//! - `cargo xtask yocto [--out DIR]`: generates the Yocto layer `meta-peerwire` (recipes for the
+//!   server and CLI and for the example display client, the crates of `Cargo.lock`, the files of
+//!   `deploy/`, ptest) into `DIR` (default `target/yocto`) and its deterministic tarball
+//!   `meta-peerwire.tar.gz`; see docs/yocto.md.
+//!
 //! Every step uses `--locked`, so a `Cargo.lock` out of step with the manifests fails.
 
 use std::process::Command;
@@ -30,6 +35,7 @@ mod hardening;
 mod soak;
 #[cfg(test)]
 mod tidy;
+mod yocto;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,9 +45,10 @@ fn main() -> anyhow::Result<()> {
         Some("fuzz") => fuzz::run(&root(), seconds(&args, 60)?),
         Some("soak") => soak::run(&root(), seconds(&args, 60)?),
         Some("bench") => bench::run(&root(), args.iter().any(|a| a == "--quick")),
+        Some("yocto") => yocto::run(&root(), out_dir(&args)?),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N] | bench [--quick]"
+                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N] | bench [--quick] | yocto [--out DIR]"
             );
             bail!("unknown or missing task: {args:?}");
         }
@@ -57,6 +64,15 @@ fn seconds(args: &[String], default: u64) -> anyhow::Result<u64> {
             .context("--seconds N"),
         Some(other) => bail!("unknown argument {other:?} (expected --seconds N)"),
         None => Ok(default),
+    }
+}
+
+/// `--out DIR` after the task name, if given.
+fn out_dir(args: &[String]) -> anyhow::Result<Option<std::path::PathBuf>> {
+    match args.get(1).map(String::as_str) {
+        Some("--out") => Ok(Some(args.get(2).context("--out DIR")?.into())),
+        Some(other) => bail!("unknown argument {other:?} (expected --out DIR)"),
+        None => Ok(None),
     }
 }
 
