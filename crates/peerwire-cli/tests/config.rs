@@ -13,7 +13,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{BIN, ServeProcess};
 use peerwire_security::seal::{KeyProvider, KeyRing};
@@ -210,6 +210,17 @@ fn state_store_survives_sigkill_at_random_moments() {
             .stdout(std::fs::File::create(&out).unwrap())
             .spawn()
             .unwrap();
+        // Most rounds let the writer complete its first generation (one line of output) before
+        // the kill, so that a loaded machine, slow to start the writer, still tests kills in the
+        // middle of writes; every fourth round kills at once, before or during the first one.
+        if round % 4 != 0 {
+            let started = Instant::now();
+            while std::fs::read_to_string(&out).unwrap_or_default().is_empty()
+                && started.elapsed() < Duration::from_secs(20)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         // A pseudo-random moment within the writer's run.
         let jitter = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -49,7 +49,7 @@ impl ServeProcess {
 
     /// Takes charge of an already started server process and waits until `path` answers.
     pub fn adopt(child: Child, path: &Path) -> Self {
-        let server = Self {
+        let mut server = Self {
             child,
             path: path.to_owned(),
         };
@@ -66,7 +66,7 @@ impl ServeProcess {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn peerwire serve");
-        let server = Self {
+        let mut server = Self {
             child,
             path: path.to_owned(),
         };
@@ -74,16 +74,28 @@ impl ServeProcess {
         server
     }
 
-    fn wait_listening(&self) {
+    fn wait_listening(&mut self) {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
+        while start.elapsed() < Duration::from_secs(30) {
             if std::os::unix::net::UnixStream::connect(&self.path).is_ok() {
                 return;
             }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "peerwire serve for {} exited before listening: {status}",
+                    self.path.display()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let state = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("State:") || l.starts_with("Name:"))
+            .collect::<Vec<_>>()
+            .join(", ");
         panic!(
-            "peerwire serve did not start listening on {}",
+            "peerwire serve did not start listening on {} within 30 s (process: {state})",
             self.path.display()
         );
     }
