@@ -117,7 +117,7 @@ async fn hostile_input_only_affects_its_own_connection() {
     let request = frame_bytes(Frame::new(Kind::Request(Request {
         id: 1,
         method: "echo.Echo".into(),
-        payload: vec![],
+        payload: vec![].into(),
         deadline_ms: 0,
     })));
     let mut truncated = vec![0, 0, 0, 100];

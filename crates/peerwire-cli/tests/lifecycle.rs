@@ -20,7 +20,7 @@ fn sleep_request(id: u64, ms: u64) -> Frame {
     Frame::new(Kind::Request(Request {
         id,
         method: "echo.Sleep".into(),
-        payload: ms.encode_to_vec(),
+        payload: ms.encode_to_vec().into(),
         deadline_ms: 60_000,
     }))
 }

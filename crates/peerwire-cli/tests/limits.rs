@@ -204,7 +204,7 @@ async fn a_peer_that_never_reads_its_responses_is_cut_off() {
         let frame = Frame::new(Kind::Request(Request {
             id,
             method: "echo.Echo".into(),
-            payload: payload.clone(),
+            payload: payload.clone().into(),
             deadline_ms: 0,
         }));
         let mut buf = BytesMut::new();
@@ -350,7 +350,7 @@ async fn slow_subscribers_are_handled_by_their_topic_policy_and_never_block_a_pu
         raw.send(Frame::new(Kind::Request(Request {
             id: 1,
             method: peerwire_proto::METHOD_SUBSCRIBE.into(),
-            payload: sub.encode_to_vec(),
+            payload: sub.encode_to_vec().into(),
             deadline_ms: 0,
         })))
         .await;
@@ -409,7 +409,7 @@ async fn slow_subscribers_are_handled_by_their_topic_policy_and_never_block_a_pu
             tokio::time::timeout(Duration::from_millis(500), raw.read()).await
         {
             if let Some(Kind::Event(e)) = f.kind {
-                last = Some((e.seq, u64::decode(e.payload.as_slice()).unwrap()));
+                last = Some((e.seq, u64::decode(e.payload.as_ref()).unwrap()));
             }
         }
         let (seq, value) = last.unwrap_or_else(|| panic!("{topic}: nothing delivered"));

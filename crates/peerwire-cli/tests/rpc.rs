@@ -300,7 +300,7 @@ async fn namespace_mismatch_is_reported_not_dropped() {
         peerwire_proto::v1::Request {
             id: 1,
             method: "display.Get".into(),
-            payload: vec![],
+            payload: vec![].into(),
             deadline_ms: 0,
         },
     )))

@@ -379,20 +379,33 @@ async fn read_loop(
 ) {
     // The server pings a quiet connection every keepalive interval; nothing at all for its
     // idle timeout means it is gone.
+    // One ticker rather than a timer per frame: arming and cancelling a timer on every frame
+    // costs more than the frame itself at small sizes.
     let idle = Duration::from_millis(u64::from(conn.session.limits.idle_timeout_ms.max(1000)));
+    let mut ticker = tokio::time::interval(idle / 4);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rx = tokio::time::Instant::now();
     let why = loop {
         let frame = tokio::select! {
-            _ = conn.closed.cancelled() => break "connection closed".to_owned(),
-            next = tokio::time::timeout(idle, reader.next()) => match next {
-                Err(_) => break format!("nothing received from the server for {idle:?}"),
-                Ok(None) => break match conn.goodbye() {
+            biased;
+            next = reader.next() => match next {
+                None => break match conn.goodbye() {
                     Some(status) => format!("the server closed the session: {status}"),
                     None => "the server closed the connection".to_owned(),
                 },
-                Ok(Some(Err(e))) => break format!("bad frame from the server: {e}"),
-                Ok(Some(Ok(frame))) => frame,
+                Some(Err(e)) => break format!("bad frame from the server: {e}"),
+                Some(Ok(frame)) => frame,
             },
+            _ = conn.closed.cancelled() => break "connection closed".to_owned(),
+            _ = ticker.tick() => {
+                let quiet = last_rx.elapsed();
+                if quiet >= idle {
+                    break format!("nothing received from the server for {quiet:?}");
+                }
+                continue;
+            }
         };
+        last_rx = tokio::time::Instant::now();
         match frame.kind {
             Some(Kind::Response(r)) => {
                 if let Some(reply) = lock(&conn.pending).remove(&r.id) {

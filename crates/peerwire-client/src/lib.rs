@@ -345,7 +345,7 @@ impl Inner {
         let msg = EventMessage {
             topic: event.topic,
             seq: event.seq,
-            payload: event.payload.into(),
+            payload: event.payload,
         };
         list.retain(|tx| match tx.try_send(msg.clone()) {
             Ok(()) => true,
@@ -529,7 +529,7 @@ impl Client {
         let frame = Frame::new(Kind::Request(Request {
             id,
             method: method.to_owned(),
-            payload,
+            payload: payload.into(),
             deadline_ms,
         }));
         conn.check_size(&frame)?;
@@ -554,7 +554,7 @@ impl Client {
         drop(guard);
         let response = result?;
         Status::from_wire(response.code, &response.message).map_err(CallError::Status)?;
-        Ok(response.payload.into())
+        Ok(response.payload)
     }
 
     /// Sends a one-way event (for example a touch or key event) to the server.
@@ -564,7 +564,7 @@ impl Client {
         let frame = Frame::new(Kind::Event(Event {
             topic: topic.to_owned(),
             seq: conn.next_event_seq(topic),
-            payload: event.encode_to_vec(),
+            payload: event.encode_to_vec().into(),
         }));
         conn.check_size(&frame)?;
         conn.send(frame).await

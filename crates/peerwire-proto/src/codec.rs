@@ -224,7 +224,7 @@ mod tests {
         Frame::new(Kind::Request(v1::Request {
             id,
             method: "display.GetState".into(),
-            payload,
+            payload: payload.into(),
             deadline_ms: 100,
         }))
     }
@@ -380,7 +380,7 @@ mod tests {
                     Kind::Request(v1::Request {
                         id,
                         method,
-                        payload,
+                        payload: payload.into(),
                         deadline_ms
                     })
                 )),
@@ -389,14 +389,14 @@ mod tests {
                     id,
                     code,
                     message,
-                    payload
+                    payload: payload.into()
                 }))
             ),
             (".{0,20}", any::<u64>(), bytes).prop_map(|(topic, seq, payload)| Frame::new(
                 Kind::Event(v1::Event {
                     topic,
                     seq,
-                    payload
+                    payload: payload.into()
                 })
             )),
             any::<u64>().prop_map(|n| Frame::new(Kind::Ping(v1::Ping { nonce: n }))),

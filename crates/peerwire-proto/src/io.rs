@@ -12,7 +12,17 @@ use crate::codec::{CodecError, FrameCodec};
 use crate::v1::Frame;
 
 /// Bytes gathered from the queue before they are written out.
-const WRITE_BATCH: usize = 64 * 1024;
+pub const WRITE_BATCH: usize = 64 * 1024;
+
+/// Clears `buf` after a write and gives its memory back if one large frame grew it: an idle
+/// connection keeps no large buffer (it starts empty, too, and grows to what is written).
+pub fn recycle(buf: &mut BytesMut) {
+    if buf.capacity() > 4 * WRITE_BATCH {
+        *buf = BytesMut::new();
+    } else {
+        buf.clear();
+    }
+}
 
 /// Writes every frame received on `rx` to `io`, batching queued frames, until the queue is
 /// closed (all senders dropped), then shuts the write side down. Returns on the first error.
@@ -30,7 +40,7 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
             q.fetch_sub(frame.encoded_len(), std::sync::atomic::Ordering::Relaxed);
         }
     };
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH);
+    let mut buf = BytesMut::new();
     while let Some(frame) = rx.recv().await {
         taken(&frame);
         codec.encode(&frame, &mut buf)?;
@@ -44,7 +54,7 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
             }
         }
         io.write_all_buf(&mut buf).await?;
-        buf.clear();
+        recycle(&mut buf);
     }
     io.flush().await?;
     io.shutdown().await?;

@@ -97,9 +97,17 @@ fn pin(
     })
 }
 
+/// TLS 1.3 suites in the order the server picks them: AES-128-GCM first. It is TLS 1.3's
+/// mandatory suite, has a 128-bit security level like the P-256 keys, and is the fastest with
+/// AES-NI (one core seals about 4 GB/s), which matters where one core does both ends' crypto.
+const TLS13_SUITES: &str =
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+
 fn tls13_only(b: &mut SslContextBuilder) -> Result<(), TlsError> {
     b.set_min_proto_version(Some(SslVersion::TLS1_3))?;
     b.set_max_proto_version(Some(SslVersion::TLS1_3))?;
+    b.set_ciphersuites(TLS13_SUITES)?;
+    b.set_options(openssl::ssl::SslOptions::CIPHER_SERVER_PREFERENCE);
     Ok(())
 }
 

@@ -452,7 +452,7 @@ impl ServerHandle {
     /// Queues `event` on every connection subscribed to `topic` and returns how many it was
     /// queued on. Never blocks: a connection whose queue is full is closed as a slow consumer.
     pub fn broadcast<M: Message>(&self, topic: &str, event: &M) -> Result<usize, PushError> {
-        self.shared.broadcast(topic, &event.encode_to_vec())
+        self.shared.broadcast(topic, &event.encode_to_vec().into())
     }
 
     /// Queues `event` on one connection, which must be subscribed to `topic`.
@@ -462,7 +462,8 @@ impl ServerHandle {
         topic: &str,
         event: &M,
     ) -> Result<(), PushError> {
-        self.shared.send_event(conn, topic, &event.encode_to_vec())
+        self.shared
+            .send_event(conn, topic, &event.encode_to_vec().into())
     }
 
     /// The ids of the open connections with their peers' credentials.

@@ -129,8 +129,7 @@ impl EventQueue {
     }
 }
 
-/// Bytes gathered before they are written out.
-const WRITE_BATCH: usize = 64 * 1024;
+use peerwire_proto::io::{WRITE_BATCH, recycle};
 
 /// The writer task: drains the frame queue and the event queue into `io` until the frame queue
 /// is closed, then shuts the write side down. `queued` is the frame queue's byte count.
@@ -141,7 +140,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
     events: Arc<EventQueue>,
     queued: Arc<AtomicUsize>,
 ) -> Result<(), CodecError> {
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH);
+    let mut buf = BytesMut::new();
     let mut pending = Vec::new();
     let mut open = true;
     // Frames taken from the frame queue no longer count against its byte limit.
@@ -177,7 +176,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
             io.write_all_buf(&mut buf).await?;
-            buf.clear();
+            recycle(&mut buf);
         }
     }
     io.flush().await?;
@@ -194,7 +193,7 @@ mod tests {
         Frame::new(Kind::Event(Event {
             topic: topic.into(),
             seq: n,
-            payload: vec![0; 100],
+            payload: vec![0; 100].into(),
         }))
     }
 

@@ -2,6 +2,7 @@
 //! statistics. The lock is a `std::sync::Mutex` held only for map updates and non-blocking
 //! `try_send`s, never across an `.await` (invariant, enforced by clippy's `await_holding_lock`).
 
+use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -268,13 +269,13 @@ impl Shared {
         &self,
         entry: &mut ConnEntry,
         topic: &str,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<(), PushError> {
         let seq = entry.seq.entry(topic.to_owned()).or_insert(0);
         let frame = Frame::new(Kind::Event(Event {
             topic: topic.to_owned(),
             seq: *seq + 1,
-            payload: payload.to_vec(),
+            payload: payload.clone(),
         }));
         let max = entry.info.session.max_frame_size();
         let len = prost::Message::encoded_len(&frame);
@@ -314,7 +315,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn broadcast(&self, topic: &str, payload: &[u8]) -> Result<usize, PushError> {
+    pub(crate) fn broadcast(&self, topic: &str, payload: &Bytes) -> Result<usize, PushError> {
         peerwire_proto::names::namespace_of(topic)
             .map_err(|e| PushError::InvalidTopic(e.to_string()))?;
         let mut conns = self.conns();
@@ -331,7 +332,7 @@ impl Shared {
         &self,
         conn: ConnectionId,
         topic: &str,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<(), PushError> {
         peerwire_proto::names::namespace_of(topic)
             .map_err(|e| PushError::InvalidTopic(e.to_string()))?;
