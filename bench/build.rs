@@ -1,0 +1,14 @@
+//! With the `peers` feature: tonic code for `proto/bench.proto`, compiled by protox (pure Rust,
+//! no system protoc).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/bench.proto");
+    #[cfg(feature = "peers")]
+    {
+        let fds = protox::compile(["proto/bench.proto"], ["proto"])?;
+        tonic_prost_build::configure()
+            .bytes(".bench.Payload.data")
+            .compile_fds(fds)?;
+    }
+    Ok(())
+}
