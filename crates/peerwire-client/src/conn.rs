@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use peerwire_proto::codec::{CodecError, FrameCodec};
 use peerwire_proto::handshake::{ClientHandshake, Session};
+use peerwire_proto::io::{FrameSink, SinkError};
 use peerwire_proto::v1::{Cancel, Frame, Hello, Pong, Response, frame::Kind};
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
@@ -24,6 +25,27 @@ use crate::{CallError, Config, ConnectError, Inner, lock};
 
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The write side during the handshake.
+enum Writer {
+    Plain(tokio::net::unix::OwnedWriteHalf),
+    Tls(BoxWrite),
+}
+
+impl Writer {
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Plain(w) => w.write_all(buf).await,
+            Self::Tls(w) => w.write_all(buf).await,
+        }
+    }
+}
+
+/// What the connection's writer task drives after the handshake.
+enum WriterTask {
+    Sink(Arc<FrameSink>),
+    Queue(BoxWrite, mpsc::Receiver<Frame>),
+}
 
 /// Records the first bytes read from the raw socket, so that a server that refused us in
 /// plain text (access policy `Reject`, sent before TLS) can be understood after TLS fails.
@@ -125,10 +147,27 @@ fn refused_before_tls(seen: &Mutex<Vec<u8>>) -> Option<ConnectError> {
 
 type Reply = oneshot::Sender<Result<Response, CallError>>;
 
+/// How frames leave: on a plain socket the calling task writes them itself ([`FrameSink`]); over
+/// TLS (no non-blocking write through the TLS stream) a writer task drains a bounded queue.
+enum Outbound {
+    Direct(Arc<FrameSink>),
+    Queued(mpsc::Sender<Frame>),
+}
+
+impl Outbound {
+    /// Sends without waiting (pongs, cancels): false if the outbound buffer is full or closed.
+    fn try_send(&self, frame: Frame) -> bool {
+        match self {
+            Self::Direct(sink) => sink.try_send(&frame).is_ok(),
+            Self::Queued(tx) => tx.try_send(frame).is_ok(),
+        }
+    }
+}
+
 pub(crate) struct Conn {
     pub(crate) session: Session,
     pub(crate) server: PeerCredentials,
-    tx: mpsc::Sender<Frame>,
+    tx: Outbound,
     pending: Mutex<HashMap<u64, Reply>>,
     goodbye: Mutex<Option<Status>>,
     closed: CancellationToken,
@@ -146,8 +185,7 @@ pub(crate) struct PendingGuard<'a> {
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         if lock(&self.conn.pending).remove(&self.id).is_some() && !self.conn.is_closed() {
-            let _ = self
-                .conn
+            self.conn
                 .tx
                 .try_send(Frame::new(Kind::Cancel(Cancel { id: self.id })));
         }
@@ -184,9 +222,16 @@ impl Conn {
 
     /// Waits until the writer has taken every queued frame, at most `timeout`.
     pub(crate) async fn flushed(&self, timeout: Duration) {
-        let start = tokio::time::Instant::now();
-        while self.tx.capacity() < self.tx.max_capacity() && start.elapsed() < timeout {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        match &self.tx {
+            Outbound::Direct(sink) => {
+                sink.flushed(timeout).await;
+            }
+            Outbound::Queued(tx) => {
+                let start = tokio::time::Instant::now();
+                while tx.capacity() < tx.max_capacity() && start.elapsed() < timeout {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
         }
     }
 
@@ -206,9 +251,19 @@ impl Conn {
 
     /// Queues a frame; waits while the outbound queue is full, but not past the connection's end.
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), CallError> {
-        tokio::select! {
-            sent = self.tx.send(frame) => sent.map_err(|_| CallError::Disconnected("connection closed".into())),
-            _ = self.closed.cancelled() => Err(CallError::Disconnected("connection closed".into())),
+        let closed = || CallError::Disconnected("connection closed".into());
+        match &self.tx {
+            Outbound::Direct(sink) => match sink.send(&frame).await {
+                Ok(()) => Ok(()),
+                Err(SinkError::Codec(CodecError::OutgoingTooLarge { len, max })) => {
+                    Err(CallError::TooLarge { len, max })
+                }
+                Err(_) => Err(closed()),
+            },
+            Outbound::Queued(tx) => tokio::select! {
+                sent = tx.send(frame) => sent.map_err(|_| closed()),
+                _ = self.closed.cancelled() => Err(closed()),
+            },
         }
     }
 
@@ -243,7 +298,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     let (rd, mut wr) = match &config.tls {
         None => {
             let (rd, wr) = stream.into_split();
-            (Box::new(rd) as BoxRead, Box::new(wr) as BoxWrite)
+            (Box::new(rd) as BoxRead, Writer::Plain(wr))
         }
         Some(tls) => {
             let tap = Tap::new(stream);
@@ -251,7 +306,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
             match tls.connect(tap).await {
                 Ok(s) => {
                     let (rd, wr) = tokio::io::split(s);
-                    (Box::new(rd) as BoxRead, Box::new(wr) as BoxWrite)
+                    (Box::new(rd) as BoxRead, Writer::Tls(Box::new(wr)))
                 }
                 Err(e) => return Err(refused_before_tls(&seen).unwrap_or(ConnectError::Tls(e))),
             }
@@ -302,7 +357,19 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     }
     let max = session.max_frame_size();
     reader.decoder_mut().set_max_frame_size(max);
-    let (tx, rx) = mpsc::channel(config.outbound_queue);
+    let (tx, writer) = match wr {
+        Writer::Plain(wr) => {
+            // Bounded like the queue: `outbound_queue` frames, or as many 4 KiB frames' bytes.
+            let frames = config.outbound_queue;
+            let bytes = frames.saturating_mul(4096);
+            let sink = Arc::new(FrameSink::new(wr, FrameCodec::new(max), bytes, frames));
+            (Outbound::Direct(sink.clone()), WriterTask::Sink(sink))
+        }
+        Writer::Tls(wr) => {
+            let (tx, rx) = mpsc::channel(config.outbound_queue);
+            (Outbound::Queued(tx), WriterTask::Queue(wr, rx))
+        }
+    };
     let conn = Arc::new(Conn {
         session,
         server,
@@ -315,10 +382,21 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     });
     let writer_conn = conn.clone();
     tokio::spawn(async move {
-        let writer = peerwire_proto::io::write_frames(wr, FrameCodec::new(max), rx, None);
-        tokio::select! {
-            result = writer => if let Err(e) = result { tracing::debug!("writer ended: {e}") },
-            _ = writer_conn.closed.cancelled() => {}
+        match writer {
+            WriterTask::Sink(sink) => {
+                tokio::select! {
+                    () = sink.run() => tracing::debug!("writer ended"),
+                    _ = writer_conn.closed.cancelled() => {}
+                }
+                sink.close();
+            }
+            WriterTask::Queue(wr, rx) => {
+                let writer = peerwire_proto::io::write_frames(wr, FrameCodec::new(max), rx, None);
+                tokio::select! {
+                    result = writer => if let Err(e) = result { tracing::debug!("writer ended: {e}") },
+                    _ = writer_conn.closed.cancelled() => {}
+                }
+            }
         }
         writer_conn.close();
     });
@@ -418,8 +496,7 @@ async fn read_loop(
                 }
             }
             Some(Kind::Ping(p)) => {
-                let _ = conn
-                    .tx
+                conn.tx
                     .try_send(Frame::new(Kind::Pong(Pong { nonce: p.nonce })));
             }
             Some(Kind::Pong(_)) => {}

@@ -1,7 +1,9 @@
 //! Tokio adapters shared by the server and the client (feature `io`).
 //!
 //! The only I/O in this crate, kept out of the core API: a writer loop that drains a bounded
-//! queue of frames into a stream, batching whatever is queued into one write.
+//! queue of frames into any stream (TLS included), batching whatever is queued into one write;
+//! and [`FrameSink`], the outbound side of a plain Unix stream, where the sending task writes
+//! its frame itself.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -59,4 +61,281 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     io.flush().await?;
     io.shutdown().await?;
     Ok(())
+}
+
+/// Why a frame could not be handed to a [`FrameSink`].
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The sink was closed, or an earlier write failed.
+    #[error("connection closed")]
+    Closed,
+    /// `try_send` only: the buffer holds its limit of unwritten bytes.
+    #[error("outbound buffer full")]
+    Full,
+    /// The frame cannot be encoded (larger than the maximum frame size).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+struct SinkState {
+    buf: BytesMut,
+    /// Frames appended since `buf` was last empty (a bound, like a queue's length).
+    frames: usize,
+    codec: FrameCodec,
+    /// The socket refused part of `buf`: the flusher task owns writing it, senders only append.
+    pending: bool,
+    closed: bool,
+}
+
+/// The outbound side of a plain Unix stream, shared by every task of one connection.
+///
+/// A sender encodes its frame into the shared buffer and, when no earlier write is pending,
+/// writes the buffer out itself with one non-blocking `write`: no queue, no hand-off to another
+/// task, no wake-up. Whatever the socket does not take at once (its buffer is full) is left to
+/// the flusher task ([`FrameSink::run`]), which waits until the socket is writable; meanwhile
+/// senders append behind it, so frames leave in the order they were sent. At `max_bytes`
+/// unwritten bytes, or `max_frames` frames appended since the buffer was last empty,
+/// [`FrameSink::send`] waits and [`FrameSink::try_send`] fails: memory stays bounded when the
+/// peer does not read. One frame is always accepted into an empty buffer, whatever its size.
+pub struct FrameSink {
+    io: tokio::net::unix::OwnedWriteHalf,
+    state: std::sync::Mutex<SinkState>,
+    max_bytes: usize,
+    max_frames: usize,
+    /// Wakes the flusher: a write is pending, or the sink closed.
+    kick: tokio::sync::Notify,
+    /// Wakes senders waiting for room, and `flushed` waiters.
+    room: tokio::sync::Notify,
+}
+
+impl FrameSink {
+    /// A sink writing to `io`, frames encoded with `codec`, bounded as described above.
+    pub fn new(
+        io: tokio::net::unix::OwnedWriteHalf,
+        codec: FrameCodec,
+        max_bytes: usize,
+        max_frames: usize,
+    ) -> Self {
+        Self {
+            io,
+            state: std::sync::Mutex::new(SinkState {
+                buf: BytesMut::new(),
+                frames: 0,
+                codec,
+                pending: false,
+                closed: false,
+            }),
+            max_bytes,
+            max_frames: max_frames.max(1),
+            kick: tokio::sync::Notify::new(),
+            room: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        // No code below panics while holding the lock; a poisoned lock still has a sound state.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends `frame` without waiting; fails if the buffer is at its limit.
+    pub fn try_send(&self, frame: &Frame) -> Result<(), SinkError> {
+        let mut st = self.lock();
+        self.append(&mut st, frame)
+    }
+
+    /// Sends `frame`, waiting while the buffer is at its limit.
+    pub async fn send(&self, frame: &Frame) -> Result<(), SinkError> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            {
+                let mut st = self.lock();
+                match self.append(&mut st, frame) {
+                    Err(SinkError::Full) => {
+                        // Registered before the lock is released: no wake-up is lost.
+                        room.as_mut().enable();
+                    }
+                    other => return other,
+                }
+            }
+            room.await;
+        }
+    }
+
+    fn append(&self, st: &mut SinkState, frame: &Frame) -> Result<(), SinkError> {
+        if st.closed {
+            return Err(SinkError::Closed);
+        }
+        if !st.buf.is_empty() && (st.buf.len() >= self.max_bytes || st.frames >= self.max_frames) {
+            return Err(SinkError::Full);
+        }
+        let SinkState { codec, buf, .. } = st;
+        codec.encode(frame, buf)?;
+        st.frames += 1;
+        if !st.pending {
+            self.write_out(st);
+        }
+        Ok(())
+    }
+
+    /// Writes as much of the buffer as the socket takes now; hands the rest to the flusher.
+    fn write_out(&self, st: &mut SinkState) {
+        while !st.buf.is_empty() {
+            match self.io.try_write(&st.buf) {
+                Ok(n) => bytes::Buf::advance(&mut st.buf, n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    st.pending = true;
+                    self.kick.notify_one();
+                    return;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    st.closed = true;
+                    st.buf = BytesMut::new();
+                    self.kick.notify_one();
+                    self.room.notify_waiters();
+                    return;
+                }
+            }
+        }
+        st.pending = false;
+        st.frames = 0;
+        recycle(&mut st.buf);
+        self.room.notify_waiters();
+    }
+
+    /// The flusher task: finishes the writes the socket could not take at once. Returns when
+    /// the sink is closed (see [`FrameSink::close`]) or a write fails. Cancellation-safe (its
+    /// state is the sink's): it can be a branch of `select!` in a loop.
+    pub async fn run(&self) {
+        loop {
+            let kicked = self.kick.notified();
+            tokio::pin!(kicked);
+            // Registered before the state is read: a kick in between is not lost.
+            kicked.as_mut().enable();
+            let pending = {
+                let st = self.lock();
+                if st.closed {
+                    return;
+                }
+                st.pending
+            };
+            if !pending {
+                kicked.await;
+                continue;
+            }
+            if self.io.writable().await.is_err() {
+                self.close();
+                return;
+            }
+            let mut st = self.lock();
+            self.write_out(&mut st);
+        }
+    }
+
+    /// Waits until everything sent has been written, at most `timeout`; false if bytes are
+    /// still unwritten then (the peer does not read), or if the sink is closed.
+    pub async fn flushed(&self, timeout: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                let room = self.room.notified();
+                tokio::pin!(room);
+                {
+                    let st = self.lock();
+                    if st.closed {
+                        return false;
+                    }
+                    if st.buf.is_empty() {
+                        return true;
+                    }
+                    room.as_mut().enable();
+                }
+                room.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
+    /// Closes the sink: later sends fail, unwritten bytes are dropped, the flusher returns.
+    /// The write side of the socket is shut down when the sink is dropped.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.buf = BytesMut::new();
+        drop(st);
+        self.kick.notify_one();
+        self.room.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{Ping, frame::Kind};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio_util::codec::Decoder;
+
+    fn ping(n: u64) -> Frame {
+        Frame::new(Kind::Ping(Ping { nonce: n }))
+    }
+
+    /// A peer that stops reading fills the socket, then the sink's bounded buffer: `try_send`
+    /// fails, `send` waits; once the peer reads, every frame arrives once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sink_is_bounded_ordered_and_finishes_writes_when_the_peer_reads() {
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, wa) = a.into_split();
+        let sink = Arc::new(FrameSink::new(
+            wa,
+            FrameCodec::new(1 << 20),
+            64 * 1024,
+            1 << 20,
+        ));
+        let flusher = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.run().await }
+        });
+        // Nobody reads: fill the socket buffer and the sink's 64 KiB.
+        let mut sent = 0u64;
+        loop {
+            match sink.try_send(&ping(sent)) {
+                Ok(()) => sent += 1,
+                Err(SinkError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(sent < 10_000_000, "the sink never filled up");
+        }
+        // A blocking send waits for room rather than growing the buffer.
+        let waiting = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.send(&ping(sent)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished());
+        // The peer reads everything: the waiting send completes and the order holds.
+        let reader = tokio::spawn(async move {
+            let mut codec = FrameCodec::new(1 << 20);
+            let mut buf = BytesMut::new();
+            let mut next = 0u64;
+            while next <= sent {
+                if let Some(frame) = codec.decode(&mut buf).unwrap() {
+                    assert_eq!(frame, ping(next));
+                    next += 1;
+                    continue;
+                }
+                assert!(b.read_buf(&mut buf).await.unwrap() > 0);
+            }
+            next
+        });
+        waiting.await.unwrap().unwrap();
+        assert!(sink.flushed(Duration::from_secs(10)).await);
+        assert_eq!(reader.await.unwrap(), sent + 1);
+        sink.close();
+        assert!(matches!(sink.try_send(&ping(0)), Err(SinkError::Closed)));
+        flusher.await.unwrap();
+    }
 }

@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use peerwire_proto::codec::{CodecError, FrameCodec};
 use peerwire_proto::handshake::{ServerHandshake, ServerOutcome, Session};
+use peerwire_proto::io::FrameSink;
 use peerwire_proto::v1::{
     Code, Frame, Goodbye, Ping, Pong, Request, Response, SubscribeRequest, SubscribeResponse,
     frame::Kind,
@@ -48,6 +49,52 @@ const REJECT_DRAIN: (Duration, u64) = (Duration::from_millis(100), 64 * 1024);
 /// Either half of a plain Unix stream or of a TLS stream over it.
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A connection's write side: a plain socket's (its frames are written by the sending task,
+/// see [`FrameSink`]) or a TLS stream's (written by a writer task).
+enum Wr {
+    Plain(tokio::net::unix::OwnedWriteHalf),
+    Tls(BoxWrite),
+}
+
+impl AsyncWrite for Wr {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            Self::Tls(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(w) => std::pin::Pin::new(w).poll_flush(cx),
+            Self::Tls(w) => std::pin::Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+            Self::Tls(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What the connection's writer task drives.
+enum WriterParts {
+    Sink(Arc<FrameSink>),
+    Queue(BoxWrite, mpsc::Receiver<Frame>),
+}
 type Reader = FramedRead<BoxRead, FrameCodec>;
 
 pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
@@ -92,10 +139,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             exe: peer_executable(&stream).ok().map(|e| e.path),
             socket: shared.socket_path.clone(),
         });
-        let (rd, mut wr): (BoxRead, BoxWrite) = match &shared.tls {
+        let (rd, mut wr): (BoxRead, Wr) = match &shared.tls {
             None => {
                 let (rd, wr) = stream.into_split();
-                (Box::new(rd), Box::new(wr))
+                (Box::new(rd), Wr::Plain(wr))
             }
             Some(tls) => match tokio::time::timeout_at(deadline, async {
                 if closed_before_sending(&stream).await {
@@ -107,7 +154,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             {
                 Ok(Ok(tls_stream)) => {
                     let (rd, wr) = tokio::io::split(tls_stream);
-                    (Box::new(rd), Box::new(wr))
+                    (Box::new(rd), Wr::Tls(Box::new(wr)))
                 }
                 Ok(Err(None)) => {
                     tracing::info!("closed before the TLS handshake");
@@ -340,7 +387,7 @@ async fn handshake(
     deadline: tokio::time::Instant,
     presenter: Option<&Presenter>,
     reader: &mut Reader,
-    wr: &mut BoxWrite,
+    wr: &mut Wr,
 ) -> Option<(Session, String, Frame)> {
     let limits = &shared.limits;
     let refuse = |status: Status| {
@@ -408,10 +455,9 @@ struct Connection {
     info: Arc<ConnInfo>,
     ctx: ConnectionContext,
     reader: Reader,
-    wr: Option<BoxWrite>,
+    writer: Option<WriterParts>,
     tx: Outbox,
     events_out: Arc<crate::outbound::EventQueue>,
-    rx: Option<mpsc::Receiver<Frame>>,
     events: mpsc::Sender<(EventFn, Bytes)>,
     events_rx: Option<mpsc::Receiver<(EventFn, Bytes)>>,
     kick: CancellationToken,
@@ -430,7 +476,7 @@ enum Next {
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>, info: Arc<ConnInfo>, mut reader: Reader, wr: BoxWrite) -> Self {
+    fn new(shared: Arc<Shared>, info: Arc<ConnInfo>, mut reader: Reader, wr: Wr) -> Self {
         reader
             .decoder_mut()
             .set_max_frame_size(info.session.max_frame_size());
@@ -438,10 +484,25 @@ impl Connection {
             shared.limits.outbound_queue,
             shared.limits.outbound_queue_bytes,
         ));
-        let (tx, rx) = Outbox::new(
-            shared.limits.outbound_queue,
-            shared.limits.outbound_queue_bytes,
-        );
+        let max = info.session.max_frame_size();
+        let (tx, writer) = match wr {
+            Wr::Plain(wr) => {
+                let sink = Arc::new(FrameSink::new(
+                    wr,
+                    FrameCodec::new(max),
+                    shared.limits.outbound_queue_bytes,
+                    shared.limits.outbound_queue,
+                ));
+                (Outbox::Direct(sink.clone()), WriterParts::Sink(sink))
+            }
+            Wr::Tls(wr) => {
+                let (tx, rx) = Outbox::queued(
+                    shared.limits.outbound_queue,
+                    shared.limits.outbound_queue_bytes,
+                );
+                (tx, WriterParts::Queue(wr, rx))
+            }
+        };
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let ctx = ConnectionContext {
             inner: info.clone(),
@@ -454,10 +515,9 @@ impl Connection {
             info,
             ctx,
             reader,
-            wr: Some(wr),
+            writer: Some(writer),
             tx,
             events_out,
-            rx: Some(rx),
             events,
             events_rx: Some(events_rx),
             kick: CancellationToken::new(),
@@ -473,9 +533,7 @@ impl Connection {
     /// Sends `welcome` as the first frame, registers the connection (so the server knows it
     /// before the client can act on the Welcome), and serves it.
     async fn run(mut self, welcome: Frame) {
-        let (Some(wr), Some(rx), Some(events_rx)) =
-            (self.wr.take(), self.rx.take(), self.events_rx.take())
-        else {
+        let (Some(writer), Some(events_rx)) = (self.writer.take(), self.events_rx.take()) else {
             return;
         };
         let max = self.info.session.max_frame_size();
@@ -493,13 +551,29 @@ impl Connection {
                 kick: self.kick.clone(),
             },
         );
-        let writer = tokio::spawn(crate::outbound::write_loop(
-            wr,
-            FrameCodec::new(max),
-            rx,
-            self.events_out.clone(),
-            self.tx.queued.clone(),
-        ));
+        let sink = match &writer {
+            WriterParts::Sink(sink) => Some(sink.clone()),
+            WriterParts::Queue(..) => None,
+        };
+        let writer = match (writer, &self.tx) {
+            (WriterParts::Sink(sink), _) => {
+                let events = self.events_out.clone();
+                tokio::spawn(async move {
+                    crate::outbound::sink_loop(sink, events).await;
+                    Ok(())
+                })
+            }
+            (WriterParts::Queue(wr, rx), Outbox::Queued { queued, .. }) => {
+                tokio::spawn(crate::outbound::write_loop(
+                    wr,
+                    FrameCodec::new(max),
+                    rx,
+                    self.events_out.clone(),
+                    queued.clone(),
+                ))
+            }
+            (WriterParts::Queue(..), Outbox::Direct(_)) => return,
+        };
         let event_task = tokio::spawn(run_event_handlers(self.ctx.clone(), events_rx));
 
         let reason = self.serve().await;
@@ -520,8 +594,30 @@ impl Connection {
             self.events_out.dropped.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
-        let Connection { tx, shared, .. } = self;
+        let Connection {
+            tx,
+            shared,
+            events_out,
+            ..
+        } = self;
         drop(tx);
+        if let Some(sink) = sink {
+            // What is queued still goes out, within the grace period: events of drop-policy
+            // topics first move into the sink, then the sink drains into the socket.
+            let grace = shared.limits.shutdown_grace;
+            let drained = tokio::time::timeout(grace, async {
+                while !events_out.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                sink.flushed(grace).await
+            })
+            .await
+            .unwrap_or(false);
+            if !drained {
+                tracing::warn!("peer is not reading; dropping its unsent frames");
+            }
+            sink.close();
+        }
         let mut writer = writer;
         match tokio::time::timeout(shared.limits.shutdown_grace, &mut writer).await {
             Ok(Ok(Ok(()))) => {}

@@ -115,6 +115,11 @@ impl EventQueue {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        let q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        q.frames.is_empty()
+    }
+
     fn take(&self, buf: &mut Vec<Frame>, limit: usize) {
         let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
         while buf.len() < limit {
@@ -129,7 +134,35 @@ impl EventQueue {
     }
 }
 
-use peerwire_proto::io::{WRITE_BATCH, recycle};
+use peerwire_proto::io::{FrameSink, WRITE_BATCH, recycle};
+
+/// The writer task of a plain connection, whose frames the sending tasks write themselves:
+/// finishes the writes the socket could not take at once, and moves the events of drop-policy
+/// topics into the sink as room allows. Returns when the sink is closed.
+pub(crate) async fn sink_loop(sink: Arc<FrameSink>, events: Arc<EventQueue>) {
+    let mut pending = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = sink.run() => return,
+            _ = events.notify.notified() => {}
+        }
+        loop {
+            events.take(&mut pending, 512);
+            if pending.is_empty() {
+                break;
+            }
+            for f in pending.drain(..) {
+                // Waiting for room needs the flusher running: `run` is cancellation-safe.
+                tokio::select! {
+                    biased;
+                    sent = sink.send(&f) => if sent.is_err() { return },
+                    () = sink.run() => return,
+                }
+            }
+        }
+    }
+}
 
 /// The writer task: drains the frame queue and the event queue into `io` until the frame queue
 /// is closed, then shuts the write side down. `queued` is the frame queue's byte count.

@@ -3,6 +3,7 @@
 //! `try_send`s, never across an `.await` (invariant, enforced by clippy's `await_holding_lock`).
 
 use bytes::Bytes;
+use peerwire_proto::io::{FrameSink, SinkError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,13 +16,19 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Limits;
 use crate::router::{ConnInfo, ConnectionId, Router};
 
-/// A connection's outbound queue, bounded in frames and in bytes. Never blocks.
+/// A connection's outbound queue, bounded in bytes (and, over TLS, in frames). Never blocks.
 #[derive(Clone)]
-pub(crate) struct Outbox {
-    pub(crate) tx: mpsc::Sender<Frame>,
-    /// Encoded bytes queued and not yet taken by the writer.
-    pub(crate) queued: Arc<std::sync::atomic::AtomicUsize>,
-    pub(crate) max_bytes: usize,
+pub(crate) enum Outbox {
+    /// Plain socket: the sending task writes the frame itself, unless earlier bytes are still
+    /// waiting for the socket (then the writer task finishes them).
+    Direct(Arc<FrameSink>),
+    /// TLS: a queue the writer task drains.
+    Queued {
+        tx: mpsc::Sender<Frame>,
+        /// Encoded bytes queued and not yet taken by the writer.
+        queued: Arc<std::sync::atomic::AtomicUsize>,
+        max_bytes: usize,
+    },
 }
 
 /// Why a frame could not be queued.
@@ -33,9 +40,9 @@ pub(crate) enum Full {
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize, max_bytes: usize) -> (Self, mpsc::Receiver<Frame>) {
+    pub(crate) fn queued(capacity: usize, max_bytes: usize) -> (Self, mpsc::Receiver<Frame>) {
         let (tx, rx) = mpsc::channel(capacity);
-        let outbox = Self {
+        let outbox = Self::Queued {
             tx,
             queued: Arc::default(),
             max_bytes,
@@ -45,16 +52,30 @@ impl Outbox {
 
     /// Queues `frame`; a frame is always accepted into an empty queue, whatever its size.
     pub(crate) fn push(&self, frame: Frame) -> Result<(), Full> {
+        let (tx, queued, max_bytes) = match self {
+            Self::Direct(sink) => {
+                return sink.try_send(&frame).map_err(|e| match e {
+                    SinkError::Full => Full::Queue,
+                    // Frames are checked against the session's limit before they get here.
+                    SinkError::Closed | SinkError::Codec(_) => Full::Closed,
+                });
+            }
+            Self::Queued {
+                tx,
+                queued,
+                max_bytes,
+            } => (tx, queued, *max_bytes),
+        };
         let len = prost::Message::encoded_len(&frame);
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        if before > 0 && before.saturating_add(len) > self.max_bytes {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
+        let before = queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before.saturating_add(len) > max_bytes {
+            queued.fetch_sub(len, Ordering::Relaxed);
             return Err(Full::Queue);
         }
-        match self.tx.try_send(frame) {
+        match tx.try_send(frame) {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.queued.fetch_sub(len, Ordering::Relaxed);
+                queued.fetch_sub(len, Ordering::Relaxed);
                 Err(match e {
                     mpsc::error::TrySendError::Full(_) => Full::Queue,
                     mpsc::error::TrySendError::Closed(_) => Full::Closed,
