@@ -12,6 +12,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 pub(crate) fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
+    let root = &root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     // Read here rather than in the dispatcher: the flag only concerns this command.
     let no_peers = std::env::args().any(|a| a == "--no-peers");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
