@@ -55,7 +55,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use peerwire_proto::handshake::Session;
 use peerwire_proto::v1::{
     Code, Event, Frame, Goodbye, NamespaceVersions, Request, SubscribeRequest, SubscribeResponse,
@@ -66,6 +65,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use bytes::Bytes;
 pub use error::{CallError, ConnectError};
 pub use peerwire_proto::handshake::HandshakeError;
 pub use peerwire_security::cred::PeerCredentials;
@@ -513,11 +513,14 @@ impl Client {
         Resp::decode(payload).map_err(CallError::Decode)
     }
 
-    /// Calls `method` with an already encoded payload and returns the encoded response.
+    /// Calls `method` with an already encoded payload and returns the encoded response, as
+    /// bytes: with a [`Bytes`] payload and a server `raw_method`, bulk data is not copied by
+    /// peerwire on either end (a large payload is written from its own buffer, and the
+    /// response shares the read buffer).
     pub async fn raw_call(
         &self,
         method: &str,
-        payload: Vec<u8>,
+        payload: impl Into<Bytes>,
         deadline: Duration,
     ) -> Result<Bytes, CallError> {
         let conn = self.connection()?;

@@ -16,7 +16,7 @@
 //! frames out. The limit can be changed between frames (the handshake raises it from
 //! [`HANDSHAKE_MAX_FRAME_SIZE`](crate::HANDSHAKE_MAX_FRAME_SIZE) to the negotiated size).
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -190,6 +190,86 @@ impl Encoder<&Frame> for FrameCodec {
     }
 }
 
+/// Payloads at least this large are not copied by [`FrameCodec::encode_split`].
+pub const SPLIT_PAYLOAD: usize = 16 * 1024;
+
+impl FrameCodec {
+    /// Encodes `frame` exactly like [`Encoder::encode`] would, byte for byte on the wire, except
+    /// that a large payload (of a `Request`, `Response` or `Event`, at least [`SPLIT_PAYLOAD`]
+    /// bytes) is not copied: everything before it goes into `dst`, and the payload, which must
+    /// be written right after `dst`'s bytes, is returned (a cheap reference-counted clone).
+    /// Protobuf fields may come in any order, so the payload field is put last.
+    pub fn encode_split(
+        &mut self,
+        frame: &Frame,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Bytes>, CodecError> {
+        use crate::v1::frame::Kind;
+        // Frame field numbers 4, 5, 7; payload field numbers 3, 4, 3 (envelope.proto).
+        match &frame.kind {
+            Some(Kind::Request(m)) if m.payload.len() >= SPLIT_PAYLOAD => {
+                let rest = crate::v1::Request {
+                    payload: Bytes::new(),
+                    method: m.method.clone(),
+                    ..*m
+                };
+                self.put_split(4, &rest, 3, &m.payload, dst)
+            }
+            Some(Kind::Response(m)) if m.payload.len() >= SPLIT_PAYLOAD => {
+                let rest = crate::v1::Response {
+                    payload: Bytes::new(),
+                    message: m.message.clone(),
+                    ..*m
+                };
+                self.put_split(5, &rest, 4, &m.payload, dst)
+            }
+            Some(Kind::Event(m)) if m.payload.len() >= SPLIT_PAYLOAD => {
+                let rest = crate::v1::Event {
+                    payload: Bytes::new(),
+                    topic: m.topic.clone(),
+                    ..*m
+                };
+                self.put_split(7, &rest, 3, &m.payload, dst)
+            }
+            _ => {
+                self.encode(frame, dst)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The frame `{ field: rest + { payload_field: payload } }`, all but the payload into `dst`.
+    fn put_split<M: Message>(
+        &self,
+        field: u32,
+        rest: &M,
+        payload_field: u32,
+        payload: &Bytes,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Bytes>, CodecError> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+        let n = payload.len();
+        let inner = rest.encoded_len() + key_len(payload_field) + encoded_len_varint(n as u64) + n;
+        let len = key_len(field) + encoded_len_varint(inner as u64) + inner;
+        let too_large = || CodecError::OutgoingTooLarge {
+            len,
+            max: self.max_frame_size,
+        };
+        let len32 = u32::try_from(len).map_err(|_| too_large())?;
+        if len32 > self.max_frame_size {
+            return Err(too_large());
+        }
+        dst.reserve(HEADER_LEN + len - n);
+        dst.put_u32(len32);
+        encode_key(field, WireType::LengthDelimited, dst);
+        encode_varint(inner as u64, dst);
+        rest.encode_raw(dst);
+        encode_key(payload_field, WireType::LengthDelimited, dst);
+        encode_varint(n as u64, dst);
+        Ok(Some(payload.clone()))
+    }
+}
+
 impl Encoder<Frame> for FrameCodec {
     type Error = CodecError;
 
@@ -218,6 +298,63 @@ mod tests {
 
     fn ping(n: u64) -> Frame {
         Frame::new(Kind::Ping(v1::Ping { nonce: n }))
+    }
+
+    /// A large payload is not copied, yet the bytes on the wire decode to the same frame, have
+    /// the same length as the plain encoding, and a small payload is encoded as usual.
+    #[test]
+    fn split_encoding_is_the_same_frame_without_copying_the_payload() {
+        let payload = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let frames = [
+            Frame::new(Kind::Request(v1::Request {
+                id: 7,
+                method: "display.Frame".into(),
+                payload: payload.clone(),
+                deadline_ms: 250,
+            })),
+            Frame::new(Kind::Response(v1::Response {
+                id: 7,
+                code: 0,
+                message: String::new(),
+                payload: payload.clone(),
+            })),
+            Frame::new(Kind::Event(v1::Event {
+                topic: "display.Tick".into(),
+                seq: 3,
+                payload: payload.clone(),
+            })),
+        ];
+        let mut codec = FrameCodec::new(1 << 20);
+        for frame in &frames {
+            let mut plain = BytesMut::new();
+            codec.encode(frame, &mut plain).unwrap();
+            let mut head = BytesMut::new();
+            let body = codec.encode_split(frame, &mut head).unwrap().unwrap();
+            // The same allocation, not a copy.
+            assert_eq!(body.as_ptr(), payload.as_ptr());
+            assert_eq!(head.len() + body.len(), plain.len());
+            head.extend_from_slice(&body);
+            let decoded = codec.decode(&mut head).unwrap().unwrap();
+            assert_eq!(&decoded, frame);
+            assert!(head.is_empty());
+        }
+        // Within the limit only.
+        let mut small = FrameCodec::new(50_000);
+        assert!(matches!(
+            small.encode_split(&frames[0], &mut BytesMut::new()),
+            Err(CodecError::OutgoingTooLarge { .. })
+        ));
+        // A small payload: the ordinary encoding.
+        let mut a = BytesMut::new();
+        let mut b = BytesMut::new();
+        codec.encode(&request(1, vec![1; 100]), &mut a).unwrap();
+        assert!(
+            codec
+                .encode_split(&request(1, vec![1; 100]), &mut b)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(a, b);
     }
 
     fn request(id: u64, payload: Vec<u8>) -> Frame {

@@ -78,6 +78,10 @@ pub enum SinkError {
 }
 
 struct SinkState {
+    /// Bytes to write before `buf`, in order: encoded frame heads and large payloads, which are
+    /// written from their own buffers rather than copied (see `FrameCodec::encode_split`).
+    chunks: std::collections::VecDeque<bytes::Bytes>,
+    chunk_bytes: usize,
     buf: BytesMut,
     /// Frames appended since `buf` was last empty (a bound, like a queue's length).
     frames: usize,
@@ -85,6 +89,35 @@ struct SinkState {
     /// The socket refused part of `buf`: the flusher task owns writing it, senders only append.
     pending: bool,
     closed: bool,
+}
+
+/// Chunks gathered into one vectored write.
+const MAX_IOV: usize = 64;
+
+impl SinkState {
+    /// Drops `n` written bytes from the front: whole chunks, then part of one, then of `buf`.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                let k = n.min(self.buf.len());
+                bytes::Buf::advance(&mut self.buf, k);
+                return;
+            };
+            let k = n.min(front.len());
+            bytes::Buf::advance(front, k);
+            self.chunk_bytes -= k;
+            n -= k;
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.chunks = std::collections::VecDeque::new();
+        self.chunk_bytes = 0;
+        self.buf = BytesMut::new();
+    }
 }
 
 /// The outbound side of a plain Unix stream, shared by every task of one connection.
@@ -119,6 +152,8 @@ impl FrameSink {
         Self {
             io,
             state: std::sync::Mutex::new(SinkState {
+                chunks: std::collections::VecDeque::new(),
+                chunk_bytes: 0,
                 buf: BytesMut::new(),
                 frames: 0,
                 codec,
@@ -168,11 +203,17 @@ impl FrameSink {
         if st.closed {
             return Err(SinkError::Closed);
         }
-        if !st.buf.is_empty() && (st.buf.len() >= self.max_bytes || st.frames >= self.max_frames) {
+        let queued = st.chunk_bytes + st.buf.len();
+        if queued > 0 && (queued >= self.max_bytes || st.frames >= self.max_frames) {
             return Err(SinkError::Full);
         }
         let SinkState { codec, buf, .. } = st;
-        codec.encode(frame, buf)?;
+        if let Some(payload) = codec.encode_split(frame, buf)? {
+            let head = st.buf.split().freeze();
+            st.chunk_bytes += head.len() + payload.len();
+            st.chunks.push_back(head);
+            st.chunks.push_back(payload);
+        }
         st.frames += 1;
         if !st.pending {
             self.write_out(st);
@@ -182,9 +223,24 @@ impl FrameSink {
 
     /// Writes as much of the buffer as the socket takes now; hands the rest to the flusher.
     fn write_out(&self, st: &mut SinkState) {
-        while !st.buf.is_empty() {
-            match self.io.try_write(&st.buf) {
-                Ok(n) => bytes::Buf::advance(&mut st.buf, n),
+        while !st.chunks.is_empty() || !st.buf.is_empty() {
+            let written = if st.chunks.is_empty() {
+                self.io.try_write(&st.buf)
+            } else {
+                let mut iov = Vec::with_capacity(st.chunks.len().min(MAX_IOV) + 1);
+                iov.extend(
+                    st.chunks
+                        .iter()
+                        .take(MAX_IOV)
+                        .map(|c| std::io::IoSlice::new(c)),
+                );
+                if st.chunks.len() <= MAX_IOV && !st.buf.is_empty() {
+                    iov.push(std::io::IoSlice::new(&st.buf));
+                }
+                self.io.try_write_vectored(&iov)
+            };
+            match written {
+                Ok(n) => st.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     st.pending = true;
                     self.kick.notify_one();
@@ -193,7 +249,7 @@ impl FrameSink {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     st.closed = true;
-                    st.buf = BytesMut::new();
+                    st.clear();
                     self.kick.notify_one();
                     self.room.notify_waiters();
                     return;
@@ -202,6 +258,7 @@ impl FrameSink {
         }
         st.pending = false;
         st.frames = 0;
+        st.chunks = std::collections::VecDeque::new();
         recycle(&mut st.buf);
         self.room.notify_waiters();
     }
@@ -247,7 +304,7 @@ impl FrameSink {
                     if st.closed {
                         return false;
                     }
-                    if st.buf.is_empty() {
+                    if st.chunks.is_empty() && st.buf.is_empty() {
                         return true;
                     }
                     room.as_mut().enable();
@@ -263,7 +320,7 @@ impl FrameSink {
     pub fn close(&self) {
         let mut st = self.lock();
         st.closed = true;
-        st.buf = BytesMut::new();
+        st.clear();
         drop(st);
         self.kick.notify_one();
         self.room.notify_waiters();
@@ -281,6 +338,64 @@ mod tests {
 
     fn ping(n: u64) -> Frame {
         Frame::new(Kind::Ping(Ping { nonce: n }))
+    }
+
+    /// Large payloads go out from their own buffers, small frames from the shared one; mixed,
+    /// through a socket that takes them only as the peer reads, they arrive whole and in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sink_writes_large_payloads_in_place_and_in_order() {
+        use crate::v1::Event;
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, wa) = a.into_split();
+        let sink = Arc::new(FrameSink::new(
+            wa,
+            FrameCodec::new(1 << 22),
+            8 << 20,
+            1 << 20,
+        ));
+        let flusher = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.run().await }
+        });
+        let frame = |i: u64| {
+            if i % 3 == 0 {
+                let payload: Vec<u8> = (0..200_000u64).map(|k| (k + i) as u8).collect();
+                Frame::new(Kind::Event(Event {
+                    topic: "t.Big".into(),
+                    seq: i,
+                    payload: payload.into(),
+                }))
+            } else {
+                ping(i)
+            }
+        };
+        let sender = tokio::spawn({
+            let sink = sink.clone();
+            async move {
+                for i in 0..60u64 {
+                    sink.send(&frame(i)).await.unwrap();
+                }
+            }
+        });
+        let mut codec = FrameCodec::new(1 << 22);
+        let mut buf = BytesMut::new();
+        let mut next = 0u64;
+        while next < 60 {
+            if let Some(f) = codec.decode(&mut buf).unwrap() {
+                assert_eq!(f, frame(next), "frame {next}");
+                next += 1;
+                continue;
+            }
+            // Read slowly, in small pieces, so that writes are partial and vectored.
+            let mut chunk = [0u8; 7000];
+            let n = b.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        sender.await.unwrap();
+        assert!(sink.flushed(Duration::from_secs(10)).await);
+        sink.close();
+        flusher.await.unwrap();
     }
 
     /// A peer that stops reading fills the socket, then the sink's bounded buffer: `try_send`

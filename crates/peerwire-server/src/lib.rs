@@ -67,6 +67,7 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use bytes::Bytes;
 pub use config::Limits;
 pub use outbound::SlowConsumerPolicy;
 pub use peerwire_proto::Status;
@@ -218,11 +219,26 @@ impl ServerBuilder {
         F: Fn(RequestContext, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
     {
-        if self.check_name(name) {
-            let f = router::method_fn(name, handler);
-            if self.router.methods.insert(name.to_owned(), f).is_some() {
-                self.errors.push(format!("method {name} registered twice"));
-            }
+        self.add_method(name, router::method_fn(name, handler))
+    }
+
+    /// Registers a handler for the method `name` that takes and returns the payload as bytes,
+    /// without protobuf decoding or encoding: for bulk data (images, audio buffers) the payload
+    /// is neither copied on the way in (it shares the read buffer) nor on the way out (a large
+    /// payload is written from its own buffer). Otherwise like [`ServerBuilder::method`].
+    pub fn raw_method<F, Fut>(&mut self, name: &str, handler: F) -> &mut Self
+    where
+        F: Fn(RequestContext, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
+    {
+        let f: router::MethodFn =
+            std::sync::Arc::new(move |ctx, payload| Box::pin(handler(ctx, payload)));
+        self.add_method(name, f)
+    }
+
+    fn add_method(&mut self, name: &str, f: router::MethodFn) -> &mut Self {
+        if self.check_name(name) && self.router.methods.insert(name.to_owned(), f).is_some() {
+            self.errors.push(format!("method {name} registered twice"));
         }
         self
     }
