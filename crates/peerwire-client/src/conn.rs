@@ -36,7 +36,10 @@ impl Writer {
     async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         match self {
             Self::Plain(w) => w.write_all(buf).await,
-            Self::Tls(w) => w.write_all(buf).await,
+            Self::Tls(w) => {
+                w.write_all(buf).await?;
+                w.flush().await
+            }
         }
     }
 }

@@ -56,6 +56,8 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
             }
         }
         io.write_all_buf(&mut buf).await?;
+        // A no-op on a socket; a TLS stream sends its buffered records now.
+        io.flush().await?;
         recycle(&mut buf);
     }
     io.flush().await?;

@@ -108,8 +108,18 @@ fn tls13_only(b: &mut SslContextBuilder) -> Result<(), TlsError> {
     b.set_max_proto_version(Some(SslVersion::TLS1_3))?;
     b.set_ciphersuites(TLS13_SUITES)?;
     b.set_options(openssl::ssl::SslOptions::CIPHER_SERVER_PREFERENCE);
+    // Read whole records (and what follows) in one read, not header and body apart.
+    b.set_read_ahead(true);
     Ok(())
 }
+
+/// Bytes of TLS records gathered before they go to the socket (see [`Buffered`]).
+const TLS_WRITE_BUFFER: usize = 256 * 1024;
+
+/// The socket under a TLS stream: records OpenSSL writes are gathered and go out in one write
+/// when the TLS stream is flushed (OpenSSL flushes at the end of each handshake flight), rather
+/// than one system call per record of at most 16 KiB. Writers must flush after each batch.
+pub type Buffered<S> = tokio::io::BufWriter<S>;
 
 fn handshake_error(
     e: tokio_openssl::SslStream<impl Sized>,
@@ -178,8 +188,9 @@ impl ServerTls {
     pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: S,
-    ) -> Result<SslStream<S>, TlsError> {
+    ) -> Result<SslStream<Buffered<S>>, TlsError> {
         let ssl = Ssl::new(self.acceptor.context())?;
+        let stream = Buffered::with_capacity(TLS_WRITE_BUFFER, stream);
         let mut s = SslStream::new(ssl, stream)?;
         match Pin::new(&mut s).accept().await {
             Ok(()) => Ok(s),
@@ -254,9 +265,10 @@ impl ClientTls {
     pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: S,
-    ) -> Result<SslStream<S>, TlsError> {
+    ) -> Result<SslStream<Buffered<S>>, TlsError> {
         // Identity is pinned, not named: no hostname check, no SNI.
         let ssl = Ssl::new(&self.context)?;
+        let stream = Buffered::with_capacity(TLS_WRITE_BUFFER, stream);
         let mut s = SslStream::new(ssl, stream)?;
         match Pin::new(&mut s).connect().await {
             Ok(()) => Ok(s),

@@ -359,7 +359,11 @@ async fn send_direct<W: AsyncWrite + Unpin>(wr: &mut W, frame: Frame, timeout: D
         .encode(&frame, &mut buf)
         .is_ok()
     {
-        let _ = tokio::time::timeout(timeout, wr.write_all(&buf)).await;
+        let _ = tokio::time::timeout(timeout, async {
+            wr.write_all(&buf).await?;
+            wr.flush().await
+        })
+        .await;
     }
     let _ = tokio::time::timeout(timeout, wr.shutdown()).await;
 }

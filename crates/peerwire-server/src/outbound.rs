@@ -209,6 +209,8 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
             io.write_all_buf(&mut buf).await?;
+            // A no-op on a socket; a TLS stream sends its buffered records now.
+            io.flush().await?;
             recycle(&mut buf);
         }
     }
