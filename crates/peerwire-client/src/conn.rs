@@ -59,6 +59,8 @@ struct Tap<S> {
     seen: Arc<Mutex<Vec<u8>>>,
     ahead: Vec<u8>,
     pos: usize,
+    /// Set once TLS is up: from then on reads go straight through.
+    done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<S> Tap<S> {
@@ -68,6 +70,7 @@ impl<S> Tap<S> {
             seen: Arc::default(),
             ahead: Vec::new(),
             pos: 0,
+            done: Arc::default(),
         }
     }
 }
@@ -79,6 +82,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if this.pos >= this.ahead.len() && this.done.load(std::sync::atomic::Ordering::Relaxed) {
+            return std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         if this.pos >= this.ahead.len() {
             let mut chunk = [0u8; 16 * 1024];
             let mut chunk = tokio::io::ReadBuf::new(&mut chunk);
@@ -158,6 +164,18 @@ enum Outbound {
 }
 
 impl Outbound {
+    fn cork(&self) {
+        if let Self::Direct(sink) = self {
+            sink.cork();
+        }
+    }
+
+    fn uncork(&self) {
+        if let Self::Direct(sink) = self {
+            sink.uncork();
+        }
+    }
+
     /// Sends without waiting (pongs, cancels): false if the outbound buffer is full or closed.
     fn try_send(&self, frame: Frame) -> bool {
         match self {
@@ -306,8 +324,10 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         Some(tls) => {
             let tap = Tap::new(stream);
             let seen = tap.seen.clone();
+            let done = tap.done.clone();
             match tls.connect(tap).await {
                 Ok(s) => {
+                    done.store(true, std::sync::atomic::Ordering::Relaxed);
                     let (rd, wr) = tokio::io::split(s);
                     (Box::new(rd) as BoxRead, Writer::Tls(Box::new(wr)))
                 }
@@ -466,6 +486,7 @@ async fn read_loop(
     let mut ticker = tokio::time::interval(idle / 4);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = tokio::time::Instant::now();
+    let mut corked = false;
     let why = loop {
         let frame = tokio::select! {
             biased;
@@ -487,6 +508,12 @@ async fn read_loop(
             }
         };
         last_rx = tokio::time::Instant::now();
+        // Several answers in one read: the calls they wake will send their next requests at
+        // once; gather those into one write (made below, once the woken tasks have run).
+        if !corked && peerwire_proto::codec::frame_ready(reader.read_buffer()) {
+            conn.tx.cork();
+            corked = true;
+        }
         match frame.kind {
             Some(Kind::Response(r)) => {
                 if let Some(reply) = lock(&conn.pending).remove(&r.id) {
@@ -512,7 +539,14 @@ async fn read_loop(
             }
             _ => break format!("unexpected {} frame from the server", frame.kind_name()),
         }
+        if corked && !peerwire_proto::codec::frame_ready(reader.read_buffer()) {
+            // Let the woken calls run (and append their requests), then write them at once.
+            tokio::task::yield_now().await;
+            conn.tx.uncork();
+            corked = false;
+        }
     };
+    conn.tx.uncork();
     tracing::info!("connection lost: {why}");
     lock(&conn.close_reason).get_or_insert_with(|| why.clone());
     conn.close();

@@ -190,6 +190,19 @@ impl Encoder<&Frame> for FrameCodec {
     }
 }
 
+/// True if `buf` (bytes read, not yet decoded, starting at a frame boundary) holds at least one
+/// whole frame: the next decode returns a frame (or an error) without reading more. Lets a
+/// reader that handles a batch of frames know when the batch ends.
+pub fn frame_ready(buf: &[u8]) -> bool {
+    match buf.get(..HEADER_LEN) {
+        Some(&[a, b, c, d]) => {
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            buf.len() >= HEADER_LEN.saturating_add(len)
+        }
+        _ => false,
+    }
+}
+
 /// Payloads at least this large are not copied by [`FrameCodec::encode_split`].
 pub const SPLIT_PAYLOAD: usize = 16 * 1024;
 

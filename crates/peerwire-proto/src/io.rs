@@ -90,6 +90,8 @@ struct SinkState {
     codec: FrameCodec,
     /// The socket refused part of `buf`: the flusher task owns writing it, senders only append.
     pending: bool,
+    /// Frames are gathered, not written, until `uncork` (the sender knows more are coming).
+    corked: bool,
     closed: bool,
 }
 
@@ -160,6 +162,7 @@ impl FrameSink {
                 frames: 0,
                 codec,
                 pending: false,
+                corked: false,
                 closed: false,
             }),
             max_bytes,
@@ -217,10 +220,28 @@ impl FrameSink {
             st.chunks.push_back(payload);
         }
         st.frames += 1;
-        if !st.pending {
+        if !st.pending && !st.corked {
             self.write_out(st);
         }
         Ok(())
+    }
+
+    /// Gathers the frames sent from now on into one write, made by [`FrameSink::uncork`]: for a
+    /// sender that knows more frames follow at once (answers to a batch of requests).
+    pub fn cork(&self) {
+        self.lock().corked = true;
+    }
+
+    /// Writes what was gathered since [`FrameSink::cork`] (unless a write is already pending,
+    /// which then takes it along).
+    pub fn uncork(&self) {
+        let mut st = self.lock();
+        if st.corked {
+            st.corked = false;
+            if !st.pending {
+                self.write_out(&mut st);
+            }
+        }
     }
 
     /// Writes as much of the buffer as the socket takes now; hands the rest to the flusher.
@@ -398,6 +419,35 @@ mod tests {
         assert!(sink.flushed(Duration::from_secs(10)).await);
         sink.close();
         flusher.await.unwrap();
+    }
+
+    /// Corked, frames wait in the sink; uncorked, they leave together, in order.
+    #[tokio::test]
+    async fn corked_frames_leave_together_on_uncork() {
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, wa) = a.into_split();
+        let sink = FrameSink::new(wa, FrameCodec::new(1 << 20), 1 << 20, 1024);
+        sink.cork();
+        for i in 0..10 {
+            sink.try_send(&ping(i)).unwrap();
+        }
+        let mut buf = BytesMut::new();
+        let early = tokio::time::timeout(Duration::from_millis(50), b.read_buf(&mut buf)).await;
+        assert!(early.is_err(), "a corked sink wrote {} bytes", buf.len());
+        sink.uncork();
+        let mut codec = FrameCodec::new(1 << 20);
+        for i in 0..10 {
+            while !crate::codec::frame_ready(&buf) {
+                assert!(b.read_buf(&mut buf).await.unwrap() > 0);
+            }
+            assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), ping(i));
+        }
+        // Uncorked: the next frame goes out at once.
+        sink.try_send(&ping(10)).unwrap();
+        while !crate::codec::frame_ready(&buf) {
+            assert!(b.read_buf(&mut buf).await.unwrap() > 0);
+        }
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), ping(10));
     }
 
     /// A peer that stops reading fills the socket, then the sink's bounded buffer: `try_send`

@@ -581,6 +581,7 @@ impl Connection {
         let event_task = tokio::spawn(run_event_handlers(self.ctx.clone(), events_rx));
 
         let reason = self.serve().await;
+        self.tx.uncork();
         if let Some(status) = &reason {
             if status.code == Code::ShuttingDown {
                 tracing::debug!("closing: {status}");
@@ -680,7 +681,14 @@ impl Connection {
                 frame = self.reader.next(), if self.reading => match frame {
                     Some(Ok(frame)) => {
                         last_rx = Instant::now();
-                        if let Next::Close(reason) = self.on_frame(frame) {
+                        // Answers to requests that arrived together leave together: one
+                        // write once the last complete frame of the read is handled.
+                        self.tx.cork();
+                        let next = self.on_frame(frame);
+                        if !peerwire_proto::codec::frame_ready(self.reader.read_buffer()) {
+                            self.tx.uncork();
+                        }
+                        if let Next::Close(reason) = next {
                             return reason;
                         }
                     }

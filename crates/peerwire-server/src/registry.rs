@@ -50,6 +50,21 @@ impl Outbox {
         (outbox, rx)
     }
 
+    /// See [`FrameSink::cork`]; nothing to do for a queue, which its writer task drains in
+    /// batches anyway.
+    pub(crate) fn cork(&self) {
+        if let Self::Direct(sink) = self {
+            sink.cork();
+        }
+    }
+
+    /// See [`FrameSink::uncork`].
+    pub(crate) fn uncork(&self) {
+        if let Self::Direct(sink) = self {
+            sink.uncork();
+        }
+    }
+
     /// Queues `frame`; a frame is always accepted into an empty queue, whatever its size.
     pub(crate) fn push(&self, frame: Frame) -> Result<(), Full> {
         let (tx, queued, max_bytes) = match self {
