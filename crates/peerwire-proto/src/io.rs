@@ -8,7 +8,6 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_util::codec::Encoder;
 
 use crate::codec::{CodecError, FrameCodec};
 use crate::v1::Frame;
@@ -45,15 +44,10 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     let mut buf = BytesMut::new();
     while let Some(frame) = rx.recv().await {
         taken(&frame);
-        codec.encode(&frame, &mut buf)?;
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(frame) => {
-                    taken(&frame);
-                    codec.encode(&frame, &mut buf)?
-                }
-                Err(_) => break,
-            }
+        put_frame(&mut io, &mut codec, &frame, &mut buf).await?;
+        while let Ok(frame) = rx.try_recv() {
+            taken(&frame);
+            put_frame(&mut io, &mut codec, &frame, &mut buf).await?;
         }
         io.write_all_buf(&mut buf).await?;
         // A no-op on a socket; a TLS stream sends its buffered records now.
@@ -62,6 +56,26 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     }
     io.flush().await?;
     io.shutdown().await?;
+    Ok(())
+}
+
+/// Adds `frame` to the batch in `buf`, writing the batch out when it is large; a large payload
+/// is not copied into `buf` (see [`FrameCodec::encode_split`]): the batch goes out first, then
+/// the payload from its own buffer. The caller writes what is left in `buf` and flushes.
+pub async fn put_frame<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    codec: &mut FrameCodec,
+    frame: &Frame,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
+    if let Some(payload) = codec.encode_split(frame, buf)? {
+        io.write_all_buf(buf).await?;
+        buf.clear();
+        io.write_all(&payload).await?;
+    } else if buf.len() >= WRITE_BATCH {
+        io.write_all_buf(buf).await?;
+        buf.clear();
+    }
     Ok(())
 }
 

@@ -15,7 +15,6 @@ use peerwire_proto::v1::Frame;
 use prost::Message;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
-use tokio_util::codec::Encoder;
 
 /// What happens to a topic's events when a subscriber does not read fast enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,7 +133,7 @@ impl EventQueue {
     }
 }
 
-use peerwire_proto::io::{FrameSink, WRITE_BATCH, recycle};
+use peerwire_proto::io::{FrameSink, put_frame, recycle};
 
 /// The writer task of a plain connection, whose frames the sending tasks write themselves:
 /// finishes the writes the socket could not take at once, and moves the events of drop-policy
@@ -202,11 +201,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
                 break;
             }
             for f in pending.drain(..) {
-                codec.encode(&f, &mut buf)?;
-                if buf.len() >= WRITE_BATCH {
-                    io.write_all_buf(&mut buf).await?;
-                    buf.clear();
-                }
+                put_frame(&mut io, &mut codec, &f, &mut buf).await?;
             }
             io.write_all_buf(&mut buf).await?;
             // A no-op on a socket; a TLS stream sends its buffered records now.
