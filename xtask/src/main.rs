@@ -14,8 +14,9 @@
 //! - `cargo xtask soak [--seconds N]`: mixed load (calls, pushes, reconnects, hostile peers) on a
 //!   real `peerwire serve`; fails on errors, stalls or memory growth.
 //!
-//! - `cargo xtask bench [--quick]`: the benchmark harness in `bench/` (raw Unix socket, peerwire
-//!   plain and mutual TLS, separate processes, two CPU placements); see docs/performance.md.
+//! - `cargo xtask bench [--quick] [--no-peers]`: the benchmark harness in `bench/`: a raw Unix
+//!   socket, peerwire plain and with TLS, tonic and ttrpc (not with `--no-peers`), separate
+//!   processes, two CPU placements; see docs/performance.md.
 //!
 //! - `cargo xtask yocto [--out DIR]`: generates the Yocto layer `meta-peerwire` (recipes for the
 //!   server and CLI and for the example display client, the crates of `Cargo.lock`, the files of
@@ -48,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         Some("yocto") => yocto::run(&root(), out_dir(&args)?),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N] | bench [--quick] | yocto [--out DIR]"
+                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N] | bench [--quick] [--no-peers] | yocto [--out DIR]"
             );
             bail!("unknown or missing task: {args:?}");
         }

@@ -404,14 +404,27 @@ async fn slow_subscribers_are_handled_by_their_topic_policy_and_never_block_a_pu
     // with the latest events; the stalled Alarm peer was told why it was cut off.
     let alarm = stalled.pop().unwrap();
     for (mut raw, topic) in stalled.into_iter().zip(["feed.State", "feed.Log"]) {
+        // Still unread, the peer pings: its dropped events left room for the Pong, so it is
+        // not taken for a slow consumer (only its topic's policy applies to it).
+        raw.send(Frame::new(Kind::Ping(peerwire_proto::v1::Ping {
+            nonce: 77,
+        })))
+        .await;
         let mut last = None;
+        let mut pong = false;
         while let Ok(Read::Frame(f)) =
             tokio::time::timeout(Duration::from_millis(500), raw.read()).await
         {
-            if let Some(Kind::Event(e)) = f.kind {
-                last = Some((e.seq, u64::decode(e.payload.as_ref()).unwrap()));
+            match f.kind {
+                Some(Kind::Event(e)) => {
+                    last = Some((e.seq, u64::decode(e.payload.as_ref()).unwrap()));
+                }
+                Some(Kind::Pong(p)) => pong = p.nonce == 77,
+                Some(Kind::Goodbye(g)) => panic!("{topic}: the stalled peer was closed: {g:?}"),
+                _ => {}
             }
         }
+        assert!(pong, "{topic}: no Pong");
         let (seq, value) = last.unwrap_or_else(|| panic!("{topic}: nothing delivered"));
         assert_eq!(value, 20_000, "{topic}");
         assert_eq!(
@@ -430,4 +443,9 @@ async fn slow_subscribers_are_handled_by_their_topic_policy_and_never_block_a_pu
         assert_eq!(code, Code::SlowConsumer as i32);
     }
     assert!(frames.len() < 20_000, "the Alarm peer was not cut off");
+    assert_eq!(
+        handle.stats().slow_consumers,
+        1,
+        "only the Alarm peer was cut off"
+    );
 }

@@ -623,3 +623,114 @@ async fn raw_bytes_methods_carry_large_payloads_intact() {
         assert_eq!(len, size as u64);
     }
 }
+
+/// A server that takes calls and never answers: each call fails at its own deadline (plus the
+/// client's 50 ms of slack), earliest first even when it was made last, and the server is told
+/// to cancel each one. The client keeps one timer for all its calls, re-armed when a call is
+/// due earlier than it is armed for: this is what shows that it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_silent_server_fail_at_their_deadlines_and_are_cancelled() {
+    use peerwire_proto::codec::FrameCodec;
+    use peerwire_proto::handshake::{ServerHandshake, ServerOffer, ServerOutcome};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::codec::{Decoder, Encoder};
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = dir.path().join("silent.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (cancels_tx, mut cancels) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut buf = bytes::BytesMut::new();
+        let mut next = async move |stream: &mut tokio::net::UnixStream| loop {
+            if let Some(frame) = codec.decode(&mut buf).unwrap() {
+                return Some(frame);
+            }
+            if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return None;
+            }
+        };
+        let hello = next(&mut stream).await.unwrap();
+        let offer = ServerOffer {
+            server_name: "silent".into(),
+            namespaces: [("echo".to_string(), vec![1])].into_iter().collect(),
+            limits: peerwire_proto::v1::Limits {
+                max_frame_size: 1 << 20,
+                max_in_flight: 64,
+                default_deadline_ms: 60_000,
+                max_deadline_ms: 60_000,
+                keepalive_interval_ms: 60_000,
+                idle_timeout_ms: 120_000,
+            },
+        };
+        let ServerOutcome::Accept { welcome, .. } = ServerHandshake::new(offer, 1).receive(hello)
+        else {
+            panic!("handshake refused");
+        };
+        let mut out = bytes::BytesMut::new();
+        FrameCodec::new(1 << 20).encode(&welcome, &mut out).unwrap();
+        stream.write_all(&out).await.unwrap();
+        // Requests are read and never answered; cancels are reported.
+        while let Some(frame) = next(&mut stream).await {
+            if let Some(Kind::Cancel(c)) = frame.kind {
+                let _ = cancels_tx.send(c.id);
+            }
+        }
+    });
+    let client = Client::builder(&path)
+        .namespace("echo", &[1])
+        .connect()
+        .await
+        .unwrap();
+    let call = |ms: u64| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let err = client
+                .call_with_deadline::<u64, u64>("echo.Echo", &ms, Duration::from_millis(ms))
+                .await
+                .unwrap_err();
+            (ms, err, start.elapsed())
+        })
+    };
+    // The long call first: the short ones, due earlier, must re-arm the timer.
+    let long = call(1500);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let short = call(100);
+    let middle = call(400);
+    let mut done = vec![];
+    for t in [short, middle, long] {
+        let (ms, err, took) = t.await.unwrap();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{ms} ms: {err}");
+        assert!(
+            err.to_string().contains("no response to echo.Echo"),
+            "{err}"
+        );
+        assert!(
+            took >= Duration::from_millis(ms) && took < Duration::from_millis(ms + 1000),
+            "the {ms} ms call failed after {took:?}"
+        );
+        done.push(ms);
+    }
+    assert_eq!(done, [100, 400, 1500]);
+    // One Cancel per call.
+    let mut cancelled = vec![];
+    for _ in 0..3 {
+        cancelled.push(
+            tokio::time::timeout(Duration::from_secs(5), cancels.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    cancelled.sort_unstable();
+    cancelled.dedup();
+    assert_eq!(cancelled.len(), 3, "{cancelled:?}");
+    // The connection is still usable for later calls' deadlines (the timer re-armed after
+    // firing with nothing left).
+    let (_, err, took) = call(200).await.unwrap();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(took < Duration::from_millis(1200), "{took:?}");
+}

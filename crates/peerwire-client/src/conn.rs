@@ -154,7 +154,18 @@ fn refused_before_tls(seen: &Mutex<Vec<u8>>) -> Option<ConnectError> {
     }
 }
 
-type Reply = oneshot::Sender<Result<Response, CallError>>;
+/// A pending call's answer: the response, or why it failed; `Err(None)`: its deadline passed.
+pub(crate) type Answer = Result<Response, Option<CallError>>;
+type Reply = oneshot::Sender<Answer>;
+
+/// The calls waiting for an answer, with the time each gives up.
+#[derive(Default)]
+struct Pending {
+    calls: HashMap<u64, (Reply, tokio::time::Instant)>,
+    /// When the reader's deadline timer fires: at or before the earliest `due` (a call that
+    /// ended early leaves it armed; firing then finds nothing and re-arms for the next).
+    armed: Option<tokio::time::Instant>,
+}
 
 /// How frames leave: on a plain socket the calling task writes them itself ([`FrameSink`]); over
 /// TLS (no non-blocking write through the TLS stream) a writer task drains a bounded queue.
@@ -189,7 +200,9 @@ pub(crate) struct Conn {
     pub(crate) session: Session,
     pub(crate) server: PeerCredentials,
     tx: Outbound,
-    pending: Mutex<HashMap<u64, Reply>>,
+    pending: Mutex<Pending>,
+    /// The reader re-arms its deadline timer: a call due earlier than it is armed for came.
+    rearm: tokio::sync::Notify,
     goodbye: Mutex<Option<Status>>,
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
@@ -205,7 +218,7 @@ pub(crate) struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        if lock(&self.conn.pending).remove(&self.id).is_some() && !self.conn.is_closed() {
+        if lock(&self.conn.pending).calls.remove(&self.id).is_some() && !self.conn.is_closed() {
             self.conn
                 .tx
                 .try_send(Frame::new(Kind::Cancel(Cancel { id: self.id })));
@@ -256,9 +269,49 @@ impl Conn {
         }
     }
 
-    pub(crate) fn register(&self, id: u64, reply: Reply) -> PendingGuard<'_> {
-        lock(&self.pending).insert(id, reply);
+    /// Registers call `id`, which gives up at `due`. No timer per call: the reader keeps one,
+    /// armed for the earliest deadline, and re-arms it only when a call is due earlier.
+    pub(crate) fn register(
+        &self,
+        id: u64,
+        reply: Reply,
+        due: tokio::time::Instant,
+    ) -> PendingGuard<'_> {
+        let mut pending = lock(&self.pending);
+        pending.calls.insert(id, (reply, due));
+        if pending.armed.is_none_or(|armed| due < armed) {
+            pending.armed = Some(due);
+            self.rearm.notify_one();
+        }
         PendingGuard { conn: self, id }
+    }
+
+    /// Fails the calls due by `now` (and asks the server to cancel them); returns when the
+    /// deadline timer fires next.
+    fn expire(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let mut pending = lock(&self.pending);
+        let due: Vec<u64> = pending
+            .calls
+            .iter()
+            .filter(|(_, (_, due))| *due <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let expired: Vec<(u64, Reply)> = due
+            .into_iter()
+            .filter_map(|id| pending.calls.remove(&id).map(|(reply, _)| (id, reply)))
+            .collect();
+        pending.armed = pending.calls.values().map(|(_, due)| *due).min();
+        let armed = pending.armed;
+        drop(pending);
+        for (id, reply) in expired {
+            let _ = reply.send(Err(None));
+            self.tx.try_send(Frame::new(Kind::Cancel(Cancel { id })));
+        }
+        armed
+    }
+
+    fn armed(&self) -> Option<tokio::time::Instant> {
+        lock(&self.pending).armed
     }
 
     pub(crate) fn check_size(&self, frame: &Frame) -> Result<(), CallError> {
@@ -290,9 +343,9 @@ impl Conn {
 
     /// Fails every pending call at once.
     fn fail_pending(&self, why: &str) {
-        let pending: Vec<_> = lock(&self.pending).drain().collect();
-        for (_, reply) in pending {
-            let _ = reply.send(Err(CallError::Disconnected(why.to_owned())));
+        let pending: Vec<_> = lock(&self.pending).calls.drain().collect();
+        for (_, (reply, _)) in pending {
+            let _ = reply.send(Err(Some(CallError::Disconnected(why.to_owned()))));
         }
     }
 }
@@ -397,7 +450,8 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         session,
         server,
         tx,
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::default(),
+        rearm: tokio::sync::Notify::new(),
         goodbye: Mutex::new(None),
         closed: CancellationToken::new(),
         close_reason: Mutex::new(None),
@@ -487,6 +541,10 @@ async fn read_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = tokio::time::Instant::now();
     let mut corked = false;
+    // The calls' deadline timer (see `Conn::register`); far in the future while disarmed.
+    let never = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let deadlines = tokio::time::sleep_until(never());
+    tokio::pin!(deadlines);
     let why = loop {
         let frame = tokio::select! {
             biased;
@@ -499,6 +557,15 @@ async fn read_loop(
                 Some(Ok(frame)) => frame,
             },
             _ = conn.closed.cancelled() => break "connection closed".to_owned(),
+            () = &mut deadlines => {
+                let next = conn.expire(tokio::time::Instant::now());
+                deadlines.as_mut().reset(next.unwrap_or_else(never));
+                continue;
+            }
+            _ = conn.rearm.notified() => {
+                deadlines.as_mut().reset(conn.armed().unwrap_or_else(never));
+                continue;
+            }
             _ = ticker.tick() => {
                 let quiet = last_rx.elapsed();
                 if quiet >= idle {
@@ -516,7 +583,8 @@ async fn read_loop(
         }
         match frame.kind {
             Some(Kind::Response(r)) => {
-                if let Some(reply) = lock(&conn.pending).remove(&r.id) {
+                let reply = lock(&conn.pending).calls.remove(&r.id);
+                if let Some((reply, _)) = reply {
                     let _ = reply.send(Ok(r));
                 }
             }

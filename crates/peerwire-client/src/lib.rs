@@ -536,26 +536,32 @@ impl Client {
             deadline_ms,
         }));
         conn.check_size(&frame)?;
-        let (tx, rx) = oneshot::channel();
-        let guard = conn.register(id, tx);
-        let exchange = async {
-            conn.send(frame).await?;
-            match rx.await {
-                Ok(result) => result,
-                Err(_) => Err(CallError::Disconnected("connection closed".into())),
-            }
-        };
+        let (tx, mut rx) = oneshot::channel();
         // A little slack so the server's own deadline answer, which cancels the handler, wins.
         let slack = Duration::from_millis(50);
-        let result = match tokio::time::timeout(deadline.saturating_add(slack), exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError::Status(Status::new(
-                Code::DeadlineExceeded,
-                format!("no response to {method} within its deadline of {deadline:?}"),
-            ))),
+        let due = tokio::time::Instant::now() + deadline.saturating_add(slack);
+        let guard = conn.register(id, tx, due);
+        // The deadline also bounds a wait for room in a full outbound buffer.
+        let answer = tokio::select! {
+            biased;
+            early = &mut rx => early,
+            sent = conn.send(frame) => {
+                sent?;
+                rx.await
+            }
         };
         drop(guard);
-        let response = result?;
+        let response = match answer {
+            Ok(Ok(response)) => response,
+            Ok(Err(Some(e))) => return Err(e),
+            Ok(Err(None)) => {
+                return Err(CallError::Status(Status::new(
+                    Code::DeadlineExceeded,
+                    format!("no response to {method} within its deadline of {deadline:?}"),
+                )));
+            }
+            Err(_) => return Err(CallError::Disconnected("connection closed".into())),
+        };
         Status::from_wire(response.code, &response.message).map_err(CallError::Status)?;
         Ok(response.payload)
     }

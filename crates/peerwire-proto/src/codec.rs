@@ -207,11 +207,12 @@ pub fn frame_ready(buf: &[u8]) -> bool {
 pub const SPLIT_PAYLOAD: usize = 16 * 1024;
 
 impl FrameCodec {
-    /// Encodes `frame` exactly like [`Encoder::encode`] would, byte for byte on the wire, except
+    /// Encodes `frame` like [`Encoder::encode`] would (the same frame, the same length), except
     /// that a large payload (of a `Request`, `Response` or `Event`, at least [`SPLIT_PAYLOAD`]
     /// bytes) is not copied: everything before it goes into `dst`, and the payload, which must
     /// be written right after `dst`'s bytes, is returned (a cheap reference-counted clone).
-    /// Protobuf fields may come in any order, so the payload field is put last.
+    /// The payload field is put last in its message (protobuf allows fields in any order), so
+    /// the bytes differ from [`Encoder::encode`]'s where a field follows the payload's number.
     pub fn encode_split(
         &mut self,
         frame: &Frame,

@@ -99,7 +99,7 @@ struct SinkState {
     chunks: std::collections::VecDeque<bytes::Bytes>,
     chunk_bytes: usize,
     buf: BytesMut,
-    /// Frames appended since `buf` was last empty (a bound, like a queue's length).
+    /// Frames not yet written (approximately: partly written frames count in proportion).
     frames: usize,
     codec: FrameCodec,
     /// The socket refused part of `buf`: the flusher task owns writing it, senders only append.
@@ -145,7 +145,7 @@ impl SinkState {
 /// task, no wake-up. Whatever the socket does not take at once (its buffer is full) is left to
 /// the flusher task ([`FrameSink::run`]), which waits until the socket is writable; meanwhile
 /// senders append behind it, so frames leave in the order they were sent. At `max_bytes`
-/// unwritten bytes, or `max_frames` frames appended since the buffer was last empty,
+/// unwritten bytes, or `max_frames` frames not yet written,
 /// [`FrameSink::send`] waits and [`FrameSink::try_send`] fails: memory stays bounded when the
 /// peer does not read. One frame is always accepted into an empty buffer, whatever its size.
 pub struct FrameSink {
@@ -277,7 +277,16 @@ impl FrameSink {
                 self.io.try_write_vectored(&iov)
             };
             match written {
-                Ok(n) => st.advance(n),
+                Ok(n) => {
+                    // The frame count shrinks with the bytes written (frames are not tracked
+                    // one by one), so that it bounds frames waiting, like a queue's length.
+                    let before = st.chunk_bytes + st.buf.len();
+                    st.advance(n);
+                    let after = st.chunk_bytes + st.buf.len();
+                    if before > 0 {
+                        st.frames = st.frames.saturating_mul(after).div_ceil(before);
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     st.pending = true;
                     self.kick.notify_one();
@@ -326,6 +335,23 @@ impl FrameSink {
             }
             let mut st = self.lock();
             self.write_out(&mut st);
+        }
+    }
+
+    /// Waits until the sink has written everything sent so far (or is closed). Needs the
+    /// flusher ([`FrameSink::run`]) running meanwhile.
+    pub async fn idle(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            {
+                let st = self.lock();
+                if st.closed || (st.chunks.is_empty() && st.buf.is_empty()) {
+                    return;
+                }
+                room.as_mut().enable();
+            }
+            room.await;
         }
     }
 

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! accept -> SO_PEERCRED -> Hello (64 KiB limit, handshake timeout) -> Welcome | Reject+close
-//!        -> serve: reader loop (this task) + writer task (bounded queue) + event-handler task
+//!        -> serve: reader loop (this task, which also answers handlers that finish at once)
+//!                  + writer task (plain: finishes what `FrameSink` writes could not, moves
+//!                  drop-policy events in; TLS: drains the bounded queues) + event-handler task
 //!        -> close: Goodbye, requests in flight finish within the grace period, socket closed
 //! ```
 //!

@@ -120,11 +120,22 @@ impl EventQueue {
     }
 
     fn take(&self, buf: &mut Vec<Frame>, limit: usize) {
+        self.take_within(buf, limit, usize::MAX);
+    }
+
+    /// Takes queued events until they reach `bytes` encoded bytes (at least one event).
+    fn take_bytes(&self, buf: &mut Vec<Frame>, bytes: usize) {
+        self.take_within(buf, usize::MAX, bytes);
+    }
+
+    fn take_within(&self, buf: &mut Vec<Frame>, limit: usize, bytes: usize) {
         let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while buf.len() < limit {
+        let mut taken = 0usize;
+        while buf.len() < limit && (taken < bytes || buf.is_empty()) {
             match q.frames.pop_front() {
                 Some((_, len, f)) => {
                     q.bytes = q.bytes.saturating_sub(len);
+                    taken = taken.saturating_add(len);
                     buf.push(f);
                 }
                 None => break,
@@ -133,11 +144,14 @@ impl EventQueue {
     }
 }
 
-use peerwire_proto::io::{FrameSink, put_frame, recycle};
+use peerwire_proto::io::{FrameSink, WRITE_BATCH, put_frame, recycle};
 
 /// The writer task of a plain connection, whose frames the sending tasks write themselves:
 /// finishes the writes the socket could not take at once, and moves the events of drop-policy
-/// topics into the sink as room allows. Returns when the sink is closed.
+/// topics into the sink, about 64 KiB at a time and only once the sink has written everything
+/// before them. So these events wait in the event queue, where their topic's policy applies,
+/// and never take the room that responses, pings and `Disconnect` events need in the sink.
+/// Returns when the sink is closed.
 pub(crate) async fn sink_loop(sink: Arc<FrameSink>, events: Arc<EventQueue>) {
     let mut pending = Vec::new();
     loop {
@@ -147,12 +161,17 @@ pub(crate) async fn sink_loop(sink: Arc<FrameSink>, events: Arc<EventQueue>) {
             _ = events.notify.notified() => {}
         }
         loop {
-            events.take(&mut pending, 512);
+            // `run` is cancellation-safe: it flushes while this task waits for the sink.
+            tokio::select! {
+                biased;
+                () = sink.idle() => {}
+                () = sink.run() => return,
+            }
+            events.take_bytes(&mut pending, WRITE_BATCH);
             if pending.is_empty() {
                 break;
             }
             for f in pending.drain(..) {
-                // Waiting for room needs the flusher running: `run` is cancellation-safe.
                 tokio::select! {
                     biased;
                     sent = sink.send(&f) => if sent.is_err() { return },
