@@ -186,6 +186,11 @@ impl FrameSink {
         }
     }
 
+    /// The bounds: unwritten bytes, frames not yet written.
+    pub fn bounds(&self) -> (usize, usize) {
+        (self.max_bytes, self.max_frames)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
         // No code below panics while holding the lock; a poisoned lock still has a sound state.
         self.state

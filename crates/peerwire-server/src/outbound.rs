@@ -123,11 +123,8 @@ impl EventQueue {
         self.take_within(buf, limit, usize::MAX);
     }
 
-    /// Takes queued events until they reach `bytes` encoded bytes (at least one event).
-    fn take_bytes(&self, buf: &mut Vec<Frame>, bytes: usize) {
-        self.take_within(buf, usize::MAX, bytes);
-    }
-
+    /// Takes at most `limit` queued events, and no more once they reach `bytes` encoded bytes
+    /// (but at least one event).
     fn take_within(&self, buf: &mut Vec<Frame>, limit: usize, bytes: usize) {
         let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut taken = 0usize;
@@ -148,12 +145,14 @@ use peerwire_proto::io::{FrameSink, WRITE_BATCH, put_frame, recycle};
 
 /// The writer task of a plain connection, whose frames the sending tasks write themselves:
 /// finishes the writes the socket could not take at once, and moves the events of drop-policy
-/// topics into the sink, about 64 KiB at a time and only once the sink has written everything
-/// before them. So these events wait in the event queue, where their topic's policy applies,
+/// topics into the sink, at most a quarter of its bounds (and 64 KiB) at a time and only once
+/// the sink has written everything before them. So these events wait in the event queue, where their topic's policy applies,
 /// and never take the room that responses, pings and `Disconnect` events need in the sink.
 /// Returns when the sink is closed.
 pub(crate) async fn sink_loop(sink: Arc<FrameSink>, events: Arc<EventQueue>) {
     let mut pending = Vec::new();
+    let (max_bytes, max_frames) = sink.bounds();
+    let (batch_bytes, batch_frames) = ((max_bytes / 4).min(WRITE_BATCH), (max_frames / 4).max(1));
     loop {
         tokio::select! {
             biased;
@@ -167,7 +166,7 @@ pub(crate) async fn sink_loop(sink: Arc<FrameSink>, events: Arc<EventQueue>) {
                 () = sink.idle() => {}
                 () = sink.run() => return,
             }
-            events.take_bytes(&mut pending, WRITE_BATCH);
+            events.take_within(&mut pending, batch_frames, batch_bytes);
             if pending.is_empty() {
                 break;
             }
