@@ -544,7 +544,10 @@ async fn read_loop(
     // The calls' deadline timer (see `Conn::register`); far in the future while disarmed.
     let never = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
     let deadlines = tokio::time::sleep_until(never());
-    tokio::pin!(deadlines);
+    // Registered once, not on every turn of the loop (the rearm wait is renewed when it fires).
+    let closed = conn.closed.clone().cancelled_owned();
+    let rearm = conn.rearm.notified();
+    tokio::pin!(deadlines, closed, rearm);
     let why = loop {
         let frame = tokio::select! {
             biased;
@@ -556,13 +559,14 @@ async fn read_loop(
                 Some(Err(e)) => break format!("bad frame from the server: {e}"),
                 Some(Ok(frame)) => frame,
             },
-            _ = conn.closed.cancelled() => break "connection closed".to_owned(),
+            () = &mut closed => break "connection closed".to_owned(),
             () = &mut deadlines => {
                 let next = conn.expire(tokio::time::Instant::now());
                 deadlines.as_mut().reset(next.unwrap_or_else(never));
                 continue;
             }
-            _ = conn.rearm.notified() => {
+            () = &mut rearm => {
+                rearm.set(conn.rearm.notified());
                 deadlines.as_mut().reset(conn.armed().unwrap_or_else(never));
                 continue;
             }

@@ -649,6 +649,10 @@ impl Connection {
                 .max(Duration::from_millis(1)),
         );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Registered once, not on every turn of the loop.
+        let kicked = self.kick.clone().cancelled_owned();
+        let shutdown = self.shared.shutdown.clone().cancelled_owned();
+        tokio::pin!(kicked, shutdown);
         loop {
             if self.draining.is_some() && self.tasks.is_empty() {
                 return None;
@@ -656,7 +660,7 @@ impl Connection {
             let drain_at = self.draining;
             tokio::select! {
                 biased;
-                _ = self.kick.cancelled() => {
+                () = &mut kicked => {
                     let status = Status::new(Code::SlowConsumer, format!(
                         "outbound queue full (limits: {} frames, {} bytes): the peer does not read",
                         limits.outbound_queue, limits.outbound_queue_bytes));
@@ -664,7 +668,7 @@ impl Connection {
                     self.goodbye(&status);
                     return Some(status);
                 }
-                _ = self.shared.shutdown.cancelled(), if self.draining.is_none() => {
+                () = &mut shutdown, if self.draining.is_none() => {
                     let status = Status::new(Code::ShuttingDown, "the server is shutting down");
                     self.goodbye(&status);
                     self.draining = Some(later(limits.shutdown_grace));
@@ -687,7 +691,9 @@ impl Connection {
                         // write once the last complete frame of the read is handled.
                         self.tx.cork();
                         let next = self.on_frame(frame);
-                        if !peerwire_proto::codec::frame_ready(self.reader.read_buffer()) {
+                        if !self.reading
+                            || !peerwire_proto::codec::frame_ready(self.reader.read_buffer())
+                        {
                             self.tx.uncork();
                         }
                         if let Next::Close(reason) = next {
