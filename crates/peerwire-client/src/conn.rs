@@ -13,6 +13,7 @@ use peerwire_proto::v1::{Cancel, Frame, Hello, Pong, Response, frame::Kind};
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
 use peerwire_security::exe::{Executable, peer_executable};
+use peerwire_security::plain::PlainWriter;
 use peerwire_security::tls::TlsError;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -28,7 +29,7 @@ type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// The write side during the handshake.
 enum Writer {
-    Plain(tokio::net::unix::OwnedWriteHalf),
+    Plain(PlainWriter),
     Tls(BoxWrite),
 }
 
@@ -46,7 +47,7 @@ impl Writer {
 
 /// What the connection's writer task drives after the handshake.
 enum WriterTask {
-    Sink(Arc<FrameSink>),
+    Sink(Arc<FrameSink<PlainWriter>>),
     Queue(BoxWrite, mpsc::Receiver<Frame>),
 }
 
@@ -170,7 +171,7 @@ struct Pending {
 /// How frames leave: on a plain socket the calling task writes them itself ([`FrameSink`]); over
 /// TLS (no non-blocking write through the TLS stream) a writer task drains a bounded queue.
 enum Outbound {
-    Direct(Arc<FrameSink>),
+    Direct(Arc<FrameSink<PlainWriter>>),
     Queued(mpsc::Sender<Frame>),
 }
 
@@ -371,7 +372,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     let tls = config.tls.is_some();
     let (rd, mut wr) = match &config.tls {
         None => {
-            let (rd, wr) = stream.into_split();
+            let (rd, wr) = peerwire_security::plain::split(stream).map_err(io_err)?;
             (Box::new(rd) as BoxRead, Writer::Plain(wr))
         }
         Some(tls) => {

@@ -109,6 +109,33 @@ struct SinkState {
     closed: bool,
 }
 
+/// The non-blocking write side a [`FrameSink`] writes to: tokio's `OwnedWriteHalf`, or
+/// `peerwire_security::plain::PlainWriter`, which waits for room only when the socket is full.
+pub trait SinkIo: Send + Sync + 'static {
+    /// Writes what the socket takes now; `WouldBlock` if it takes nothing.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+    /// Like `try_write`, from several buffers in order.
+    fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize>;
+    /// Waits until the socket may take more.
+    fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// Everything written: whatever the waits for room kept may be released.
+    fn drained(&self) {}
+}
+
+impl SinkIo for tokio::net::unix::OwnedWriteHalf {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        tokio::net::unix::OwnedWriteHalf::try_write(self, buf)
+    }
+
+    fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        tokio::net::unix::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+
+    fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        tokio::net::unix::OwnedWriteHalf::writable(self)
+    }
+}
+
 /// Chunks gathered into one vectored write.
 const MAX_IOV: usize = 64;
 
@@ -148,8 +175,8 @@ impl SinkState {
 /// unwritten bytes, or `max_frames` frames not yet written,
 /// [`FrameSink::send`] waits and [`FrameSink::try_send`] fails: memory stays bounded when the
 /// peer does not read. One frame is always accepted into an empty buffer, whatever its size.
-pub struct FrameSink {
-    io: tokio::net::unix::OwnedWriteHalf,
+pub struct FrameSink<W = tokio::net::unix::OwnedWriteHalf> {
+    io: W,
     state: std::sync::Mutex<SinkState>,
     max_bytes: usize,
     max_frames: usize,
@@ -159,14 +186,9 @@ pub struct FrameSink {
     room: tokio::sync::Notify,
 }
 
-impl FrameSink {
+impl<W: SinkIo> FrameSink<W> {
     /// A sink writing to `io`, frames encoded with `codec`, bounded as described above.
-    pub fn new(
-        io: tokio::net::unix::OwnedWriteHalf,
-        codec: FrameCodec,
-        max_bytes: usize,
-        max_frames: usize,
-    ) -> Self {
+    pub fn new(io: W, codec: FrameCodec, max_bytes: usize, max_frames: usize) -> Self {
         Self {
             io,
             state: std::sync::Mutex::new(SinkState {
@@ -306,6 +328,9 @@ impl FrameSink {
                     return;
                 }
             }
+        }
+        if st.pending {
+            self.io.drained();
         }
         st.pending = false;
         st.frames = 0;

@@ -39,6 +39,7 @@ pub mod cred;
 pub mod exe;
 pub mod identity;
 pub mod launch;
+pub mod plain;
 pub mod privilege;
 pub mod seal;
 pub mod sockpath;

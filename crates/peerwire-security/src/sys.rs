@@ -124,6 +124,36 @@ pub(crate) fn take_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Reads from `fd` into the unfilled part of `buf` without zeroing it first (as tokio's own
+/// streams do): a 1 MiB frame's buffer is not cleared before every read.
+pub(crate) fn read_into(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut tokio::io::ReadBuf<'_>,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: only written to below, never read, and never de-initialised.
+    let unfilled = unsafe { buf.unfilled_mut() };
+    // SAFETY: `read` writes at most `unfilled.len()` bytes into memory we own exclusively for
+    // the call; `fd` is a valid descriptor for the borrow's lifetime.
+    let n = unsafe { libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len()) };
+    let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+    // SAFETY: the kernel initialised the first `n` bytes of the unfilled part.
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Ok(n)
+}
+
+/// Registers `stream` with the current tokio reactor for `interest` only.
+pub(crate) fn register(
+    stream: std::os::unix::net::UnixStream,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::unix::net::UnixStream>> {
+    // SAFETY: a `UnixStream` owns its descriptor: it stays open, and is the same descriptor,
+    // for as long as the `AsyncFd` owns the stream (it is never swapped out through `get_mut`).
+    let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(stream, interest) }?;
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,7 @@ use peerwire_proto::{
 };
 use peerwire_security::cred::PeerCredentials;
 use peerwire_security::exe::peer_executable;
+use peerwire_security::plain::PlainWriter;
 use peerwire_security::token::Presenter;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -55,7 +56,7 @@ type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 /// A connection's write side: a plain socket's (its frames are written by the sending task,
 /// see [`FrameSink`]) or a TLS stream's (written by a writer task).
 enum Wr {
-    Plain(tokio::net::unix::OwnedWriteHalf),
+    Plain(PlainWriter),
     Tls(BoxWrite),
 }
 
@@ -94,7 +95,7 @@ impl AsyncWrite for Wr {
 
 /// What the connection's writer task drives.
 enum WriterParts {
-    Sink(Arc<FrameSink>),
+    Sink(Arc<FrameSink<PlainWriter>>),
     Queue(BoxWrite, mpsc::Receiver<Frame>),
 }
 type Reader = FramedRead<BoxRead, FrameCodec>;
@@ -142,10 +143,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             socket: shared.socket_path.clone(),
         });
         let (rd, mut wr): (BoxRead, Wr) = match &shared.tls {
-            None => {
-                let (rd, wr) = stream.into_split();
-                (Box::new(rd), Wr::Plain(wr))
-            }
+            None => match peerwire_security::plain::split(stream) {
+                Ok((rd, wr)) => (Box::new(rd), Wr::Plain(wr)),
+                Err(e) => {
+                    tracing::warn!("cannot set the connection up: {e}");
+                    return;
+                }
+            },
             Some(tls) => match tokio::time::timeout_at(deadline, async {
                 if closed_before_sending(&stream).await {
                     return Err(None);

@@ -149,7 +149,10 @@ use peerwire_proto::io::{FrameSink, WRITE_BATCH, put_frame, recycle};
 /// the sink has written everything before them. So these events wait in the event queue, where their topic's policy applies,
 /// and never take the room that responses, pings and `Disconnect` events need in the sink.
 /// Returns when the sink is closed.
-pub(crate) async fn sink_loop(sink: Arc<FrameSink>, events: Arc<EventQueue>) {
+pub(crate) async fn sink_loop(
+    sink: Arc<FrameSink<peerwire_security::plain::PlainWriter>>,
+    events: Arc<EventQueue>,
+) {
     let mut pending = Vec::new();
     let (max_bytes, max_frames) = sink.bounds();
     let (batch_bytes, batch_frames) = ((max_bytes / 4).min(WRITE_BATCH), (max_frames / 4).max(1));

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use peerwire_proto::io::{FrameSink, SinkError};
+use peerwire_security::plain::PlainWriter;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,7 +22,7 @@ use crate::router::{ConnInfo, ConnectionId, Router};
 pub(crate) enum Outbox {
     /// Plain socket: the sending task writes the frame itself, unless earlier bytes are still
     /// waiting for the socket (then the writer task finishes them).
-    Direct(Arc<FrameSink>),
+    Direct(Arc<FrameSink<PlainWriter>>),
     /// TLS: a queue the writer task drains.
     Queued {
         tx: mpsc::Sender<Frame>,
