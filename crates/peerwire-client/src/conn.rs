@@ -376,7 +376,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
             (Box::new(rd) as BoxRead, Writer::Plain(wr))
         }
         Some(tls) => {
-            let tap = Tap::new(stream);
+            let tap = Tap::new(peerwire_security::plain::stream(stream).map_err(io_err)?);
             let seen = tap.seen.clone();
             let done = tap.done.clone();
             match tls.connect(tap).await {

@@ -154,6 +154,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                 if closed_before_sending(&stream).await {
                     return Err(None);
                 }
+                let stream = peerwire_security::plain::stream(stream).map_err(|e| {
+                    Some(peerwire_security::tls::TlsError::Handshake(e.to_string()))
+                })?;
                 tls.accept(stream).await.map_err(Some)
             })
             .await
