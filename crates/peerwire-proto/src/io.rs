@@ -49,13 +49,22 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
             taken(&frame);
             put_frame(&mut io, &mut codec, &frame, &mut buf).await?;
         }
-        io.write_all_buf(&mut buf).await?;
-        // A no-op on a socket; a TLS stream sends its buffered records now.
-        io.flush().await?;
-        recycle(&mut buf);
+        end_batch(&mut io, &mut buf).await?;
     }
     io.flush().await?;
     io.shutdown().await?;
+    Ok(())
+}
+
+/// Writes what [`put_frame`] left in `buf`, flushes (a no-op on a socket; a TLS stream sends
+/// its buffered records now) and recycles the buffer.
+pub async fn end_batch<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    buf: &mut BytesMut,
+) -> Result<(), CodecError> {
+    io.write_all_buf(buf).await?;
+    io.flush().await?;
+    recycle(buf);
     Ok(())
 }
 

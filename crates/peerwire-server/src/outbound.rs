@@ -141,7 +141,7 @@ impl EventQueue {
     }
 }
 
-use peerwire_proto::io::{FrameSink, WRITE_BATCH, put_frame, recycle};
+use peerwire_proto::io::{FrameSink, WRITE_BATCH, end_batch, put_frame};
 
 /// The writer task of a plain connection, whose frames the sending tasks write themselves:
 /// finishes the writes the socket could not take at once, and moves the events of drop-policy
@@ -224,10 +224,7 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
             for f in pending.drain(..) {
                 put_frame(&mut io, &mut codec, &f, &mut buf).await?;
             }
-            io.write_all_buf(&mut buf).await?;
-            // A no-op on a socket; a TLS stream sends its buffered records now.
-            io.flush().await?;
-            recycle(&mut buf);
+            end_batch(&mut io, &mut buf).await?;
         }
     }
     io.flush().await?;
