@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use peerwire_proto::codec::{CodecError, FrameCodec};
 use peerwire_proto::handshake::{ClientHandshake, Session};
-use peerwire_proto::io::{FrameSink, SinkError};
+use peerwire_proto::io::{FrameSink, Opened, SinkError};
 use peerwire_proto::v1::{Cancel, Frame, Hello, Pong, Response, frame::Kind};
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
@@ -16,39 +16,52 @@ use peerwire_security::exe::{Executable, peer_executable};
 use peerwire_security::plain::PlainWriter;
 use peerwire_security::tls::TlsError;
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::{CallError, Config, ConnectError, Inner, lock};
 
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// The write side during the handshake.
+/// The write side during the handshake: a plain socket's, or the sink of a TLS session (every
+/// byte after the TLS handshake goes through it, sealed).
 enum Writer {
     Plain(PlainWriter),
-    Tls(BoxWrite),
+    Sealed(Arc<FrameSink<PlainWriter>>),
 }
 
 impl Writer {
-    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+    /// Sends the Hello (no other task runs yet: this one finishes the write).
+    async fn send_hello(&mut self, hello: &Frame) -> std::io::Result<()> {
         match self {
-            Self::Plain(w) => w.write_all(buf).await,
-            Self::Tls(w) => {
-                w.write_all(buf).await?;
-                w.flush().await
+            Self::Plain(wr) => {
+                let mut buf = BytesMut::new();
+                FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
+                    .encode(hello, &mut buf)
+                    .map_err(std::io::Error::other)?;
+                wr.write_all(&buf).await
+            }
+            Self::Sealed(sink) => {
+                let gone = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+                sink.try_send(hello).map_err(|_| gone())?;
+                let written = tokio::select! {
+                    biased;
+                    written = sink.flushed(Duration::MAX) => written,
+                    () = sink.run() => false,
+                };
+                if written { Ok(()) } else { Err(gone()) }
             }
         }
     }
 }
 
-/// What the connection's writer task drives after the handshake.
-enum WriterTask {
-    Sink(Arc<FrameSink<PlainWriter>>),
-    Queue(BoxWrite, mpsc::Receiver<Frame>),
+/// A connection's outbound bounds: `outbound_queue` frames, or as many 4 KiB frames' bytes.
+fn sink_bounds(config: &Config) -> (usize, usize) {
+    let frames = config.outbound_queue;
+    (frames.saturating_mul(4096), frames)
 }
 
 /// Records the first bytes read from the raw socket, so that a server that refused us in
@@ -108,30 +121,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// In TLS 1.3 a server that refuses our certificate says so after our side of the handshake
 /// completed: the alert, or the closed socket, shows on the first write or read.
 fn server_ended_tls(e: std::io::Error) -> ConnectError {
@@ -168,32 +157,21 @@ struct Pending {
     armed: Option<tokio::time::Instant>,
 }
 
-/// How frames leave: on a plain socket the calling task writes them itself ([`FrameSink`]); over
-/// TLS (no non-blocking write through the TLS stream) a writer task drains a bounded queue.
-enum Outbound {
-    Direct(Arc<FrameSink<PlainWriter>>),
-    Queued(mpsc::Sender<Frame>),
-}
+/// How frames leave: the calling task writes them itself ([`FrameSink`], sealed over TLS).
+struct Outbound(Arc<FrameSink<PlainWriter>>);
 
 impl Outbound {
     fn cork(&self) {
-        if let Self::Direct(sink) = self {
-            sink.cork();
-        }
+        self.0.cork();
     }
 
     fn uncork(&self) {
-        if let Self::Direct(sink) = self {
-            sink.uncork();
-        }
+        self.0.uncork();
     }
 
     /// Sends without waiting (pongs, cancels): false if the outbound buffer is full or closed.
     fn try_send(&self, frame: Frame) -> bool {
-        match self {
-            Self::Direct(sink) => sink.try_send(&frame).is_ok(),
-            Self::Queued(tx) => tx.try_send(frame).is_ok(),
-        }
+        self.0.try_send(&frame).is_ok()
     }
 }
 
@@ -257,17 +235,7 @@ impl Conn {
 
     /// Waits until the writer has taken every queued frame, at most `timeout`.
     pub(crate) async fn flushed(&self, timeout: Duration) {
-        match &self.tx {
-            Outbound::Direct(sink) => {
-                sink.flushed(timeout).await;
-            }
-            Outbound::Queued(tx) => {
-                let start = tokio::time::Instant::now();
-                while tx.capacity() < tx.max_capacity() && start.elapsed() < timeout {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
+        self.tx.0.flushed(timeout).await;
     }
 
     /// Registers call `id`, which gives up at `due`. No timer per call: the reader keeps one,
@@ -327,18 +295,12 @@ impl Conn {
     /// Queues a frame; waits while the outbound queue is full, but not past the connection's end.
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), CallError> {
         let closed = || CallError::Disconnected("connection closed".into());
-        match &self.tx {
-            Outbound::Direct(sink) => match sink.send(&frame).await {
-                Ok(()) => Ok(()),
-                Err(SinkError::Codec(CodecError::OutgoingTooLarge { len, max })) => {
-                    Err(CallError::TooLarge { len, max })
-                }
-                Err(_) => Err(closed()),
-            },
-            Outbound::Queued(tx) => tokio::select! {
-                sent = tx.send(frame) => sent.map_err(|_| closed()),
-                _ = self.closed.cancelled() => Err(closed()),
-            },
+        match self.tx.0.send(&frame).await {
+            Ok(()) => Ok(()),
+            Err(SinkError::Codec(CodecError::OutgoingTooLarge { len, max })) => {
+                Err(CallError::TooLarge { len, max })
+            }
+            Err(_) => Err(closed()),
         }
     }
 
@@ -376,14 +338,25 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
             (Box::new(rd) as BoxRead, Writer::Plain(wr))
         }
         Some(tls) => {
-            let tap = Tap::new(peerwire_security::plain::stream(stream).map_err(io_err)?);
+            let (rd, wr) = peerwire_security::plain::split(stream).map_err(io_err)?;
+            let tap = Tap::new(rd);
             let seen = tap.seen.clone();
             let done = tap.done.clone();
-            match tls.connect(tap).await {
-                Ok(s) => {
+            match tls.connect(tap, wr).await {
+                Ok((session, wr)) => {
                     done.store(true, std::sync::atomic::Ordering::Relaxed);
-                    let (rd, wr) = tokio::io::split(s);
-                    (Box::new(rd) as BoxRead, Writer::Tls(Box::new(wr)))
+                    let (bytes, frames) = sink_bounds(config);
+                    let sink = Arc::new(FrameSink::sealed(
+                        wr,
+                        FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE),
+                        bytes,
+                        frames,
+                        Box::new(session),
+                    ));
+                    (
+                        Box::new(Opened(sink.clone())) as BoxRead,
+                        Writer::Sealed(sink),
+                    )
                 }
                 Err(e) => return Err(refused_before_tls(&seen).unwrap_or(ConnectError::Tls(e))),
             }
@@ -400,10 +373,8 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
             .map(|t| t.0.to_vec())
             .unwrap_or_default(),
     });
-    let mut buf = BytesMut::new();
-    FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE).encode(&handshake.hello_frame(), &mut buf)?;
     let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
-    if let Err(e) = wr.write_all(&buf).await {
+    if let Err(e) = wr.send_hello(&handshake.hello_frame()).await {
         if tls {
             return Err(server_ended_tls(e));
         }
@@ -434,23 +405,20 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     }
     let max = session.max_frame_size();
     reader.decoder_mut().set_max_frame_size(max);
-    let (tx, writer) = match wr {
+    let sink = match wr {
         Writer::Plain(wr) => {
-            // Bounded like the queue: `outbound_queue` frames, or as many 4 KiB frames' bytes.
-            let frames = config.outbound_queue;
-            let bytes = frames.saturating_mul(4096);
-            let sink = Arc::new(FrameSink::new(wr, FrameCodec::new(max), bytes, frames));
-            (Outbound::Direct(sink.clone()), WriterTask::Sink(sink))
+            let (bytes, frames) = sink_bounds(config);
+            Arc::new(FrameSink::new(wr, FrameCodec::new(max), bytes, frames))
         }
-        Writer::Tls(wr) => {
-            let (tx, rx) = mpsc::channel(config.outbound_queue);
-            (Outbound::Queued(tx), WriterTask::Queue(wr, rx))
+        Writer::Sealed(sink) => {
+            sink.set_max_frame_size(max);
+            sink
         }
     };
     let conn = Arc::new(Conn {
         session,
         server,
-        tx,
+        tx: Outbound(sink.clone()),
         pending: Mutex::default(),
         rearm: tokio::sync::Notify::new(),
         goodbye: Mutex::new(None),
@@ -460,22 +428,11 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     });
     let writer_conn = conn.clone();
     tokio::spawn(async move {
-        match writer {
-            WriterTask::Sink(sink) => {
-                tokio::select! {
-                    () = sink.run() => tracing::debug!("writer ended"),
-                    _ = writer_conn.closed.cancelled() => {}
-                }
-                sink.close();
-            }
-            WriterTask::Queue(wr, rx) => {
-                let writer = peerwire_proto::io::write_frames(wr, FrameCodec::new(max), rx, None);
-                tokio::select! {
-                    result = writer => if let Err(e) = result { tracing::debug!("writer ended: {e}") },
-                    _ = writer_conn.closed.cancelled() => {}
-                }
-            }
+        tokio::select! {
+            () = sink.run() => tracing::debug!("writer ended"),
+            _ = writer_conn.closed.cancelled() => {}
         }
+        sink.close();
         writer_conn.close();
     });
     tokio::spawn(read_loop(reader, conn.clone(), inner));

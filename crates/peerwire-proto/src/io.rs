@@ -1,18 +1,18 @@
 //! Tokio adapters shared by the server and the client (feature `io`).
 //!
-//! The only I/O in this crate, kept out of the core API: a writer loop that drains a bounded
-//! queue of frames into any stream (TLS included), batching whatever is queued into one write;
-//! and [`FrameSink`], the outbound side of a plain Unix stream, where the sending task writes
-//! its frame itself.
+//! The only I/O in this crate, kept out of the core API: [`FrameSink`], the outbound side of a
+//! connection, where the sending task writes its frame itself, through a [`Seal`] (a record
+//! layer such as TLS) if the connection has one.
+
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::ReadBuf;
 
 use crate::codec::{CodecError, FrameCodec};
 use crate::v1::Frame;
 
-/// Bytes gathered from the queue before they are written out.
+/// Bytes of events the server moves into a sink at a time (see its event queue).
 pub const WRITE_BATCH: usize = 64 * 1024;
 
 /// Clears `buf` after a write and gives its memory back if one large frame grew it: an idle
@@ -23,69 +23,6 @@ pub fn recycle(buf: &mut BytesMut) {
     } else {
         buf.clear();
     }
-}
-
-/// Writes every frame received on `rx` to `io`, batching queued frames, until the queue is
-/// closed (all senders dropped), then shuts the write side down. Returns on the first error.
-/// `queued`, if given, counts the encoded bytes waiting in the queue: the writer subtracts each
-/// frame's length as it takes it (the sender adds it; see the server's outbound byte limit).
-pub async fn write_frames<W: AsyncWrite + Unpin>(
-    mut io: W,
-    mut codec: FrameCodec,
-    mut rx: mpsc::Receiver<Frame>,
-    queued: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
-) -> Result<(), CodecError> {
-    use prost::Message;
-    let taken = |frame: &Frame| {
-        if let Some(q) = &queued {
-            q.fetch_sub(frame.encoded_len(), std::sync::atomic::Ordering::Relaxed);
-        }
-    };
-    let mut buf = BytesMut::new();
-    while let Some(frame) = rx.recv().await {
-        taken(&frame);
-        put_frame(&mut io, &mut codec, &frame, &mut buf).await?;
-        while let Ok(frame) = rx.try_recv() {
-            taken(&frame);
-            put_frame(&mut io, &mut codec, &frame, &mut buf).await?;
-        }
-        end_batch(&mut io, &mut buf).await?;
-    }
-    io.flush().await?;
-    io.shutdown().await?;
-    Ok(())
-}
-
-/// Writes what [`put_frame`] left in `buf`, flushes (a no-op on a socket; a TLS stream sends
-/// its buffered records now) and recycles the buffer.
-pub async fn end_batch<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    buf: &mut BytesMut,
-) -> Result<(), CodecError> {
-    io.write_all_buf(buf).await?;
-    io.flush().await?;
-    recycle(buf);
-    Ok(())
-}
-
-/// Adds `frame` to the batch in `buf`, writing the batch out when it is large; a large payload
-/// is not copied into `buf` (see [`FrameCodec::encode_split`]): the batch goes out first, then
-/// the payload from its own buffer. The caller writes what is left in `buf` and flushes.
-pub async fn put_frame<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    codec: &mut FrameCodec,
-    frame: &Frame,
-    buf: &mut BytesMut,
-) -> Result<(), CodecError> {
-    if let Some(payload) = codec.encode_split(frame, buf)? {
-        io.write_all_buf(buf).await?;
-        buf.clear();
-        io.write_all(&payload).await?;
-    } else if buf.len() >= WRITE_BATCH {
-        io.write_all_buf(buf).await?;
-        buf.clear();
-    }
-    Ok(())
 }
 
 /// Why a frame could not be handed to a [`FrameSink`].
@@ -108,6 +45,10 @@ struct SinkState {
     chunks: std::collections::VecDeque<bytes::Bytes>,
     chunk_bytes: usize,
     buf: BytesMut,
+    /// Sealed connections: encoded frames not yet sealed (gathered while corked).
+    plain: BytesMut,
+    /// The record layer every byte goes through, if any.
+    seal: Option<Box<dyn Seal>>,
     /// Frames not yet written (approximately: partly written frames count in proportion).
     frames: usize,
     codec: FrameCodec,
@@ -145,6 +86,39 @@ impl SinkIo for tokio::net::unix::OwnedWriteHalf {
     }
 }
 
+/// A record layer between a [`FrameSink`] and its socket (TLS): what the sink writes is sealed
+/// first, and what the connection reads is opened through the same object, under the sink's
+/// lock, so that records leave in the order they were sealed even when opening one produces
+/// records to send (alerts, key updates).
+pub trait Seal: Send {
+    /// Seals `plain` and appends the records to `out`.
+    fn seal(&mut self, plain: &[u8], out: &mut BytesMut) -> std::io::Result<()>;
+    /// Reads from the socket and opens into `buf`, like `AsyncRead::poll_read`; records that
+    /// reading produced are appended to `out`.
+    fn poll_open(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        out: &mut BytesMut,
+    ) -> Poll<std::io::Result<()>>;
+    /// Appends the record that ends the session (TLS close_notify) to `out`.
+    fn close(&mut self, out: &mut BytesMut);
+}
+
+/// The read side of a sealed sink's connection: what its [`Seal`] opens (see
+/// [`FrameSink::poll_open`]).
+pub struct Opened<W>(pub std::sync::Arc<FrameSink<W>>);
+
+impl<W: SinkIo> tokio::io::AsyncRead for Opened<W> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.0.poll_open(cx, buf)
+    }
+}
+
 /// Chunks gathered into one vectored write.
 const MAX_IOV: usize = 64;
 
@@ -171,6 +145,28 @@ impl SinkState {
         self.chunks = std::collections::VecDeque::new();
         self.chunk_bytes = 0;
         self.buf = BytesMut::new();
+        self.plain = BytesMut::new();
+    }
+
+    /// Bytes not yet written (sealed or not).
+    fn unwritten(&self) -> usize {
+        self.chunk_bytes + self.buf.len() + self.plain.len()
+    }
+
+    /// Seals what was gathered in `plain` into `buf`. A failure closes the sink.
+    fn seal_plain(&mut self) -> Result<(), SinkError> {
+        if self.plain.is_empty() {
+            return Ok(());
+        }
+        let SinkState {
+            seal, plain, buf, ..
+        } = self;
+        let sealed = match seal {
+            Some(seal) => seal.seal(plain, buf),
+            None => Ok(()),
+        };
+        recycle(plain);
+        sealed.map_err(|_| SinkError::Closed)
     }
 }
 
@@ -198,12 +194,36 @@ pub struct FrameSink<W = tokio::net::unix::OwnedWriteHalf> {
 impl<W: SinkIo> FrameSink<W> {
     /// A sink writing to `io`, frames encoded with `codec`, bounded as described above.
     pub fn new(io: W, codec: FrameCodec, max_bytes: usize, max_frames: usize) -> Self {
+        Self::with_seal(io, codec, max_bytes, max_frames, None)
+    }
+
+    /// Like [`FrameSink::new`], every byte sealed by `seal` (see [`FrameSink::poll_open`] for
+    /// the read side).
+    pub fn sealed(
+        io: W,
+        codec: FrameCodec,
+        max_bytes: usize,
+        max_frames: usize,
+        seal: Box<dyn Seal>,
+    ) -> Self {
+        Self::with_seal(io, codec, max_bytes, max_frames, Some(seal))
+    }
+
+    fn with_seal(
+        io: W,
+        codec: FrameCodec,
+        max_bytes: usize,
+        max_frames: usize,
+        seal: Option<Box<dyn Seal>>,
+    ) -> Self {
         Self {
             io,
             state: std::sync::Mutex::new(SinkState {
                 chunks: std::collections::VecDeque::new(),
                 chunk_bytes: 0,
                 buf: BytesMut::new(),
+                plain: BytesMut::new(),
+                seal,
                 frames: 0,
                 codec,
                 pending: false,
@@ -220,6 +240,32 @@ impl<W: SinkIo> FrameSink<W> {
     /// The bounds: unwritten bytes, frames not yet written.
     pub fn bounds(&self) -> (usize, usize) {
         (self.max_bytes, self.max_frames)
+    }
+
+    /// Changes the largest frame the sink accepts (the session's limit, once negotiated).
+    pub fn set_max_frame_size(&self, max: u32) {
+        self.lock().codec.set_max_frame_size(max);
+    }
+
+    /// The read side of a sealed sink: reads from the socket and opens into `buf`, like
+    /// `AsyncRead::poll_read` (what reading produced to send goes out too). Fails with
+    /// `Unsupported` on a sink without a [`Seal`].
+    pub fn poll_open(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut st = self.lock();
+        let SinkState { seal, buf: out, .. } = &mut *st;
+        let Some(seal) = seal else {
+            return Poll::Ready(Err(std::io::ErrorKind::Unsupported.into()));
+        };
+        let before = out.len();
+        let opened = seal.poll_open(cx, buf, out);
+        if st.buf.len() != before && !st.pending && !st.closed {
+            self.write_out(&mut st);
+        }
+        opened
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
@@ -258,22 +304,58 @@ impl<W: SinkIo> FrameSink<W> {
         if st.closed {
             return Err(SinkError::Closed);
         }
-        let queued = st.chunk_bytes + st.buf.len();
+        let queued = st.unwritten();
         if queued > 0 && (queued >= self.max_bytes || st.frames >= self.max_frames) {
             return Err(SinkError::Full);
         }
-        let SinkState { codec, buf, .. } = st;
-        if let Some(payload) = codec.encode_split(frame, buf)? {
-            let head = st.buf.split().freeze();
-            st.chunk_bytes += head.len() + payload.len();
-            st.chunks.push_back(head);
-            st.chunks.push_back(payload);
+        if st.seal.is_some() {
+            // Sealed: frames gather in `plain` (while corked) and are sealed into `buf`; a
+            // large payload is sealed from its own buffer, not copied into `plain`.
+            let SinkState { codec, plain, .. } = st;
+            let payload = codec.encode_split(frame, plain)?;
+            if payload.is_some() || !st.corked {
+                self.sealed_or_closed(st, payload.as_deref())?;
+            }
+        } else {
+            let SinkState { codec, buf, .. } = st;
+            if let Some(payload) = codec.encode_split(frame, buf)? {
+                let head = st.buf.split().freeze();
+                st.chunk_bytes += head.len() + payload.len();
+                st.chunks.push_back(head);
+                st.chunks.push_back(payload);
+            }
         }
         st.frames += 1;
         if !st.pending && !st.corked {
             self.write_out(st);
         }
         Ok(())
+    }
+
+    /// Seals `plain`, then `payload` (if any), into `buf`; on failure closes the sink.
+    fn sealed_or_closed(
+        &self,
+        st: &mut SinkState,
+        payload: Option<&[u8]>,
+    ) -> Result<(), SinkError> {
+        let mut sealed = st.seal_plain();
+        if let (Ok(()), Some(payload), Some(seal)) = (&sealed, payload, st.seal.as_mut()) {
+            sealed = seal
+                .seal(payload, &mut st.buf)
+                .map_err(|_| SinkError::Closed);
+        }
+        if sealed.is_err() {
+            self.shut(st);
+        }
+        sealed
+    }
+
+    /// Marks the sink closed and drops what it holds; wakes the flusher and waiters.
+    fn shut(&self, st: &mut SinkState) {
+        st.closed = true;
+        st.clear();
+        self.kick.notify_one();
+        self.room.notify_waiters();
     }
 
     /// Gathers the frames sent from now on into one write, made by [`FrameSink::uncork`]: for a
@@ -288,7 +370,7 @@ impl<W: SinkIo> FrameSink<W> {
         let mut st = self.lock();
         if st.corked {
             st.corked = false;
-            if !st.pending {
+            if self.sealed_or_closed(&mut st, None).is_ok() && !st.pending {
                 self.write_out(&mut st);
             }
         }
@@ -330,10 +412,7 @@ impl<W: SinkIo> FrameSink<W> {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    st.closed = true;
-                    st.clear();
-                    self.kick.notify_one();
-                    self.room.notify_waiters();
+                    self.shut(st);
                     return;
                 }
             }
@@ -385,7 +464,7 @@ impl<W: SinkIo> FrameSink<W> {
             tokio::pin!(room);
             {
                 let st = self.lock();
-                if st.closed || (st.chunks.is_empty() && st.buf.is_empty()) {
+                if st.closed || st.unwritten() == 0 {
                     return;
                 }
                 room.as_mut().enable();
@@ -406,7 +485,7 @@ impl<W: SinkIo> FrameSink<W> {
                     if st.closed {
                         return false;
                     }
-                    if st.chunks.is_empty() && st.buf.is_empty() {
+                    if st.unwritten() == 0 {
                         return true;
                     }
                     room.as_mut().enable();
@@ -418,14 +497,22 @@ impl<W: SinkIo> FrameSink<W> {
     }
 
     /// Closes the sink: later sends fail, unwritten bytes are dropped, the flusher returns.
-    /// The write side of the socket is shut down when the sink is dropped.
+    /// A sealed sink that has written everything ends its session first (the record is written
+    /// if the socket takes it at once). The write side of the socket is shut down when the sink
+    /// is dropped.
     pub fn close(&self) {
         let mut st = self.lock();
-        st.closed = true;
-        st.clear();
-        drop(st);
-        self.kick.notify_one();
-        self.room.notify_waiters();
+        if !st.closed && st.unwritten() == 0 {
+            let SinkState { seal, buf, .. } = &mut *st;
+            if let Some(seal) = seal {
+                seal.close(buf);
+                let mut last: &[u8] = buf;
+                while let Ok(n @ 1..) = self.io.try_write(last) {
+                    last = last.get(n..).unwrap_or_default();
+                }
+            }
+        }
+        self.shut(&mut st);
     }
 }
 

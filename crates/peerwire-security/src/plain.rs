@@ -26,47 +26,6 @@ pub fn split(stream: tokio::net::UnixStream) -> std::io::Result<(PlainReader, Pl
     Ok((PlainReader { fd: reader }, PlainWriter::new(writer)))
 }
 
-/// Both sides in one stream (for TLS, which reads and writes through one object).
-pub fn stream(stream: tokio::net::UnixStream) -> std::io::Result<PlainStream> {
-    let (reader, writer) = split(stream)?;
-    Ok(PlainStream { reader, writer })
-}
-
-/// A [`PlainReader`] and its [`PlainWriter`] as one `AsyncRead + AsyncWrite`.
-#[derive(Debug)]
-pub struct PlainStream {
-    reader: PlainReader,
-    writer: PlainWriter,
-}
-
-impl AsyncRead for PlainStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.reader).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PlainStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.writer).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.writer).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.writer).poll_shutdown(cx)
-    }
-}
-
 /// The read side: registered for readability only.
 #[derive(Debug)]
 pub struct PlainReader {

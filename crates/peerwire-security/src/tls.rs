@@ -12,15 +12,19 @@
 use std::fmt;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
 
 use openssl::ssl::{
     Ssl, SslAcceptor, SslContext, SslContextBuilder, SslMethod, SslVerifyMode, SslVersion,
 };
 use openssl::x509::{X509, X509StoreContextRef, X509VerifyResult};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_openssl::SslStream;
 
 use crate::identity::{Identity, IdentityError};
+use crate::plain::{PlainReader, PlainWriter};
 
 /// Whether and how the transport is encrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,13 +117,159 @@ fn tls13_only(b: &mut SslContextBuilder) -> Result<(), TlsError> {
     Ok(())
 }
 
-/// Bytes of TLS records gathered before they go to the socket (see [`Buffered`]).
-const TLS_WRITE_BUFFER: usize = 256 * 1024;
+/// The socket as OpenSSL sees it: reads come from the read side; the records OpenSSL writes are
+/// gathered in `out` and never wait. During the handshake a flush (OpenSSL flushes at the end of
+/// each flight) writes them to the socket; once the session is up they go, in the order they
+/// were sealed, through the connection's `FrameSink` (see [`TlsSession`]), which writes them
+/// with one non-blocking write per batch.
+#[derive(Debug)]
+struct TlsIo<R> {
+    reader: R,
+    /// Present during the handshake only.
+    writer: Option<PlainWriter>,
+    out: BytesMut,
+}
 
-/// The socket under a TLS stream: records OpenSSL writes are gathered and go out in one write
-/// when the TLS stream is flushed (OpenSSL flushes at the end of each handshake flight), rather
-/// than one system call per record of at most 16 KiB. Writers must flush after each batch.
-pub type Buffered<S> = tokio::io::BufWriter<S>;
+impl<R: AsyncRead + Unpin> AsyncRead for TlsIo<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for TlsIo<R> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if let Some(writer) = &mut this.writer {
+            while !this.out.is_empty() {
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &this.out))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                this.out.advance(n);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+/// An established TLS session: the record layer of a connection's `FrameSink`
+/// ([`peerwire_proto::io::Seal`]). Sealing a batch of frames is one `SSL_write` into memory,
+/// made by the sending task itself (no writer task, no wait: the sink writes the records with
+/// the rest of the batch); opening reads through `R`, the socket's read side.
+pub struct TlsSession<R = PlainReader> {
+    stream: SslStream<TlsIo<R>>,
+}
+
+impl<R> fmt::Debug for TlsSession<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSession")
+            .field("version", &self.stream.ssl().version_str())
+            .finish()
+    }
+}
+
+impl<R: AsyncRead + Unpin> TlsSession<R> {
+    /// Runs `op` with OpenSSL's records going straight into `out` (after any the handshake
+    /// left unsent).
+    fn records_to<T>(
+        &mut self,
+        out: &mut BytesMut,
+        op: impl FnOnce(Pin<&mut SslStream<TlsIo<R>>>) -> T,
+    ) -> T {
+        let io = self.stream.get_mut();
+        if !io.out.is_empty() {
+            out.extend_from_slice(&io.out);
+            io.out.clear();
+        }
+        std::mem::swap(&mut io.out, out);
+        let result = op(Pin::new(&mut self.stream));
+        std::mem::swap(&mut self.stream.get_mut().out, out);
+        result
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> peerwire_proto::io::Seal for TlsSession<R> {
+    fn seal(&mut self, plain: &[u8], out: &mut BytesMut) -> std::io::Result<()> {
+        self.records_to(out, |mut stream| {
+            // Writes never wait (`TlsIo` takes every record), so no waker is ever kept.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let mut rest = plain;
+            while !rest.is_empty() {
+                match stream.as_mut().poll_write(&mut cx, rest) {
+                    Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => rest = rest.get(n..).unwrap_or_default(),
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => return Err(std::io::ErrorKind::WouldBlock.into()),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn poll_open(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        out: &mut BytesMut,
+    ) -> Poll<std::io::Result<()>> {
+        self.records_to(out, |stream| stream.poll_read(cx, buf))
+    }
+
+    fn close(&mut self, out: &mut BytesMut) {
+        self.records_to(out, |stream| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let _ = stream.poll_shutdown(&mut cx);
+        });
+    }
+}
+
+/// Runs a handshake on a fresh TLS stream over `reader` and `writer`; on success, the session
+/// and the writer (for the connection's `FrameSink`).
+async fn handshake<R: AsyncRead + Unpin>(
+    ssl: Ssl,
+    reader: R,
+    writer: PlainWriter,
+    what: &'static str,
+    accept: bool,
+) -> Result<(TlsSession<R>, PlainWriter), TlsError> {
+    let io = TlsIo {
+        reader,
+        writer: Some(writer),
+        out: BytesMut::new(),
+    };
+    let mut s = SslStream::new(ssl, io)?;
+    let done = if accept {
+        Pin::new(&mut s).accept().await
+    } else {
+        Pin::new(&mut s).connect().await
+    };
+    if let Err(e) = done {
+        return Err(handshake_error(s, e, what));
+    }
+    match s.get_mut().writer.take() {
+        Some(writer) => Ok((TlsSession { stream: s }, writer)),
+        None => Err(TlsError::Handshake(
+            "the socket's write side is gone".into(),
+        )),
+    }
+}
 
 fn handshake_error(
     e: tokio_openssl::SslStream<impl Sized>,
@@ -184,18 +334,15 @@ impl ServerTls {
         self.mode
     }
 
-    /// Runs the server side of the handshake on `stream`.
-    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    /// Runs the server side of the handshake on a socket's two sides; returns the session
+    /// and the write side, for the connection's `FrameSink`.
+    pub async fn accept<R: AsyncRead + Unpin>(
         &self,
-        stream: S,
-    ) -> Result<SslStream<Buffered<S>>, TlsError> {
+        reader: R,
+        writer: PlainWriter,
+    ) -> Result<(TlsSession<R>, PlainWriter), TlsError> {
         let ssl = Ssl::new(self.acceptor.context())?;
-        let stream = Buffered::with_capacity(TLS_WRITE_BUFFER, stream);
-        let mut s = SslStream::new(ssl, stream)?;
-        match Pin::new(&mut s).accept().await {
-            Ok(()) => Ok(s),
-            Err(e) => Err(handshake_error(s, e, "client")),
-        }
+        handshake(ssl, reader, writer, "client", true).await
     }
 }
 
@@ -259,20 +406,17 @@ impl ClientTls {
         self.mode
     }
 
-    /// Runs the client side of the handshake on `stream`. In TLS 1.3 a server that refuses
+    /// Runs the client side of the handshake on a socket's two sides (see
+    /// [`ServerTls::accept`]). In TLS 1.3 a server that refuses
     /// *our* certificate says so only after this returns: the error then surfaces on the
     /// first read.
-    pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+    pub async fn connect<R: AsyncRead + Unpin>(
         &self,
-        stream: S,
-    ) -> Result<SslStream<Buffered<S>>, TlsError> {
+        reader: R,
+        writer: PlainWriter,
+    ) -> Result<(TlsSession<R>, PlainWriter), TlsError> {
         // Identity is pinned, not named: no hostname check, no SNI.
         let ssl = Ssl::new(&self.context)?;
-        let stream = Buffered::with_capacity(TLS_WRITE_BUFFER, stream);
-        let mut s = SslStream::new(ssl, stream)?;
-        match Pin::new(&mut s).connect().await {
-            Ok(()) => Ok(s),
-            Err(e) => Err(handshake_error(s, e, "server")),
-        }
+        handshake(ssl, reader, writer, "server", false).await
     }
 }

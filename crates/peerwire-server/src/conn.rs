@@ -3,8 +3,8 @@
 //! ```text
 //! accept -> SO_PEERCRED -> Hello (64 KiB limit, handshake timeout) -> Welcome | Reject+close
 //!        -> serve: reader loop (this task, which also answers handlers that finish at once)
-//!                  + writer task (plain: finishes what `FrameSink` writes could not, moves
-//!                  drop-policy events in; TLS: drains the bounded queues) + event-handler task
+//!                  + writer task (finishes what `FrameSink` writes could not, moves
+//!                  drop-policy events in) + event-handler task
 //!        -> close: Goodbye, requests in flight finish within the grace period, socket closed
 //! ```
 //!
@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use peerwire_proto::codec::{CodecError, FrameCodec};
 use peerwire_proto::handshake::{ServerHandshake, ServerOutcome, Session};
-use peerwire_proto::io::FrameSink;
+use peerwire_proto::io::{FrameSink, Opened};
 use peerwire_proto::v1::{
     Code, Frame, Goodbye, Ping, Pong, Request, Response, SubscribeRequest, SubscribeResponse,
     frame::Kind,
@@ -49,55 +49,35 @@ const EVENT_QUEUE: usize = 256;
 /// How long, and how much, unread input is drained after a `Reject` so the peer can read it.
 const REJECT_DRAIN: (Duration, u64) = (Duration::from_millis(100), 64 * 1024);
 
-/// Either half of a plain Unix stream or of a TLS stream over it.
+/// The read side of a plain Unix stream, or of a TLS session (see [`Opened`]).
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// A connection's write side: a plain socket's (its frames are written by the sending task,
-/// see [`FrameSink`]) or a TLS stream's (written by a writer task).
+/// A connection's write side until the session starts: a plain socket's, or the sink of a TLS
+/// session (every byte after the TLS handshake goes through it, sealed).
 enum Wr {
     Plain(PlainWriter),
-    Tls(BoxWrite),
+    Sealed(Arc<FrameSink<PlainWriter>>),
 }
 
-impl AsyncWrite for Wr {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(w) => std::pin::Pin::new(w).poll_write(cx, buf),
-            Self::Tls(w) => std::pin::Pin::new(w).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(w) => std::pin::Pin::new(w).poll_flush(cx),
-            Self::Tls(w) => std::pin::Pin::new(w).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(w) => std::pin::Pin::new(w).poll_shutdown(cx),
-            Self::Tls(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+impl Wr {
+    /// Sends `frame` as the last frame of the connection (a refusal), within `timeout`.
+    async fn send_last(&mut self, frame: Frame, timeout: Duration) {
+        match self {
+            Self::Plain(wr) => send_direct(wr, frame, timeout).await,
+            Self::Sealed(sink) => {
+                if sink.try_send(&frame).is_ok() {
+                    tokio::select! {
+                        biased;
+                        _ = sink.flushed(timeout) => {}
+                        () = sink.run() => {}
+                    }
+                }
+                sink.close();
+            }
         }
     }
 }
 
-/// What the connection's writer task drives.
-enum WriterParts {
-    Sink(Arc<FrameSink<PlainWriter>>),
-    Queue(BoxWrite, mpsc::Receiver<Frame>),
-}
 type Reader = FramedRead<BoxRead, FrameCodec>;
 
 pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
@@ -154,16 +134,22 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                 if closed_before_sending(&stream).await {
                     return Err(None);
                 }
-                let stream = peerwire_security::plain::stream(stream).map_err(|e| {
+                let (rd, wr) = peerwire_security::plain::split(stream).map_err(|e| {
                     Some(peerwire_security::tls::TlsError::Handshake(e.to_string()))
                 })?;
-                tls.accept(stream).await.map_err(Some)
+                tls.accept(rd, wr).await.map_err(Some)
             })
             .await
             {
-                Ok(Ok(tls_stream)) => {
-                    let (rd, wr) = tokio::io::split(tls_stream);
-                    (Box::new(rd), Wr::Tls(Box::new(wr)))
+                Ok(Ok((session, wr))) => {
+                    let sink = Arc::new(FrameSink::sealed(
+                        wr,
+                        FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE),
+                        shared.limits.outbound_queue_bytes,
+                        shared.limits.outbound_queue,
+                        Box::new(session),
+                    ));
+                    (Box::new(Opened(sink.clone())), Wr::Sealed(sink))
                 }
                 Ok(Err(None)) => {
                     tracing::info!("closed before the TLS handshake");
@@ -411,7 +397,7 @@ async fn handshake(
         first = tokio::time::timeout_at(deadline, reader.next()) => first,
         _ = shared.shutdown.cancelled() => {
             let status = Status::new(Code::ShuttingDown, "the server is shutting down");
-            send_direct(wr, refuse(status), limits.handshake_timeout).await;
+            wr.send_last(refuse(status), limits.handshake_timeout).await;
             return None;
         }
     };
@@ -422,7 +408,8 @@ async fn handshake(
             return None;
         }
         Ok(Some(Err(e))) => {
-            send_direct(wr, refuse(codec_status(&e)), limits.handshake_timeout).await;
+            wr.send_last(refuse(codec_status(&e)), limits.handshake_timeout)
+                .await;
             return None;
         }
         Err(_) => {
@@ -433,7 +420,7 @@ async fn handshake(
                     limits.handshake_timeout
                 ),
             );
-            send_direct(wr, refuse(status), limits.handshake_timeout).await;
+            wr.send_last(refuse(status), limits.handshake_timeout).await;
             return None;
         }
     };
@@ -445,14 +432,14 @@ async fn handshake(
         } => {
             if let Err(status) = check_token(shared, presenter, &hello.session_token) {
                 bump(&shared.counters.token_failures);
-                send_direct(wr, refuse(status), limits.handshake_timeout).await;
+                wr.send_last(refuse(status), limits.handshake_timeout).await;
                 return None;
             }
             Some((session, hello.client_name, welcome))
         }
         ServerOutcome::Reject { reject, status } => {
             tracing::warn!("handshake refused: {status}");
-            send_direct(wr, reject, limits.handshake_timeout).await;
+            wr.send_last(reject, limits.handshake_timeout).await;
             None
         }
     }
@@ -468,7 +455,7 @@ struct Connection {
     info: Arc<ConnInfo>,
     ctx: ConnectionContext,
     reader: Reader,
-    writer: Option<WriterParts>,
+    writer: Option<Arc<FrameSink<PlainWriter>>>,
     tx: Outbox,
     events_out: Arc<crate::outbound::EventQueue>,
     events: mpsc::Sender<(EventFn, Bytes)>,
@@ -498,22 +485,16 @@ impl Connection {
             shared.limits.outbound_queue_bytes,
         ));
         let max = info.session.max_frame_size();
-        let (tx, writer) = match wr {
-            Wr::Plain(wr) => {
-                let sink = Arc::new(FrameSink::new(
-                    wr,
-                    FrameCodec::new(max),
-                    shared.limits.outbound_queue_bytes,
-                    shared.limits.outbound_queue,
-                ));
-                (Outbox::Direct(sink.clone()), WriterParts::Sink(sink))
-            }
-            Wr::Tls(wr) => {
-                let (tx, rx) = Outbox::queued(
-                    shared.limits.outbound_queue,
-                    shared.limits.outbound_queue_bytes,
-                );
-                (tx, WriterParts::Queue(wr, rx))
+        let sink = match wr {
+            Wr::Plain(wr) => Arc::new(FrameSink::new(
+                wr,
+                FrameCodec::new(max),
+                shared.limits.outbound_queue_bytes,
+                shared.limits.outbound_queue,
+            )),
+            Wr::Sealed(sink) => {
+                sink.set_max_frame_size(max);
+                sink
             }
         };
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -528,8 +509,8 @@ impl Connection {
             info,
             ctx,
             reader,
-            writer: Some(writer),
-            tx,
+            writer: Some(sink.clone()),
+            tx: Outbox(sink),
             events_out,
             events,
             events_rx: Some(events_rx),
@@ -546,10 +527,9 @@ impl Connection {
     /// Sends `welcome` as the first frame, registers the connection (so the server knows it
     /// before the client can act on the Welcome), and serves it.
     async fn run(mut self, welcome: Frame) {
-        let (Some(writer), Some(events_rx)) = (self.writer.take(), self.events_rx.take()) else {
+        let (Some(sink), Some(events_rx)) = (self.writer.take(), self.events_rx.take()) else {
             return;
         };
-        let max = self.info.session.max_frame_size();
         if self.tx.push(welcome).is_err() {
             return;
         }
@@ -564,29 +544,10 @@ impl Connection {
                 kick: self.kick.clone(),
             },
         );
-        let sink = match &writer {
-            WriterParts::Sink(sink) => Some(sink.clone()),
-            WriterParts::Queue(..) => None,
-        };
-        let writer = match (writer, &self.tx) {
-            (WriterParts::Sink(sink), _) => {
-                let events = self.events_out.clone();
-                tokio::spawn(async move {
-                    crate::outbound::sink_loop(sink, events).await;
-                    Ok(())
-                })
-            }
-            (WriterParts::Queue(wr, rx), Outbox::Queued { queued, .. }) => {
-                tokio::spawn(crate::outbound::write_loop(
-                    wr,
-                    FrameCodec::new(max),
-                    rx,
-                    self.events_out.clone(),
-                    queued.clone(),
-                ))
-            }
-            (WriterParts::Queue(..), Outbox::Direct(_)) => return,
-        };
+        let writer = tokio::spawn(crate::outbound::sink_loop(
+            sink.clone(),
+            self.events_out.clone(),
+        ));
         let event_task = tokio::spawn(run_event_handlers(self.ctx.clone(), events_rx));
 
         let reason = self.serve().await;
@@ -615,32 +576,23 @@ impl Connection {
             ..
         } = self;
         drop(tx);
-        if let Some(sink) = sink {
-            // What is queued still goes out, within the grace period: events of drop-policy
-            // topics first move into the sink, then the sink drains into the socket.
-            let grace = shared.limits.shutdown_grace;
-            let drained = tokio::time::timeout(grace, async {
-                while !events_out.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                sink.flushed(grace).await
-            })
-            .await
-            .unwrap_or(false);
-            if !drained {
-                tracing::warn!("peer is not reading; dropping its unsent frames");
+        // What is queued still goes out, within the grace period: events of drop-policy
+        // topics first move into the sink, then the sink drains into the socket.
+        let grace = shared.limits.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while !events_out.is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            sink.close();
+            sink.flushed(grace).await
+        })
+        .await
+        .unwrap_or(false);
+        if !drained {
+            tracing::warn!("peer is not reading; dropping its unsent frames");
         }
-        let mut writer = writer;
-        match tokio::time::timeout(shared.limits.shutdown_grace, &mut writer).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::debug!("writer ended: {e}"),
-            Ok(Err(e)) => tracing::error!("writer task failed: {e}"),
-            Err(_) => {
-                tracing::warn!("peer is not reading; dropping its unsent frames");
-                writer.abort();
-            }
+        sink.close();
+        if let Err(e) = writer.await {
+            tracing::error!("writer task failed: {e}");
         }
         tracing::info!("closed");
     }

@@ -1,20 +1,17 @@
-//! A connection's outbound side: the bounded queue of frames (responses, pongs, events of
-//! `Disconnect` topics), the event queue of topics with a drop policy, and the writer task that
-//! drains both into the stream.
+//! A connection's outbound side beside its `FrameSink` (which takes responses, pongs and events
+//! of `Disconnect` topics): the event queue of topics with a drop policy, and the writer task
+//! that finishes the sink's writes and moves those events into it.
 //!
 //! Nothing here ever waits for the peer: a full queue is the peer's problem, handled by the
 //! topic's [`SlowConsumerPolicy`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
-use peerwire_proto::codec::{CodecError, FrameCodec};
 use peerwire_proto::v1::Frame;
 use prost::Message;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// What happens to a topic's events when a subscriber does not read fast enough.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,10 +116,6 @@ impl EventQueue {
         q.frames.is_empty()
     }
 
-    fn take(&self, buf: &mut Vec<Frame>, limit: usize) {
-        self.take_within(buf, limit, usize::MAX);
-    }
-
     /// Takes at most `limit` queued events, and no more once they reach `bytes` encoded bytes
     /// (but at least one event).
     fn take_within(&self, buf: &mut Vec<Frame>, limit: usize, bytes: usize) {
@@ -141,7 +134,7 @@ impl EventQueue {
     }
 }
 
-use peerwire_proto::io::{FrameSink, WRITE_BATCH, end_batch, put_frame};
+use peerwire_proto::io::{FrameSink, WRITE_BATCH};
 
 /// The writer task of a plain connection, whose frames the sending tasks write themselves:
 /// finishes the writes the socket could not take at once, and moves the events of drop-policy
@@ -184,54 +177,6 @@ pub(crate) async fn sink_loop(
     }
 }
 
-/// The writer task: drains the frame queue and the event queue into `io` until the frame queue
-/// is closed, then shuts the write side down. `queued` is the frame queue's byte count.
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
-    mut io: W,
-    mut codec: FrameCodec,
-    mut rx: mpsc::Receiver<Frame>,
-    events: Arc<EventQueue>,
-    queued: Arc<AtomicUsize>,
-) -> Result<(), CodecError> {
-    let mut buf = BytesMut::new();
-    let mut pending = Vec::new();
-    let mut open = true;
-    // Frames taken from the frame queue no longer count against its byte limit.
-    let taken = |f: Frame| {
-        queued.fetch_sub(f.encoded_len(), Ordering::Relaxed);
-        f
-    };
-    while open {
-        tokio::select! {
-            biased;
-            frame = rx.recv() => match frame {
-                Some(f) => pending.push(taken(f)),
-                None => open = false,
-            },
-            _ = events.notify.notified() => {}
-        }
-        loop {
-            while pending.len() < 256 {
-                match rx.try_recv() {
-                    Ok(f) => pending.push(taken(f)),
-                    Err(_) => break,
-                }
-            }
-            events.take(&mut pending, 512);
-            if pending.is_empty() {
-                break;
-            }
-            for f in pending.drain(..) {
-                put_frame(&mut io, &mut codec, &f, &mut buf).await?;
-            }
-            end_batch(&mut io, &mut buf).await?;
-        }
-    }
-    io.flush().await?;
-    io.shutdown().await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,7 +192,7 @@ mod tests {
 
     fn topics(q: &EventQueue) -> Vec<(String, u64)> {
         let mut out = vec![];
-        q.take(&mut out, usize::MAX);
+        q.take_within(&mut out, usize::MAX, usize::MAX);
         out.into_iter()
             .filter_map(|f| match f.kind {
                 Some(Kind::Event(e)) => Some((e.topic, e.seq)),

@@ -11,26 +11,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use peerwire_proto::handshake::ServerOffer;
 use peerwire_proto::v1::{Event, Frame, frame::Kind};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::router::{ConnInfo, ConnectionId, Router};
 
-/// A connection's outbound queue, bounded in bytes (and, over TLS, in frames). Never blocks.
+/// A connection's outbound side: the sending task writes its frame itself (through TLS, if the
+/// connection has it), unless earlier bytes are still waiting for the socket (then the writer
+/// task finishes them). Bounded in bytes and frames; never blocks.
 #[derive(Clone)]
-pub(crate) enum Outbox {
-    /// Plain socket: the sending task writes the frame itself, unless earlier bytes are still
-    /// waiting for the socket (then the writer task finishes them).
-    Direct(Arc<FrameSink<PlainWriter>>),
-    /// TLS: a queue the writer task drains.
-    Queued {
-        tx: mpsc::Sender<Frame>,
-        /// Encoded bytes queued and not yet taken by the writer.
-        queued: Arc<std::sync::atomic::AtomicUsize>,
-        max_bytes: usize,
-    },
-}
+pub(crate) struct Outbox(pub(crate) Arc<FrameSink<PlainWriter>>);
 
 /// Why a frame could not be queued.
 pub(crate) enum Full {
@@ -41,63 +31,23 @@ pub(crate) enum Full {
 }
 
 impl Outbox {
-    pub(crate) fn queued(capacity: usize, max_bytes: usize) -> (Self, mpsc::Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let outbox = Self::Queued {
-            tx,
-            queued: Arc::default(),
-            max_bytes,
-        };
-        (outbox, rx)
-    }
-
-    /// See [`FrameSink::cork`]; nothing to do for a queue, which its writer task drains in
-    /// batches anyway.
+    /// See [`FrameSink::cork`].
     pub(crate) fn cork(&self) {
-        if let Self::Direct(sink) = self {
-            sink.cork();
-        }
+        self.0.cork();
     }
 
     /// See [`FrameSink::uncork`].
     pub(crate) fn uncork(&self) {
-        if let Self::Direct(sink) = self {
-            sink.uncork();
-        }
+        self.0.uncork();
     }
 
     /// Queues `frame`; a frame is always accepted into an empty queue, whatever its size.
     pub(crate) fn push(&self, frame: Frame) -> Result<(), Full> {
-        let (tx, queued, max_bytes) = match self {
-            Self::Direct(sink) => {
-                return sink.try_send(&frame).map_err(|e| match e {
-                    SinkError::Full => Full::Queue,
-                    // Frames are checked against the session's limit before they get here.
-                    SinkError::Closed | SinkError::Codec(_) => Full::Closed,
-                });
-            }
-            Self::Queued {
-                tx,
-                queued,
-                max_bytes,
-            } => (tx, queued, *max_bytes),
-        };
-        let len = prost::Message::encoded_len(&frame);
-        let before = queued.fetch_add(len, Ordering::Relaxed);
-        if before > 0 && before.saturating_add(len) > max_bytes {
-            queued.fetch_sub(len, Ordering::Relaxed);
-            return Err(Full::Queue);
-        }
-        match tx.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                queued.fetch_sub(len, Ordering::Relaxed);
-                Err(match e {
-                    mpsc::error::TrySendError::Full(_) => Full::Queue,
-                    mpsc::error::TrySendError::Closed(_) => Full::Closed,
-                })
-            }
-        }
+        self.0.try_send(&frame).map_err(|e| match e {
+            SinkError::Full => Full::Queue,
+            // Frames are checked against the session's limit before they get here.
+            SinkError::Closed | SinkError::Codec(_) => Full::Closed,
+        })
     }
 }
 
