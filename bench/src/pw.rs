@@ -99,13 +99,16 @@ pub(crate) fn serve(path: &Path, identity: &Path, mode: ServerMode) -> anyhow::R
 
 fn broadcast(server: &ServerHandle, n: u64) -> Result<usize, Status> {
     let event = Bytes::from_static(&[7u8; 64]);
-    let mut queued = 0;
-    for _ in 0..n {
-        queued = server
-            .broadcast(TOPIC, &event)
-            .map_err(|e| Status::internal(e.to_string()))?;
-    }
-    Ok(queued)
+    // One burst: written together to each subscriber.
+    server.batch(|| {
+        let mut queued = 0;
+        for _ in 0..n {
+            queued = server
+                .broadcast(TOPIC, &event)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        Ok(queued)
+    })
 }
 
 /// Pushes `n` events, 64 at a time, letting the connections' writers run in between (as an

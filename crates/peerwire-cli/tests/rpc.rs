@@ -105,11 +105,15 @@ async fn pushes_reach_exactly_the_subscribers_in_order() {
         clients.push((client, stream, t));
     }
     assert_eq!(handle.connections().len(), 5);
-    for i in 0..200u64 {
+    let push = |i: u64| {
         let topic = if i % 3 == 0 { "news.B" } else { "news.A" };
         let n = handle.broadcast(topic, &i).unwrap();
         assert_eq!(n, if topic == "news.A" { 3 } else { 2 });
-    }
+    };
+    (0..100u64).for_each(push);
+    // The rest as one burst: gathered per connection and written when the batch ends, in the
+    // same order and with the same sequence numbers.
+    handle.batch(|| (100..200u64).for_each(push));
     // A push to a topic nobody subscribed to reaches nobody.
     assert_eq!(handle.broadcast("other.X", &7u64).unwrap(), 0);
     // Unicast to one connection, which must be subscribed.

@@ -12,7 +12,8 @@ use tokio::io::ReadBuf;
 use crate::codec::{CodecError, FrameCodec};
 use crate::v1::Frame;
 
-/// Bytes of events the server moves into a sink at a time (see its event queue).
+/// Bytes a corked sink gathers before it writes them anyway; also the most events the server
+/// moves into a sink at a time (see its event queue).
 pub const WRITE_BATCH: usize = 64 * 1024;
 
 /// Clears `buf` after a write and gives its memory back if one large frame grew it: an idle
@@ -313,7 +314,7 @@ impl<W: SinkIo> FrameSink<W> {
             // large payload is sealed from its own buffer, not copied into `plain`.
             let SinkState { codec, plain, .. } = st;
             let payload = codec.encode_split(frame, plain)?;
-            if payload.is_some() || !st.corked {
+            if payload.is_some() || !st.corked || st.plain.len() >= WRITE_BATCH {
                 self.sealed_or_closed(st, payload.as_deref())?;
             }
         } else {
@@ -326,7 +327,9 @@ impl<W: SinkIo> FrameSink<W> {
             }
         }
         st.frames += 1;
-        if !st.pending && !st.corked {
+        // Corked, a batch still goes out every `WRITE_BATCH` bytes: it never reaches the
+        // bounds (and fails senders) only because it was gathered.
+        if !st.pending && (!st.corked || st.chunk_bytes + st.buf.len() >= WRITE_BATCH) {
             self.write_out(st);
         }
         Ok(())
@@ -359,7 +362,8 @@ impl<W: SinkIo> FrameSink<W> {
     }
 
     /// Gathers the frames sent from now on into one write, made by [`FrameSink::uncork`]: for a
-    /// sender that knows more frames follow at once (answers to a batch of requests).
+    /// sender that knows more frames follow at once (answers to a batch of requests). Every
+    /// [`WRITE_BATCH`] bytes gathered are written at once all the same.
     pub fn cork(&self) {
         self.lock().corked = true;
     }
@@ -614,6 +618,30 @@ mod tests {
             assert!(b.read_buf(&mut buf).await.unwrap() > 0);
         }
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), ping(10));
+    }
+
+    /// A corked sink holds a batch only up to `WRITE_BATCH` bytes: a long burst goes out as it
+    /// grows, so gathering never makes the sink reach its bounds.
+    #[tokio::test]
+    async fn a_corked_sink_still_writes_every_write_batch() {
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, wa) = a.into_split();
+        let sink = FrameSink::new(wa, FrameCodec::new(1 << 20), 2 * WRITE_BATCH, 1 << 20);
+        sink.cork();
+        let mut sent = 0u64;
+        // Far more than the bounds: every send fits because the batch leaves as it grows.
+        while sent * 12 < 4 * WRITE_BATCH as u64 {
+            sink.try_send(&ping(sent)).unwrap();
+            sent += 1;
+            if sent % 1000 == 0 {
+                let mut drained = BytesMut::new();
+                while b.try_read_buf(&mut drained).is_ok_and(|n| n > 0) {}
+            }
+        }
+        let mut buf = BytesMut::new();
+        let got = tokio::time::timeout(Duration::from_millis(500), b.read_buf(&mut buf)).await;
+        assert!(got.is_ok(), "a corked sink wrote nothing of {sent} frames");
+        sink.uncork();
     }
 
     /// A peer that stops reading fills the socket, then the sink's bounded buffer: `try_send`

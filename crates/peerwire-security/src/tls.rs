@@ -112,22 +112,42 @@ fn tls13_only(b: &mut SslContextBuilder) -> Result<(), TlsError> {
     b.set_max_proto_version(Some(SslVersion::TLS1_3))?;
     b.set_ciphersuites(TLS13_SUITES)?;
     b.set_options(openssl::ssl::SslOptions::CIPHER_SERVER_PREFERENCE);
-    // Read whole records (and what follows) in one read, not header and body apart.
-    b.set_read_ahead(true);
+    // No read-ahead: OpenSSL takes exactly one record at a time from `TlsIo`, which reads the
+    // socket in large chunks itself, so nothing is ever left inside OpenSSL unseen.
+    b.set_read_ahead(false);
     Ok(())
 }
 
-/// The socket as OpenSSL sees it: reads come from the read side; the records OpenSSL writes are
-/// gathered in `out` and never wait. During the handshake a flush (OpenSSL flushes at the end of
+/// Socket bytes read at a time (many records of a burst, or of one large message, per read).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The socket as OpenSSL sees it: reads come from the read side through `inbuf`, filled a chunk
+/// at a time (OpenSSL, without read-ahead, asks for each record's header, then its body); the
+/// records OpenSSL writes are gathered in `out` and never wait. During the handshake a flush (OpenSSL flushes at the end of
 /// each flight) writes them to the socket; once the session is up they go, in the order they
 /// were sealed, through the connection's `FrameSink` (see [`TlsSession`]), which writes them
 /// with one non-blocking write per batch.
 #[derive(Debug)]
 struct TlsIo<R> {
     reader: R,
+    /// Read from the socket, not yet taken by OpenSSL.
+    inbuf: BytesMut,
     /// Present during the handshake only.
     writer: Option<PlainWriter>,
     out: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> TlsIo<R> {
+    /// Reads what the socket has into `inbuf` (empty on Ready: the end of the stream). While
+    /// there is nothing to read, an idle connection keeps no buffer.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inbuf.reserve(READ_CHUNK);
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.reader), cx, &mut self.inbuf);
+        if read.is_pending() && self.inbuf.is_empty() {
+            self.inbuf = BytesMut::new();
+        }
+        read.map_ok(drop)
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for TlsIo<R> {
@@ -136,7 +156,14 @@ impl<R: AsyncRead + Unpin> AsyncRead for TlsIo<R> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.reader).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.inbuf.is_empty() {
+            ready!(this.poll_fill(cx))?;
+        }
+        let n = this.inbuf.len().min(buf.remaining());
+        buf.put_slice(this.inbuf.get(..n).unwrap_or_default());
+        this.inbuf.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -175,6 +202,8 @@ impl<R: Unpin> AsyncWrite for TlsIo<R> {
 /// the rest of the batch); opening reads through `R`, the socket's read side.
 pub struct TlsSession<R = PlainReader> {
     stream: SslStream<TlsIo<R>>,
+    /// A read failed after earlier records were opened: reported on the next read.
+    failed: Option<std::io::Error>,
 }
 
 impl<R> fmt::Debug for TlsSession<R> {
@@ -229,7 +258,32 @@ impl<R: AsyncRead + Unpin + Send> peerwire_proto::io::Seal for TlsSession<R> {
         buf: &mut ReadBuf<'_>,
         out: &mut BytesMut,
     ) -> Poll<std::io::Result<()>> {
-        self.records_to(out, |stream| stream.poll_read(cx, buf))
+        // Nothing left inside OpenSSL (no read-ahead) and nothing read: wait for the socket
+        // here, rather than learn it from an SSL_read that fails for want of bytes.
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        if self.stream.ssl().pending() == 0 && self.stream.get_ref().inbuf.is_empty() {
+            ready!(self.stream.get_mut().poll_fill(cx))?;
+        }
+        ready!(self.records_to(out, |stream| stream.poll_read(cx, buf)))?;
+        // Open every record already read (one SSL_read opens one), so that the frames that
+        // arrived together are seen together (and their answers leave together).
+        while buf.remaining() > 0
+            && (self.stream.ssl().pending() > 0 || !self.stream.get_ref().inbuf.is_empty())
+        {
+            let before = buf.filled().len();
+            match self.records_to(out, |stream| stream.poll_read(cx, buf)) {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {}
+                Poll::Ready(Err(e)) => {
+                    self.failed = Some(e);
+                    break;
+                }
+                // The end, or a partial record: the next read sees it.
+                _ => break,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn close(&mut self, out: &mut BytesMut) {
@@ -251,6 +305,7 @@ async fn handshake<R: AsyncRead + Unpin>(
 ) -> Result<(TlsSession<R>, PlainWriter), TlsError> {
     let io = TlsIo {
         reader,
+        inbuf: BytesMut::new(),
         writer: Some(writer),
         out: BytesMut::new(),
     };
@@ -264,7 +319,13 @@ async fn handshake<R: AsyncRead + Unpin>(
         return Err(handshake_error(s, e, what));
     }
     match s.get_mut().writer.take() {
-        Some(writer) => Ok((TlsSession { stream: s }, writer)),
+        Some(writer) => Ok((
+            TlsSession {
+                stream: s,
+                failed: None,
+            },
+            writer,
+        )),
         None => Err(TlsError::Handshake(
             "the socket's write side is gone".into(),
         )),

@@ -876,15 +876,16 @@ impl Connection {
         // wake-up and a trip through the JoinSet on every such call. A panic is caught and
         // answered exactly like one in a task.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)))
-        {
+        // Events the handler publishes go out together once it returns (see `batched`).
+        let poll = || crate::outbound::batched(|| fut.as_mut().poll(&mut cx));
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(poll)) {
             Ok(std::task::Poll::Ready(result)) => return self.respond(answer(id, result)),
             Ok(std::task::Poll::Pending) => {}
             Err(_) => return self.handler_panicked(id, &method),
         }
         let name = method.clone();
         let abort = self.tasks.spawn(async move {
-            match tokio::time::timeout(deadline, fut).await {
+            match tokio::time::timeout(deadline, crate::outbound::Batched(fut)).await {
                 Ok(result) => answer(id, result),
                 Err(_) => Status::new(
                     Code::DeadlineExceeded,

@@ -471,6 +471,25 @@ impl ServerHandle {
         self.shared.broadcast(topic, &event.encode_to_vec().into())
     }
 
+    /// Runs `f` with the events it queues (through this handle or any other) gathered per
+    /// connection and written together when it returns: one write, and over TLS one record,
+    /// per connection for a burst of events, rather than one per event. Each connection's
+    /// gathered bytes still go out every 64 KiB, so a long burst is not held back, and queue
+    /// limits apply as usual. Handlers get this for each poll without asking.
+    ///
+    /// ```no_run
+    /// # fn demo(server: &peerwire_server::ServerHandle, readings: &[u32]) {
+    /// server.batch(|| {
+    ///     for r in readings {
+    ///         let _ = server.broadcast("sensor.Reading", r);
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn batch<T>(&self, f: impl FnOnce() -> T) -> T {
+        crate::outbound::batched(f)
+    }
+
     /// Queues `event` on one connection, which must be subscribed to `topic`.
     pub fn send_event<M: Message>(
         &self,

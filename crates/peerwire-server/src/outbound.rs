@@ -136,6 +136,68 @@ impl EventQueue {
 
 use peerwire_proto::io::{FrameSink, WRITE_BATCH};
 
+use crate::registry::Outbox;
+
+thread_local! {
+    /// The connections whose sinks the events of the running handler poll corked, by id (see
+    /// [`batched`]); `None` outside a handler poll.
+    static CORKED: std::cell::RefCell<Option<(std::collections::HashSet<u64>, Vec<Outbox>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, one poll of a handler, with the events it pushes gathered per connection and written
+/// together when it returns (whether it returns or panics): a handler that publishes many
+/// events at once makes one write (and over TLS one record) per subscriber, not one per event.
+/// A connection's gathered bytes still go out every [`WRITE_BATCH`] (see `FrameSink::cork`).
+pub(crate) fn batched<T>(f: impl FnOnce() -> T) -> T {
+    struct Uncork;
+    impl Drop for Uncork {
+        fn drop(&mut self) {
+            if let Some((_, corked)) = CORKED.with(|c| c.borrow_mut().take()) {
+                for tx in corked {
+                    tx.uncork();
+                }
+            }
+        }
+    }
+    let outer = CORKED.with(|c| {
+        let mut c = c.borrow_mut();
+        let outer = c.is_some();
+        c.get_or_insert_with(Default::default);
+        outer
+    });
+    if outer {
+        return f();
+    }
+    let _uncork = Uncork;
+    f()
+}
+
+/// Within [`batched`], corks connection `id`'s sink (once) before an event is pushed to it.
+pub(crate) fn cork_for_batch(id: u64, tx: &Outbox) {
+    CORKED.with(|c| {
+        if let Some((ids, corked)) = c.borrow_mut().as_mut() {
+            if ids.insert(id) {
+                tx.cork();
+                corked.push(tx.clone());
+            }
+        }
+    });
+}
+
+/// A handler's future, each poll of it [`batched`].
+pub(crate) struct Batched<F: ?Sized>(pub(crate) std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future + ?Sized> std::future::Future for Batched<F> {
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        batched(|| self.0.as_mut().poll(cx))
+    }
+}
+
 /// The writer task of a plain connection, whose frames the sending tasks write themselves:
 /// finishes the writes the socket could not take at once, and moves the events of drop-policy
 /// topics into the sink, at most a quarter of its bounds (and 64 KiB) at a time and only once
@@ -166,13 +228,20 @@ pub(crate) async fn sink_loop(
             if pending.is_empty() {
                 break;
             }
+            // One write (over TLS one record) for the batch.
+            sink.cork();
             for f in pending.drain(..) {
-                tokio::select! {
+                let sent = tokio::select! {
                     biased;
-                    sent = sink.send(&f) => if sent.is_err() { return },
-                    () = sink.run() => return,
+                    sent = sink.send(&f) => sent.is_ok(),
+                    () = sink.run() => false,
+                };
+                if !sent {
+                    sink.uncork();
+                    return;
                 }
             }
+            sink.uncork();
         }
     }
 }

@@ -277,6 +277,7 @@ impl Shared {
             entry.events.push(&name, frame, policy);
             return Ok(());
         }
+        crate::outbound::cork_for_batch(entry.info.id, &entry.tx);
         match entry.tx.push(frame) {
             Ok(()) => {
                 *seq += 1;
