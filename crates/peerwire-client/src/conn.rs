@@ -233,7 +233,7 @@ impl Conn {
         *seq
     }
 
-    /// Waits until the writer has taken every queued frame, at most `timeout`.
+    /// Waits until every frame sent so far is written, at most `timeout`.
     pub(crate) async fn flushed(&self, timeout: Duration) {
         self.tx.0.flushed(timeout).await;
     }

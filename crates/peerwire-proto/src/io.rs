@@ -41,12 +41,17 @@ pub enum SinkError {
 }
 
 struct SinkState {
-    /// Bytes to write before `buf`, in order: encoded frame heads and large payloads, which are
-    /// written from their own buffers rather than copied (see `FrameCodec::encode_split`).
+    /// Bytes to write before `buf` (sealed: to seal before `plain`), in order: encoded frame
+    /// heads and large payloads, which are written (sealed) from their own buffers rather than
+    /// copied (see `FrameCodec::encode_split`).
     chunks: std::collections::VecDeque<bytes::Bytes>,
     chunk_bytes: usize,
+    /// Unsealed: the encoded frames after `chunks`. Sealed: records ready to write, which go
+    /// out before anything still to seal.
     buf: BytesMut,
-    /// Sealed connections: encoded frames not yet sealed (gathered while corked).
+    /// Sealed: encoded frames after `chunks`, not yet sealed. Sealing happens as the socket
+    /// takes the records, [`SEAL_CHUNK`] at a time, so a large message is sealed while the
+    /// earlier part of it is being read, and never held sealed in full.
     plain: BytesMut,
     /// The record layer every byte goes through, if any.
     seal: Option<Box<dyn Seal>>,
@@ -120,6 +125,11 @@ impl<W: SinkIo> tokio::io::AsyncRead for Opened<W> {
     }
 }
 
+/// Bytes of a large message sealed at a time (a sealed sink seals as the socket takes records).
+pub const SEAL_CHUNK: usize = 64 * 1024;
+/// Pieces this large are sealed from their own buffer; smaller ones are gathered first.
+const SEAL_IN_PLACE: usize = 16 * 1024;
+
 /// Chunks gathered into one vectored write.
 const MAX_IOV: usize = 64;
 
@@ -154,24 +164,57 @@ impl SinkState {
         self.chunk_bytes + self.buf.len() + self.plain.len()
     }
 
-    /// Seals what was gathered in `plain` into `buf`. A failure closes the sink.
-    fn seal_plain(&mut self) -> Result<(), SinkError> {
-        if self.plain.is_empty() {
-            return Ok(());
-        }
+    /// Sealed: seals the next piece of what waits (at most [`SEAL_CHUNK`] bytes of `chunks`,
+    /// small ones gathered into one record batch; else all of `plain`) into `buf`. False when
+    /// nothing waits.
+    fn seal_next(&mut self) -> std::io::Result<bool> {
         let SinkState {
-            seal, plain, buf, ..
-        } = self;
-        let sealed = match seal {
-            Some(seal) => seal.seal(plain, buf),
-            None => Ok(()),
+            chunks,
+            chunk_bytes,
+            buf,
+            plain,
+            seal: Some(seal),
+            ..
+        } = self
+        else {
+            return Ok(false);
         };
+        let mut staged = BytesMut::new();
+        while let Some(front) = chunks.front_mut() {
+            if front.len() >= SEAL_IN_PLACE {
+                if !staged.is_empty() {
+                    break;
+                }
+                let piece = front.split_to(front.len().min(SEAL_CHUNK));
+                *chunk_bytes -= piece.len();
+                if front.is_empty() {
+                    chunks.pop_front();
+                }
+                seal.seal(&piece, buf)?;
+                return Ok(true);
+            }
+            staged.extend_from_slice(front);
+            *chunk_bytes -= front.len();
+            chunks.pop_front();
+            if staged.len() >= SEAL_CHUNK {
+                break;
+            }
+        }
+        if !staged.is_empty() {
+            seal.seal(&staged, buf)?;
+            return Ok(true);
+        }
+        if plain.is_empty() {
+            return Ok(false);
+        }
+        seal.seal(plain, buf)?;
         recycle(plain);
-        sealed.map_err(|_| SinkError::Closed)
+        Ok(true)
     }
 }
 
-/// The outbound side of a plain Unix stream, shared by every task of one connection.
+/// The outbound side of a connection (plain, or sealed by a [`Seal`] such as TLS), shared by
+/// every task of the connection.
 ///
 /// A sender encodes its frame into the shared buffer and, when no earlier write is pending,
 /// writes the buffer out itself with one non-blocking `write`: no queue, no hand-off to another
@@ -309,48 +352,29 @@ impl<W: SinkIo> FrameSink<W> {
         if queued > 0 && (queued >= self.max_bytes || st.frames >= self.max_frames) {
             return Err(SinkError::Full);
         }
-        if st.seal.is_some() {
-            // Sealed: frames gather in `plain` (while corked) and are sealed into `buf`; a
-            // large payload is sealed from its own buffer, not copied into `plain`.
-            let SinkState { codec, plain, .. } = st;
-            let payload = codec.encode_split(frame, plain)?;
-            if payload.is_some() || !st.corked || st.plain.len() >= WRITE_BATCH {
-                self.sealed_or_closed(st, payload.as_deref())?;
-            }
-        } else {
-            let SinkState { codec, buf, .. } = st;
-            if let Some(payload) = codec.encode_split(frame, buf)? {
-                let head = st.buf.split().freeze();
-                st.chunk_bytes += head.len() + payload.len();
-                st.chunks.push_back(head);
-                st.chunks.push_back(payload);
-            }
+        // Sealed, frames are encoded into `plain` and sealed as they are written; a large
+        // payload goes into `chunks` either way, not copied.
+        let SinkState {
+            codec, buf, plain, ..
+        } = st;
+        let tail = if st.seal.is_some() { plain } else { buf };
+        if let Some(payload) = codec.encode_split(frame, tail)? {
+            let head = tail.split().freeze();
+            st.chunk_bytes += head.len() + payload.len();
+            st.chunks.push_back(head);
+            st.chunks.push_back(payload);
         }
         st.frames += 1;
-        // Corked, a batch still goes out every `WRITE_BATCH` bytes: it never reaches the
-        // bounds (and fails senders) only because it was gathered.
-        if !st.pending && (!st.corked || st.chunk_bytes + st.buf.len() >= WRITE_BATCH) {
+        // Corked, a batch still goes out every `WRITE_BATCH` bytes or half the frame bound: it
+        // never reaches the bounds (and fails senders) only because it was gathered.
+        if !st.pending
+            && (!st.corked
+                || st.unwritten() >= WRITE_BATCH
+                || st.frames.saturating_mul(2) >= self.max_frames)
+        {
             self.write_out(st);
         }
         Ok(())
-    }
-
-    /// Seals `plain`, then `payload` (if any), into `buf`; on failure closes the sink.
-    fn sealed_or_closed(
-        &self,
-        st: &mut SinkState,
-        payload: Option<&[u8]>,
-    ) -> Result<(), SinkError> {
-        let mut sealed = st.seal_plain();
-        if let (Ok(()), Some(payload), Some(seal)) = (&sealed, payload, st.seal.as_mut()) {
-            sealed = seal
-                .seal(payload, &mut st.buf)
-                .map_err(|_| SinkError::Closed);
-        }
-        if sealed.is_err() {
-            self.shut(st);
-        }
-        sealed
     }
 
     /// Marks the sink closed and drops what it holds; wakes the flusher and waiters.
@@ -363,7 +387,9 @@ impl<W: SinkIo> FrameSink<W> {
 
     /// Gathers the frames sent from now on into one write, made by [`FrameSink::uncork`]: for a
     /// sender that knows more frames follow at once (answers to a batch of requests). Every
-    /// [`WRITE_BATCH`] bytes gathered are written at once all the same.
+    /// [`WRITE_BATCH`] bytes, or half the frame bound, gathered are written at once all the
+    /// same. One flag: whoever uncorks first writes what every corker gathered (cork changes
+    /// when bytes are written, never their order).
     pub fn cork(&self) {
         self.lock().corked = true;
     }
@@ -374,7 +400,7 @@ impl<W: SinkIo> FrameSink<W> {
         let mut st = self.lock();
         if st.corked {
             st.corked = false;
-            if self.sealed_or_closed(&mut st, None).is_ok() && !st.pending {
+            if !st.pending {
                 self.write_out(&mut st);
             }
         }
@@ -382,8 +408,22 @@ impl<W: SinkIo> FrameSink<W> {
 
     /// Writes as much of the buffer as the socket takes now; hands the rest to the flusher.
     fn write_out(&self, st: &mut SinkState) {
-        while !st.chunks.is_empty() || !st.buf.is_empty() {
-            let written = if st.chunks.is_empty() {
+        let sealed = st.seal.is_some();
+        loop {
+            if sealed && st.buf.is_empty() {
+                match st.seal_next() {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(_) => {
+                        self.shut(st);
+                        return;
+                    }
+                }
+            }
+            if st.chunks.is_empty() && st.buf.is_empty() {
+                break;
+            }
+            let written = if sealed || st.chunks.is_empty() {
                 self.io.try_write(&st.buf)
             } else {
                 let mut iov = Vec::with_capacity(st.chunks.len().min(MAX_IOV) + 1);
@@ -402,9 +442,14 @@ impl<W: SinkIo> FrameSink<W> {
                 Ok(n) => {
                     // The frame count shrinks with the bytes written (frames are not tracked
                     // one by one), so that it bounds frames waiting, like a queue's length.
-                    let before = st.chunk_bytes + st.buf.len();
-                    st.advance(n);
-                    let after = st.chunk_bytes + st.buf.len();
+                    let before = st.unwritten();
+                    if sealed {
+                        let k = n.min(st.buf.len());
+                        bytes::Buf::advance(&mut st.buf, k);
+                    } else {
+                        st.advance(n);
+                    }
+                    let after = st.unwritten();
                     if before > 0 {
                         st.frames = st.frames.saturating_mul(after).div_ceil(before);
                     }
@@ -620,28 +665,38 @@ mod tests {
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), ping(10));
     }
 
-    /// A corked sink holds a batch only up to `WRITE_BATCH` bytes: a long burst goes out as it
-    /// grows, so gathering never makes the sink reach its bounds.
+    /// A corked sink holds a batch only up to `WRITE_BATCH` bytes or half its frame bound: a
+    /// long burst goes out as it grows, so gathering never makes the sink reach its bounds.
     #[tokio::test]
-    async fn a_corked_sink_still_writes_every_write_batch() {
-        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
-        let (_ra, wa) = a.into_split();
-        let sink = FrameSink::new(wa, FrameCodec::new(1 << 20), 2 * WRITE_BATCH, 1 << 20);
-        sink.cork();
-        let mut sent = 0u64;
-        // Far more than the bounds: every send fits because the batch leaves as it grows.
-        while sent * 12 < 4 * WRITE_BATCH as u64 {
-            sink.try_send(&ping(sent)).unwrap();
-            sent += 1;
-            if sent % 1000 == 0 {
-                let mut drained = BytesMut::new();
-                while b.try_read_buf(&mut drained).is_ok_and(|n| n > 0) {}
+    async fn a_corked_sink_still_writes_a_batch_as_it_nears_the_bounds() {
+        // (frame bound, frames sent while corked, frames that must have left while corked)
+        let len = |i: u64| prost::Message::encoded_len(&ping(i)) + 4;
+        let by_bytes = WRITE_BATCH / len(0) + 10;
+        let left = WRITE_BATCH / len(by_bytes as u64);
+        for (max_frames, count, left) in [(64, 40, 32), (1 << 20, by_bytes, left)] {
+            let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+            let (_ra, wa) = a.into_split();
+            let sink = FrameSink::new(wa, FrameCodec::new(1 << 20), 4 * WRITE_BATCH, max_frames);
+            sink.cork();
+            for i in 0..count {
+                sink.try_send(&ping(i as u64)).unwrap();
             }
+            let mut codec = FrameCodec::new(1 << 20);
+            let mut buf = BytesMut::new();
+            let mut got = 0;
+            while got < left {
+                if codec.decode(&mut buf).unwrap().is_some() {
+                    got += 1;
+                    continue;
+                }
+                let read = tokio::time::timeout(Duration::from_secs(2), b.read_buf(&mut buf)).await;
+                assert!(
+                    read.is_ok(),
+                    "corked, bound {max_frames}: {got} of {count} frames left, not {left}"
+                );
+            }
+            sink.uncork();
         }
-        let mut buf = BytesMut::new();
-        let got = tokio::time::timeout(Duration::from_millis(500), b.read_buf(&mut buf)).await;
-        assert!(got.is_ok(), "a corked sink wrote nothing of {sent} frames");
-        sink.uncork();
     }
 
     /// A peer that stops reading fills the socket, then the sink's bounded buffer: `try_send`

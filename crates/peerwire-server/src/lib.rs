@@ -471,11 +471,14 @@ impl ServerHandle {
         self.shared.broadcast(topic, &event.encode_to_vec().into())
     }
 
-    /// Runs `f` with the events it queues (through this handle or any other) gathered per
-    /// connection and written together when it returns: one write, and over TLS one record,
-    /// per connection for a burst of events, rather than one per event. Each connection's
-    /// gathered bytes still go out every 64 KiB, so a long burst is not held back, and queue
-    /// limits apply as usual. Handlers get this for each poll without asking.
+    /// Runs `f` with the events it queues on this thread (through this handle or any other)
+    /// gathered per connection and written together when it returns: one write, and over TLS
+    /// one `SSL_write` (records of up to 16 KiB), per connection for a burst of events, rather
+    /// than one per event. Each connection's gathered bytes still go out every 64 KiB or half
+    /// its frame limit, so a long burst is not held back and never trips the slow-consumer
+    /// limits by itself; those limits apply as usual. Events of drop-policy topics are moved in
+    /// batches by the connection's writer task anyway. Handlers get this for each poll without
+    /// asking.
     ///
     /// ```no_run
     /// # fn demo(server: &peerwire_server::ServerHandle, readings: &[u32]) {

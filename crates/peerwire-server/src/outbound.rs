@@ -198,7 +198,7 @@ impl<F: std::future::Future + ?Sized> std::future::Future for Batched<F> {
     }
 }
 
-/// The writer task of a plain connection, whose frames the sending tasks write themselves:
+/// The writer task of a connection, whose frames the sending tasks write themselves:
 /// finishes the writes the socket could not take at once, and moves the events of drop-policy
 /// topics into the sink, at most a quarter of its bounds (and 64 KiB) at a time and only once
 /// the sink has written everything before them. So these events wait in the event queue, where their topic's policy applies,
