@@ -497,3 +497,96 @@ async fn a_denied_peer_learns_why_even_when_it_expected_tls() {
         other => panic!("{other}"),
     }
 }
+
+/// A peer that completes the TLS handshake, sends a valid Hello and then a forged record (a
+/// well-formed record header, bytes that do not authenticate) loses its connection at once;
+/// the server and its other sessions go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_tls_record_closes_only_its_connection() {
+    use peerwire_proto::io::{FrameSink, Opened};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt as _;
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let id = tmp.path().join("id");
+    init(&id, "d");
+    let socket = tmp.path().join("run/s.sock");
+    let mut builder = Server::builder(&socket);
+    builder.tls(ServerTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap());
+    builder.method("echo.Echo", |_ctx, v: Vec<u8>| async move {
+        Ok::<_, peerwire_server::Status>(v)
+    });
+    let server = builder.bind().unwrap();
+    let handle = server.handle();
+    tokio::spawn(server.run());
+    let client_tls = || ClientTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap();
+    let genuine = Client::builder(&socket)
+        .namespace("echo", &[1])
+        .tls(client_tls())
+        .connect()
+        .await
+        .unwrap();
+
+    // The forger: a real TLS session (it holds the client identity), then a forged record.
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .unwrap()
+        .into_std()
+        .unwrap();
+    let mut raw = stream.try_clone().unwrap();
+    let stream = tokio::net::UnixStream::from_std(stream).unwrap();
+    let (rd, wr) = peerwire_security::plain::split(stream).unwrap();
+    let (session, wr) = client_tls().connect(rd, wr).await.unwrap();
+    let sink = Arc::new(FrameSink::sealed(
+        wr,
+        FrameCodec::new(1 << 16),
+        1 << 20,
+        1024,
+        Box::new(session),
+    ));
+    sink.try_send(&hello_frame(&[1], &[("echo", 1)])).unwrap();
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    forged.extend_from_slice(&[0x5a; 0x40]);
+    raw.write_all(&forged).unwrap();
+    let mut reader = Opened(sink.clone());
+    let mut codec = FrameCodec::new(1 << 16);
+    let mut buf = BytesMut::new();
+    // The server answers the Hello (if it got to it before the forged record) and ends the
+    // connection: a TLS alert, or the end of the stream. Nothing else arrives.
+    let mut frames = Vec::new();
+    let end = loop {
+        while let Some(frame) = codec.decode(&mut buf).unwrap() {
+            frames.push(frame);
+        }
+        match tokio::time::timeout(Duration::from_secs(5), reader.read_buf(&mut buf))
+            .await
+            .expect("the server kept a connection that sent a forged record")
+        {
+            Ok(0) => break "end of stream".to_owned(),
+            Ok(_) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(
+        frames.len() <= 1
+            && frames
+                .iter()
+                .all(|f| matches!(f.kind, Some(Kind::Welcome(_)))),
+        "{frames:?}"
+    );
+    eprintln!("the forger's connection ended: {end}");
+    assert!(
+        common::eventually(Duration::from_secs(5), || handle.connections().len() == 1).await,
+        "the forger's connection is still open"
+    );
+    // Counted (and logged at WARN with the forger's credentials) as a protocol error.
+    assert_eq!(handle.stats().protocol_errors, 1);
+    // The genuine session was never disturbed.
+    assert_eq!(
+        genuine
+            .call::<Vec<u8>, Vec<u8>>("echo.Echo", &b"still here".to_vec())
+            .await
+            .unwrap(),
+        b"still here"
+    );
+}

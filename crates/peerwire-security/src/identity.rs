@@ -169,11 +169,16 @@ pub fn generate(role: Role, device: &str) -> Result<(PKey<Private>, X509), Ident
 fn make_private_dir(dir: &Path, traversable: bool) -> Result<(), IdentityError> {
     match fs::symlink_metadata(dir) {
         Ok(meta) => check_private(dir, &meta, true, traversable),
-        Err(_) => fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err(dir)),
+        Err(_) => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(dir))?;
+            // Exactly 0700 whatever the umask, which can only have taken bits away (a server
+            // binding its socket in the same process narrows it for a moment, too).
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+        }
     }
 }
 

@@ -208,16 +208,16 @@ pub fn prepare_directory(dir: &Path, group: Option<u32>, owner: u32) -> Result<(
                         "check that the server may use that group",
                     )
                 })?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want)).map_err(
-                    |e| {
-                        problem(
-                            dir,
-                            format!("cannot set mode {want:o}: {e}"),
-                            "check the directory",
-                        )
-                    },
-                )?;
             }
+            // Exactly `want` whatever the umask, which can only have taken bits away (another
+            // thread binding a socket narrows it for a moment, see `bind`).
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want)).map_err(|e| {
+                problem(
+                    dir,
+                    format!("cannot set mode {want:o}: {e}"),
+                    "check the directory",
+                )
+            })?;
         }
         Err(e) => {
             return Err(problem(

@@ -113,6 +113,8 @@ impl StateStore {
                 .mode(0o700)
                 .create(&dir)
                 .map_err(io(&dir))?;
+            // Exactly 0700 whatever the umask, which can only have taken bits away.
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
         }
         let meta = fs::symlink_metadata(&dir).map_err(io(&dir))?;
         let unsafe_dir = |problem: String| StoreError::Unsafe {

@@ -294,6 +294,14 @@ impl<R: AsyncRead + Unpin + Send> peerwire_proto::io::Seal for TlsSession<R> {
     }
 }
 
+/// Whether `e`, from reading or writing a TLS session, is TLS refusing what the peer sent (a
+/// record that does not authenticate, an unexpected message, an alert), rather than the socket
+/// failing.
+pub fn is_tls_error(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<openssl::ssl::Error>())
+}
+
 /// Runs a handshake on a fresh TLS stream over `reader` and `writer`; on success, the session
 /// and the writer (for the connection's `FrameSink`).
 async fn handshake<R: AsyncRead + Unpin>(

@@ -661,7 +661,13 @@ impl Connection {
                     }
                     Some(Err(e)) => {
                         if let CodecError::Io(e) = &e {
-                            tracing::info!("read failed: {e}");
+                            if peerwire_security::tls::is_tls_error(e) {
+                                // A forged or corrupted record, or an alert: hostile or broken.
+                                bump(&self.shared.counters.protocol_errors);
+                                tracing::warn!("TLS refused what the peer sent: {e}");
+                            } else {
+                                tracing::info!("read failed: {e}");
+                            }
                             return None;
                         }
                         bump(&self.shared.counters.protocol_errors);
