@@ -3,7 +3,8 @@
 //! `peerwire-bench run [--quick] [--out DIR]` starts, for each system and placement, a server
 //! process (this binary in `serve` mode, pinned to its CPU) and measures it from this process
 //! (pinned to its own) over a real Unix socket. Systems: `raw` (blocking Unix socket with a
-//! length prefix: the limit), `peerwire`, `peerwire-tls` (mutual TLS 1.3), `peerwire-tls-token`
+//! length prefix: the limit), `tokio` (bare tokio + tokio-util `LengthDelimitedCodec`: what an
+//! async Rust stack costs before any protocol or security), `peerwire`, `peerwire-tls` (mutual TLS 1.3), `peerwire-tls-token`
 //! (server TLS + one-time session tokens: connection set-up only) and, with the `peers` feature,
 //! `tonic` (gRPC) and `ttrpc`. Scenarios and figures: see `measure.rs`; output: `report.rs`.
 
@@ -11,6 +12,7 @@ mod measure;
 mod pw;
 mod raw;
 mod report;
+mod tokio_framing;
 
 #[cfg(feature = "peers")]
 mod grpc;
@@ -32,6 +34,7 @@ use report::Row;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum System {
     Raw,
+    Tokio,
     Peerwire,
     PeerwireTls,
     PeerwireTlsToken,
@@ -40,8 +43,9 @@ pub(crate) enum System {
 }
 
 impl System {
-    const ALL: [System; 6] = [
+    const ALL: [System; 7] = [
         System::Raw,
+        System::Tokio,
         System::Peerwire,
         System::PeerwireTls,
         System::PeerwireTlsToken,
@@ -52,6 +56,7 @@ impl System {
     pub(crate) fn name(self) -> &'static str {
         match self {
             System::Raw => "raw",
+            System::Tokio => "tokio",
             System::Peerwire => "peerwire",
             System::PeerwireTls => "peerwire-tls",
             System::PeerwireTlsToken => "peerwire-tls-token",
@@ -90,6 +95,7 @@ fn raise_nofile() -> anyhow::Result<()> {
 fn serve(system: System, socket: &Path, identity: &Path) -> anyhow::Result<()> {
     match system {
         System::Raw => raw::serve(socket),
+        System::Tokio => tokio_framing::serve(socket),
         System::Peerwire => pw::serve(socket, identity, pw::ServerMode::Plain),
         System::PeerwireTls => pw::serve(socket, identity, pw::ServerMode::MutualTls),
         System::PeerwireTlsToken => pw::serve(socket, identity, pw::ServerMode::ServerTlsToken),
@@ -206,6 +212,7 @@ async fn measure_system(
                 steps.run("idle-conn-mem", idle).await?;
             }
         }
+        System::Tokio => steps.common::<tokio_framing::Tokio>(t, p).await?,
         System::Peerwire | System::PeerwireTls => {
             steps.common::<pw::Pw>(t, p).await?;
             steps.run("fanout8", pw::fanout(t, p)).await?;

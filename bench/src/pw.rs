@@ -68,9 +68,10 @@ pub(crate) fn serve(path: &Path, identity: &Path, mode: ServerMode) -> anyhow::R
         b.limits(limits);
         // The bytes API, like the raw socket's and ttrpc's echo: no protobuf message around the
         // payload, which peerwire then neither copies in nor out.
-        b.raw_method("bench.Echo", |_ctx, v: Bytes| async move {
-            Ok::<_, Status>(v)
-        });
+        b.raw_method(
+            "bench.Echo",
+            |_ctx, v: Bytes| async move { Ok::<_, Status>(v) },
+        );
         b.method("bench.Fanout", |ctx, count: u64| async move {
             let server = ctx.connection().server().clone();
             let subscribers = broadcast(&server, 1)?;

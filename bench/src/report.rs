@@ -275,6 +275,7 @@ const CHART: [(&str, &str); 7] = [
 fn color(system: System) -> &'static str {
     match system {
         System::Raw => "#7f7f7f",
+        System::Tokio => "#bcbd22",
         System::Peerwire => "#1f77b4",
         System::PeerwireTls => "#2ca02c",
         System::PeerwireTlsToken => "#98df8a",

@@ -1,8 +1,8 @@
 //! `cargo xtask bench [--quick] [--no-peers]`: builds the benchmark harness in `bench/` (a crate
 //! outside the workspace, so the test suite never compiles it nor the peers tonic and ttrpc) in
 //! release mode and runs it. `--quick` cuts the iterations (under 30 s); `--no-peers` builds
-//! without the `peers` feature and measures peerwire against raw only (CI: the harness cannot
-//! rot, and CI does not compile tonic and ttrpc). Results: a table on stdout,
+//! without the `peers` feature and measures peerwire against raw and bare tokio only (CI: the
+//! harness cannot rot, and CI does not compile tonic and ttrpc). Results: a table on stdout,
 //! `target/bench/results.json`, `results.md` and the charts `ratios.svg` and `ratios-split.svg`.
 //! No timing is asserted: figures belong to the benchmark, not to tests.
 
