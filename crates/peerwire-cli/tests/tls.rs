@@ -590,3 +590,85 @@ async fn a_forged_tls_record_closes_only_its_connection() {
         b"still here"
     );
 }
+
+/// Large messages through mutual TLS in both directions, several at once and interleaved with
+/// small calls and with large pushes to a subscriber that reads slowly: sealed 64 KiB at a time
+/// as the socket takes the records, they arrive intact, whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_cross_tls_intact_both_ways() {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let id = tmp.path().join("id");
+    init(&id, "d");
+    let socket = tmp.path().join("run/s.sock");
+    let pattern = |seed: u64, len: usize| -> bytes::Bytes {
+        (0..len as u64)
+            .map(|i| (i.wrapping_mul(31).wrapping_add(seed * 7) % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    };
+    let mut builder = Server::builder(&socket);
+    builder.tls(ServerTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap());
+    builder.raw_method("bulk.Echo", |_ctx, v: bytes::Bytes| async move {
+        Ok::<_, peerwire_server::Status>(v)
+    });
+    builder.method("bulk.Push", move |ctx, n: u64| async move {
+        let server = ctx.connection().server().clone();
+        for i in 0..n {
+            // Each event: its index, then 256 KiB of its pattern.
+            let mut event = i.to_be_bytes().to_vec();
+            event.extend_from_slice(&pattern(i, 256 * 1024));
+            server
+                .broadcast("bulk.Big", &event)
+                .map_err(|e| peerwire_server::Status::internal(e.to_string()))?;
+        }
+        Ok::<_, peerwire_server::Status>(n)
+    });
+    let server = builder.bind().unwrap();
+    tokio::spawn(server.run());
+    let client = Client::builder(&socket)
+        .namespace("bulk", &[1])
+        .tls(ClientTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut events = client.subscribe("bulk.Big").await.unwrap();
+    let pushed: u64 = client.call("bulk.Push", &12u64).await.unwrap();
+    assert_eq!(pushed, 12);
+    // Large echoes, several in flight, and small calls between them, while the 12 events
+    // (3 MiB) wait unread.
+    let mut calls = vec![];
+    for (k, len) in [3 << 20, 1, 1 << 20, 100_000, (2 << 20) + 7, 64, 16_384]
+        .iter()
+        .enumerate()
+    {
+        let client = client.clone();
+        let sent = pattern(100 + k as u64, *len);
+        calls.push(tokio::spawn(async move {
+            let got = client
+                .raw_call("bulk.Echo", sent.clone(), Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert!(
+                got == sent,
+                "echo {k} of {} bytes came back changed",
+                sent.len()
+            );
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    // The subscriber reads slowly: every event whole, in order, with its own content.
+    for i in 0..12u64 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("a pushed event never arrived")
+            .expect("the event stream ended");
+        assert_eq!(ev.seq, i + 1);
+        let body: Vec<u8> = ev.decode().unwrap();
+        assert_eq!(body[..8], i.to_be_bytes());
+        assert!(body[8..] == pattern(i, 256 * 1024)[..], "event {i} changed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
