@@ -498,6 +498,24 @@ async fn a_denied_peer_learns_why_even_when_it_expected_tls() {
     }
 }
 
+/// A fresh identity directory and a server builder on a socket beside it, in mutual TLS: the
+/// temporary directory (keep it), the identity directory, the socket path and the builder.
+fn mutual_tls_server() -> (
+    tempfile::TempDir,
+    PathBuf,
+    PathBuf,
+    peerwire_server::ServerBuilder,
+) {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let id = tmp.path().join("id");
+    init(&id, "d");
+    let socket = tmp.path().join("run/s.sock");
+    let mut builder = Server::builder(&socket);
+    builder.tls(ServerTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap());
+    (tmp, id, socket, builder)
+}
+
 /// A peer that completes the TLS handshake, sends a valid Hello and then a forged record (a
 /// well-formed record header, bytes that do not authenticate) loses its connection at once;
 /// the server and its other sessions go on.
@@ -506,13 +524,7 @@ async fn a_forged_tls_record_closes_only_its_connection() {
     use peerwire_proto::io::{FrameSink, Opened};
     use std::sync::Arc;
     use tokio::io::AsyncReadExt as _;
-    init_logs();
-    let tmp = tempfile::tempdir().unwrap();
-    let id = tmp.path().join("id");
-    init(&id, "d");
-    let socket = tmp.path().join("run/s.sock");
-    let mut builder = Server::builder(&socket);
-    builder.tls(ServerTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap());
+    let (_tmp, id, socket, mut builder) = mutual_tls_server();
     builder.method("echo.Echo", |_ctx, v: Vec<u8>| async move {
         Ok::<_, peerwire_server::Status>(v)
     });
@@ -596,19 +608,13 @@ async fn a_forged_tls_record_closes_only_its_connection() {
 /// as the socket takes the records, they arrive intact, whole and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_cross_tls_intact_both_ways() {
-    init_logs();
-    let tmp = tempfile::tempdir().unwrap();
-    let id = tmp.path().join("id");
-    init(&id, "d");
-    let socket = tmp.path().join("run/s.sock");
+    let (_tmp, id, socket, mut builder) = mutual_tls_server();
     let pattern = |seed: u64, len: usize| -> bytes::Bytes {
         (0..len as u64)
             .map(|i| (i.wrapping_mul(31).wrapping_add(seed * 7) % 251) as u8)
             .collect::<Vec<u8>>()
             .into()
     };
-    let mut builder = Server::builder(&socket);
-    builder.tls(ServerTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap());
     builder.raw_method("bulk.Echo", |_ctx, v: bytes::Bytes| async move {
         Ok::<_, peerwire_server::Status>(v)
     });
