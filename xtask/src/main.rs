@@ -11,8 +11,9 @@
 //! - `cargo xtask fuzz [--seconds N]`: drives the libraries' fuzzing entry points with random
 //!   and mutated inputs on the stable toolchain (see `fuzz/` for the cargo-fuzz targets).
 //!
-//! - `cargo xtask soak [--seconds N]`: mixed load (calls, pushes, reconnects, hostile peers) on a
-//!   real `peerwire serve`; fails on errors, stalls or memory growth.
+//! - `cargo xtask soak [--seconds N] [--tls]`: mixed load (calls, pushes, reconnects, hostile
+//!   peers) on a real `peerwire serve`, plain or in mutual TLS; fails on errors, stalls or
+//!   memory growth.
 //!
 //! - `cargo xtask bench [--quick] [--no-peers]`: the benchmark harness in `bench/`: a raw Unix
 //!   socket, peerwire plain and with TLS, tonic and ttrpc (not with `--no-peers`), separate
@@ -44,12 +45,16 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci(),
         Some("hardening") => hardening::run(&root()),
         Some("fuzz") => fuzz::run(&root(), seconds(&args, 60)?),
-        Some("soak") => soak::run(&root(), seconds(&args, 60)?),
+        Some("soak") => {
+            let tls = args.iter().any(|a| a == "--tls");
+            let rest: Vec<String> = args.iter().filter(|a| *a != "--tls").cloned().collect();
+            soak::run(&root(), seconds(&rest, 60)?, tls)
+        }
         Some("bench") => bench::run(&root(), args.iter().any(|a| a == "--quick")),
         Some("yocto") => yocto::run(&root(), out_dir(&args)?),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N] | bench [--quick] [--no-peers] | yocto [--out DIR]"
+                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N] [--tls] | bench [--quick] [--no-peers] | yocto [--out DIR]"
             );
             bail!("unknown or missing task: {args:?}");
         }

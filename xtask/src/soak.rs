@@ -1,5 +1,7 @@
-//! `cargo xtask soak --seconds N`: mixed load on a real `peerwire serve` process (calls of
-//! varied sizes, pushes to subscribers, clients that reconnect, hostile peers) for N seconds.
+//! `cargo xtask soak --seconds N [--tls]`: mixed load on a real `peerwire serve` process (calls
+//! of varied sizes, pushes to subscribers, clients that reconnect, hostile peers) for N seconds;
+//! with `--tls` every connection is mutual TLS with a fresh identity (and the hostile peers'
+//! bytes meet the TLS handshake).
 //! Fails on any wrong or failed call, any stall (a call past its 5 s deadline), a server that
 //! died, or server memory that keeps growing (RSS after the warm-up must stay within 32 MiB).
 
@@ -9,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use peerwire_client::Client;
+use peerwire_client::{Client, ClientTls, TlsMode};
 use tokio::io::AsyncWriteExt;
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -31,7 +33,7 @@ struct Counts {
     errors: AtomicU64,
 }
 
-pub(crate) fn run(root: &Path, seconds: u64) -> anyhow::Result<()> {
+pub(crate) fn run(root: &Path, seconds: u64, tls: bool) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
         .current_dir(root)
@@ -42,15 +44,31 @@ pub(crate) fn run(root: &Path, seconds: u64) -> anyhow::Result<()> {
     }
     let dir = tempfile_dir()?;
     let socket = dir.join("run/soak.sock");
-    let mut server = std::process::Command::new(root.join("target/debug/peerwire"))
+    let peerwire = root.join("target/debug/peerwire");
+    let identity = dir.join("identity");
+    let mut serve = std::process::Command::new(&peerwire);
+    serve
         .args(["serve", "--allow-root", "--tick-ms", "10", "--socket"])
-        .arg(&socket)
+        .arg(&socket);
+    if tls {
+        let made = std::process::Command::new(&peerwire)
+            .args(["init", "--device", "soak", "--dir"])
+            .arg(&identity)
+            .status()?;
+        if !made.success() {
+            bail!("peerwire init failed");
+        }
+        serve.args(["--tls", "mutual", "--identity"]).arg(&identity);
+    }
+    let client_tls = tls.then_some(identity.as_path());
+    let mut server = serve
         .env("RUST_LOG", "error")
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("starting peerwire serve")?;
     let result = tokio::runtime::Runtime::new()?.block_on(soak(
         &socket,
+        client_tls,
         server.id(),
         Duration::from_secs(seconds.max(5)),
     ));
@@ -66,13 +84,21 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// A client of the echo namespace; a failure to connect is counted as an error.
-async fn connect(socket: &Path, counts: &Counts, who: &str) -> Option<Client> {
-    match Client::builder(socket)
-        .namespace("echo", &[1])
-        .connect()
-        .await
-    {
+/// A client of the echo namespace (in mutual TLS with the identity in `tls`, if given); a
+/// failure to connect is counted as an error.
+async fn connect(socket: &Path, tls: Option<&Path>, counts: &Counts, who: &str) -> Option<Client> {
+    let mut builder = Client::builder(socket).namespace("echo", &[1]);
+    if let Some(dir) = tls {
+        match ClientTls::from_dir(dir, TlsMode::Mutual) {
+            Ok(Some(tls)) => builder = builder.tls(tls),
+            other => {
+                eprintln!("soak: {who} has no TLS context: {other:?}");
+                counts.errors.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+    }
+    match builder.connect().await {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("soak: {who} cannot connect: {e}");
@@ -82,7 +108,7 @@ async fn connect(socket: &Path, counts: &Counts, who: &str) -> Option<Client> {
     }
 }
 
-async fn soak(socket: &Path, pid: u32, length: Duration) -> anyhow::Result<()> {
+async fn soak(socket: &Path, tls: Option<&Path>, pid: u32, length: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     while tokio::net::UnixStream::connect(socket).await.is_err() {
         if start.elapsed() > Duration::from_secs(20) {
@@ -93,10 +119,12 @@ async fn soak(socket: &Path, pid: u32, length: Duration) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(Counts::default());
     let mut tasks = vec![];
+    let tls = tls.map(Path::to_owned);
     for worker in 0..8u64 {
         let (socket, stop, counts) = (socket.to_owned(), stop.clone(), counts.clone());
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
-            let Some(client) = connect(&socket, &counts, "caller").await else {
+            let Some(client) = connect(&socket, tls.as_deref(), &counts, "caller").await else {
                 return;
             };
             let mut i = 0u64;
@@ -130,9 +158,11 @@ async fn soak(socket: &Path, pid: u32, length: Duration) -> anyhow::Result<()> {
     }
     for _ in 0..3 {
         let (socket, stop, counts) = (socket.to_owned(), stop.clone(), counts.clone());
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Some(client) = connect(&socket, &counts, "subscriber").await else {
+                let Some(client) = connect(&socket, tls.as_deref(), &counts, "subscriber").await
+                else {
                     return;
                 };
                 counts.reconnects.fetch_add(1, Ordering::Relaxed);
