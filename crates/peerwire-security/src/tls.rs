@@ -266,10 +266,14 @@ impl<R: AsyncRead + Unpin + Send> peerwire_proto::io::Seal for TlsSession<R> {
         if self.stream.ssl().pending() == 0 && self.stream.get_ref().inbuf.is_empty() {
             ready!(self.stream.get_mut().poll_fill(cx))?;
         }
+        let start = buf.filled().len();
         ready!(self.records_to(out, |stream| stream.poll_read(cx, buf)))?;
-        // Open every record already read (one SSL_read opens one), so that the frames that
-        // arrived together are seen together (and their answers leave together).
+        // Open the records already read (one SSL_read opens one), so that the frames that
+        // arrived together are seen together (and their answers leave together); at most
+        // `READ_CHUNK` bytes per call, which bounds how long the sink's lock is held (a push
+        // to this connection waits for it).
         while buf.remaining() > 0
+            && buf.filled().len() - start < READ_CHUNK
             && (self.stream.ssl().pending() > 0 || !self.stream.get_ref().inbuf.is_empty())
         {
             let before = buf.filled().len();
