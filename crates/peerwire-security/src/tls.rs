@@ -123,10 +123,10 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// The socket as OpenSSL sees it: reads come from the read side through `inbuf`, filled a chunk
 /// at a time (OpenSSL, without read-ahead, asks for each record's header, then its body); the
-/// records OpenSSL writes are gathered in `out` and never wait. During the handshake a flush (OpenSSL flushes at the end of
-/// each flight) writes them to the socket; once the session is up they go, in the order they
-/// were sealed, through the connection's `FrameSink` (see [`TlsSession`]), which writes them
-/// with one non-blocking write per batch.
+/// records OpenSSL writes are gathered in `out` and never wait. During the handshake a flush
+/// (OpenSSL flushes at the end of each flight) writes them to the socket; once the session is
+/// up they go, in the order they were sealed, through the connection's `FrameSink` (see
+/// [`TlsSession`]), which writes them with non-blocking writes.
 #[derive(Debug)]
 struct TlsIo<R> {
     reader: R,
@@ -198,8 +198,8 @@ impl<R: Unpin> AsyncWrite for TlsIo<R> {
 
 /// An established TLS session: the record layer of a connection's `FrameSink`
 /// ([`peerwire_proto::io::Seal`]). Sealing a batch of frames is one `SSL_write` into memory,
-/// made by the sending task itself (no writer task, no wait: the sink writes the records with
-/// the rest of the batch); opening reads through `R`, the socket's read side.
+/// made by the task that writes (no writer task of its own, no wait: the sink writes the
+/// records with the rest of the batch); opening reads through `R`, the socket's read side.
 pub struct TlsSession<R = PlainReader> {
     stream: SslStream<TlsIo<R>>,
     /// A read failed after earlier records were opened: reported on the next read.
@@ -258,11 +258,11 @@ impl<R: AsyncRead + Unpin + Send> peerwire_proto::io::Seal for TlsSession<R> {
         buf: &mut ReadBuf<'_>,
         out: &mut BytesMut,
     ) -> Poll<std::io::Result<()>> {
-        // Nothing left inside OpenSSL (no read-ahead) and nothing read: wait for the socket
-        // here, rather than learn it from an SSL_read that fails for want of bytes.
         if let Some(e) = self.failed.take() {
             return Poll::Ready(Err(e));
         }
+        // Nothing left inside OpenSSL (no read-ahead) and nothing read: wait for the socket
+        // here, rather than learn it from an SSL_read that fails for want of bytes.
         if self.stream.ssl().pending() == 0 && self.stream.get_ref().inbuf.is_empty() {
             ready!(self.stream.get_mut().poll_fill(cx))?;
         }
