@@ -738,3 +738,29 @@ async fn calls_to_a_silent_server_fail_at_their_deadlines_and_are_cancelled() {
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert!(took < Duration::from_millis(1200), "{took:?}");
 }
+
+/// The server registers a connection before its Welcome leaves: once `connect` returns, the
+/// server's handle lists the connection (pushes and connection limits see it), every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_registered_before_the_client_sees_its_welcome() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let (handle, _run) = start(&path, |b| {
+        b.namespace("news", &[1]);
+    });
+    for i in 0..200 {
+        let client = Client::builder(&path)
+            .namespace("news", &[1])
+            .connect()
+            .await
+            .unwrap();
+        let listed = handle.connections().len();
+        assert_eq!(listed, 1, "connection {i}: the server lists {listed} connections");
+        client.close().await;
+        assert!(
+            common::eventually(Duration::from_secs(5), || handle.connections().is_empty()).await,
+            "connection {i} is still listed after it closed"
+        );
+    }
+}

@@ -530,6 +530,9 @@ impl Connection {
         let (Some(sink), Some(events_rx)) = (self.writer.take(), self.events_rx.take()) else {
             return;
         };
+        // Corked: the sending task writes at once, and the Welcome must not leave before the
+        // connection is registered.
+        self.tx.cork();
         if self.tx.push(welcome).is_err() {
             return;
         }
@@ -544,6 +547,7 @@ impl Connection {
                 kick: self.kick.clone(),
             },
         );
+        self.tx.uncork();
         let writer = tokio::spawn(crate::outbound::sink_loop(
             sink.clone(),
             self.events_out.clone(),
