@@ -756,7 +756,10 @@ async fn a_connection_is_registered_before_the_client_sees_its_welcome() {
             .await
             .unwrap();
         let listed = handle.connections().len();
-        assert_eq!(listed, 1, "connection {i}: the server lists {listed} connections");
+        assert_eq!(
+            listed, 1,
+            "connection {i}: the server lists {listed} connections"
+        );
         client.close().await;
         assert!(
             common::eventually(Duration::from_secs(5), || handle.connections().is_empty()).await,
