@@ -164,13 +164,16 @@ async fn executable_allowlist_rejects_another_binary_of_the_same_uid() {
 
 /// Watches `path` from another thread while `create` runs and returns every mode observed.
 fn observe_modes(path: &Path, create: impl FnOnce()) -> Vec<u32> {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sightings = std::sync::Arc::new(AtomicUsize::new(0));
     let watcher = {
-        let (path, stop) = (path.to_owned(), stop.clone());
+        let (path, stop, sightings) = (path.to_owned(), stop.clone(), sightings.clone());
         std::thread::spawn(move || {
             let mut seen = vec![];
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 if let Ok(m) = std::fs::symlink_metadata(&path) {
+                    sightings.fetch_add(1, Ordering::SeqCst);
                     let m = m.permissions().mode() & 0o777;
                     if seen.last() != Some(&m) {
                         seen.push(m);
@@ -182,8 +185,14 @@ fn observe_modes(path: &Path, create: impl FnOnce()) -> Vec<u32> {
     };
     std::thread::sleep(Duration::from_millis(20));
     create();
+    // Until the watcher has seen what was created (on a loaded machine its thread may not run
+    // for a while), then a little longer; it fails below if it never did.
+    let start = std::time::Instant::now();
+    while sightings.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     std::thread::sleep(Duration::from_millis(20));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
     watcher.join().unwrap()
 }
 

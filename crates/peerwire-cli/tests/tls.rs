@@ -28,16 +28,7 @@ use peerwire_server::{Limits, Server};
 use tokio_util::codec::{Decoder, Encoder};
 
 fn init(dir: &Path, device: &str) {
-    let out = Command::new(BIN)
-        .args(["init", "--device", device, "--dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::init_identity(dir, device);
 }
 
 fn x509_text(cert: &Path) -> String {

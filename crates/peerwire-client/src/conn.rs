@@ -323,12 +323,28 @@ pub(crate) async fn connect(
     }
 }
 
+/// Connects to the socket at `path`. A full listen backlog (`EAGAIN`: the server is accepting
+/// a burst, perhaps another user's flood of connections) is transient: retried, with a short
+/// growing pause, until the caller's connect timeout ends it.
+async fn connect_socket(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match UnixStream::connect(path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>, ConnectError> {
     let io_err = |source| ConnectError::Io {
         path: config.path.clone(),
         source,
     };
-    let stream = UnixStream::connect(&config.path).await.map_err(io_err)?;
+    let stream = connect_socket(&config.path).await.map_err(io_err)?;
     let server = PeerCredentials::of(&stream).map_err(io_err)?;
     verify_server(config, &stream, &server)?;
     let tls = config.tls.is_some();

@@ -40,6 +40,27 @@ pub enum SinkError {
     Codec(#[from] CodecError),
 }
 
+/// A read failed because what it made the connection send (TLS records produced by reading:
+/// key updates, alerts) would exceed the sink's bound of unwritten bytes: the peer makes the
+/// connection write while it does not read. The sink is closed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "outbound buffer full: {unwritten} bytes unwritten, over the limit of {limit}: the peer does not read"
+)]
+pub struct OutboundFull {
+    /// Bytes waiting for the socket.
+    pub unwritten: usize,
+    /// The sink's bound.
+    pub limit: usize,
+}
+
+impl OutboundFull {
+    /// The [`OutboundFull`] inside `e`, if that is what `e` is.
+    pub fn of(e: &std::io::Error) -> Option<&OutboundFull> {
+        e.get_ref().and_then(|inner| inner.downcast_ref())
+    }
+}
+
 struct SinkState {
     /// Bytes to write before `buf` (sealed: to seal before `plain`), in order: encoded frame
     /// heads and large payloads, which are written (sealed) from their own buffers rather than
@@ -306,8 +327,21 @@ impl<W: SinkIo> FrameSink<W> {
         };
         let before = out.len();
         let opened = seal.poll_open(cx, buf, out);
-        if st.buf.len() != before && !st.pending && !st.closed {
-            self.write_out(&mut st);
+        if st.buf.len() != before && !st.closed {
+            if !st.pending {
+                self.write_out(&mut st);
+            }
+            // What reading produced (alerts, key updates, any post-handshake output) counts
+            // against the same bound as frames: a peer that makes the server write while it
+            // does not read is a slow consumer, not a way to grow the server's memory.
+            let unwritten = st.unwritten();
+            if unwritten > self.max_bytes {
+                self.shut(&mut st);
+                return Poll::Ready(Err(std::io::Error::other(OutboundFull {
+                    unwritten,
+                    limit: self.max_bytes,
+                })));
+            }
         }
         opened
     }
@@ -496,9 +530,18 @@ impl<W: SinkIo> FrameSink<W> {
                 kicked.await;
                 continue;
             }
-            if self.io.writable().await.is_err() {
-                self.close();
-                return;
+            // A kick while waiting for room is a close (or more to write, which the wait
+            // covers): look again, so a sink closed under a peer that never reads returns
+            // instead of waiting for room forever (and keeping its connection's task).
+            tokio::select! {
+                biased;
+                () = &mut kicked => continue,
+                writable = self.io.writable() => {
+                    if writable.is_err() {
+                        self.close();
+                        return;
+                    }
+                }
             }
             let mut st = self.lock();
             self.write_out(&mut st);

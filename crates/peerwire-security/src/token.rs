@@ -263,6 +263,25 @@ pub struct Presenter {
     pub socket: PathBuf,
 }
 
+/// A token's use, written to the replay record but not yet on disk (see
+/// [`Verifier::verify_deferred`]).
+#[derive(Debug)]
+#[must_use = "a token may be honoured only once its use is durable"]
+pub struct Durable {
+    file: File,
+    path: PathBuf,
+}
+
+impl Durable {
+    /// Makes the record durable (`fdatasync` of the replay record; blocking). If the record was
+    /// compacted meanwhile, the compacted file, already synced, holds it too.
+    pub fn sync(self) -> Result<(), TokenError> {
+        self.file
+            .sync_data()
+            .map_err(|e| TokenError::Store(format!("{}: {e}", self.path.display())))
+    }
+}
+
 /// Verifies tokens and remembers which were used.
 #[derive(Debug)]
 pub struct Verifier {
@@ -282,7 +301,8 @@ impl Verifier {
         })
     }
 
-    /// Checks `token` as presented by `by`, at the current time; on success records its use.
+    /// Checks `token` as presented by `by`, at the current time; on success records its use,
+    /// durably (on disk) before it returns.
     pub fn verify(&mut self, token: &[u8], by: &Presenter) -> Result<Claims, TokenError> {
         self.verify_at(token, by, now())
     }
@@ -294,6 +314,30 @@ impl Verifier {
         by: &Presenter,
         now: u64,
     ) -> Result<Claims, TokenError> {
+        let (claims, durable) = self.verify_deferred_at(token, by, now)?;
+        durable.sync()?;
+        Ok(claims)
+    }
+
+    /// Like [`verify`](Self::verify), but the record of the token's use is only written, not
+    /// yet on disk: the caller makes it durable with [`Durable::sync`] (a blocking `fdatasync`)
+    /// before it honours the token, outside any lock it holds around the verifier, so that one
+    /// slow disk write delays only its own session. The token counts as used from now on (a
+    /// second presentation is [`TokenError::Replayed`] even before the sync).
+    pub fn verify_deferred(
+        &mut self,
+        token: &[u8],
+        by: &Presenter,
+    ) -> Result<(Claims, Durable), TokenError> {
+        self.verify_deferred_at(token, by, now())
+    }
+
+    fn verify_deferred_at(
+        &mut self,
+        token: &[u8],
+        by: &Presenter,
+        now: u64,
+    ) -> Result<(Claims, Durable), TokenError> {
         let text =
             std::str::from_utf8(token).map_err(|_| TokenError::Malformed("not text".into()))?;
         let Some(encoded) = text.trim().strip_prefix(PREFIX) else {
@@ -369,9 +413,10 @@ impl Verifier {
                 )));
             }
         }
-        self.used
-            .record(claims.nonce, claims.expires_at.saturating_add(skew), now)?;
-        Ok(claims)
+        let durable =
+            self.used
+                .record(claims.nonce, claims.expires_at.saturating_add(skew), now)?;
+        Ok((claims, durable))
     }
 
     /// Unexpired tokens currently remembered.
@@ -473,7 +518,7 @@ impl NonceStore {
         Ok(())
     }
 
-    fn record(&mut self, nonce: [u8; 16], expires: u64, now: u64) -> Result<(), TokenError> {
+    fn record(&mut self, nonce: [u8; 16], expires: u64, now: u64) -> Result<Durable, TokenError> {
         if self.map.contains_key(&nonce) {
             return Err(TokenError::Replayed);
         }
@@ -490,13 +535,16 @@ impl NonceStore {
         let mut rec = [0u8; RECORD];
         rec[..16].copy_from_slice(&nonce);
         rec[16..].copy_from_slice(&expires.to_be_bytes());
-        // Durable before the token is honoured: a crash right after cannot forget it.
-        self.file
-            .write_all(&rec)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| TokenError::Store(format!("{}: {e}", self.path.display())))?;
+        // Durable before the token is honoured (the caller syncs, see `Durable`): a crash
+        // right after cannot forget it.
+        let err = |e: std::io::Error| TokenError::Store(format!("{}: {e}", self.path.display()));
+        self.file.write_all(&rec).map_err(err)?;
+        let file = self.file.try_clone().map_err(err)?;
         self.map.insert(nonce, expires);
-        Ok(())
+        Ok(Durable {
+            file,
+            path: self.path.clone(),
+        })
     }
 }
 

@@ -41,13 +41,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ServerHandle;
-use crate::registry::{ConnEntry, Full, Outbox, Shared, bump};
+use crate::logs::Untrusted;
+use crate::registry::{ConnEntry, Full, Outbox, PushTarget, Shared, bump};
 use crate::router::{ConnInfo, ConnectionContext, EventFn, RequestContext};
 
 /// Client events queued for a connection's event handlers before new ones are dropped.
 const EVENT_QUEUE: usize = 256;
-/// How long, and how much, unread input is drained after a `Reject` so the peer can read it.
-const REJECT_DRAIN: (Duration, u64) = (Duration::from_millis(100), 64 * 1024);
+/// Unread input a refused connection may send while it lingers (see [`linger`]).
+const LINGER_BYTES: u64 = 64 * 1024;
 
 /// The read side of a plain Unix stream, or of a TLS session (see [`Opened`]).
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
@@ -80,7 +81,13 @@ impl Wr {
 
 type Reader = FramedRead<BoxRead, FrameCodec>;
 
-pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
+/// Serves one accepted connection; `pre_admission` is its place among the connections not yet
+/// admitted, given back once it is admitted or closed.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: UnixStream,
+    pre_admission: tokio::sync::OwnedSemaphorePermit,
+) {
     let peer = match PeerCredentials::of(&stream) {
         Ok(peer) => peer,
         Err(e) => {
@@ -93,26 +100,49 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     // this connection whatever level RUST_LOG lets through.
     let span = tracing::error_span!("conn", id, %peer);
     async move {
+        // A uid the policy keeps denying is closed at once, past its burst (see `fds`).
+        if shared.penalty.active(peer.uid) {
+            bump(&shared.counters.denied);
+            shared.log_limit.log(peer.uid, || {
+                tracing::warn!(
+                    "access denied: uid {} was denied more than {} times within {:?}; closed without a reply",
+                    peer.uid,
+                    crate::fds::PENALTY_AFTER,
+                    crate::fds::PENALTY_WINDOW
+                );
+            });
+            return;
+        }
         // The access policy is checked before a single byte of the peer is read.
         if let Err(reason) = shared.policy.check(&stream, &peer) {
             bump(&shared.counters.denied);
-            tracing::warn!("access denied: {reason}");
+            if !shared.policy.admits_identity(&stream, &peer) {
+                shared.penalty.denied(peer.uid);
+            }
+            let reason_shown = Untrusted(&reason);
+            shared
+                .log_limit
+                .log(peer.uid, || tracing::warn!("access denied: {reason_shown}"));
             let status = Status::new(Code::PermissionDenied, reason);
-            refuse_unread(stream, &status, shared.limits.handshake_timeout).await;
+            refuse_unread(&shared, stream, &status).await;
             return;
         }
         bump(&shared.counters.accepted);
         tracing::debug!("admitted by the access policy");
         // Connection limits, still before any byte of the peer is read.
-        let mut admission = match Admission::new(&shared, peer.uid) {
+        let mut admission = match Admission::new(&shared, peer.uid, id) {
             Ok(a) => a,
             Err(status) => {
                 bump(&shared.counters.limit_refusals);
-                tracing::warn!("connection refused: {status}");
-                refuse_unread(stream, &status, shared.limits.handshake_timeout).await;
+                shared.log_limit.log(peer.uid, || {
+                    tracing::warn!("connection refused: {}", Untrusted(&status.message));
+                });
+                refuse_unread(&shared, stream, &status).await;
                 return;
             }
         };
+        // Admitted: counted by the connection limits from now on.
+        drop(pre_admission);
         // TLS (if any) and Hello share one deadline: the handshake timeout.
         let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
         // A session token may be bound to the client executable: resolve it (through a pidfd)
@@ -131,13 +161,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                 }
             },
             Some(tls) => match tokio::time::timeout_at(deadline, async {
-                if closed_before_sending(&stream).await {
-                    return Err(None);
+                tokio::select! {
+                    biased;
+                    () = admission.evicted.cancelled() => Err(TlsSetup::Evicted),
+                    done = async {
+                        if closed_before_sending(&stream).await {
+                            return Err(TlsSetup::Closed);
+                        }
+                        let (rd, wr) = peerwire_security::plain::split(stream).map_err(|e| {
+                            TlsSetup::Failed(peerwire_security::tls::TlsError::Handshake(
+                                e.to_string(),
+                            ))
+                        })?;
+                        tls.accept(rd, wr).await.map_err(TlsSetup::Failed)
+                    } => done,
                 }
-                let (rd, wr) = peerwire_security::plain::split(stream).map_err(|e| {
-                    Some(peerwire_security::tls::TlsError::Handshake(e.to_string()))
-                })?;
-                tls.accept(rd, wr).await.map_err(Some)
             })
             .await
             {
@@ -151,21 +189,36 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                     ));
                     (Box::new(Opened(sink.clone())), Wr::Sealed(sink))
                 }
-                Ok(Err(None)) => {
-                    tracing::info!("closed before the TLS handshake");
+                Ok(Err(TlsSetup::Evicted)) => {
+                    bump(&shared.counters.limit_refusals);
+                    let status = admission.eviction();
+                    shared.log_limit.log(peer.uid, || {
+                        tracing::warn!("connection closed during its TLS handshake: {status}");
+                    });
                     return;
                 }
-                Ok(Err(Some(e))) => {
+                Ok(Err(TlsSetup::Closed)) => {
+                    shared.log_limit.log(peer.uid, || {
+                        tracing::info!("closed before the TLS handshake")
+                    });
+                    return;
+                }
+                Ok(Err(TlsSetup::Failed(e))) => {
                     bump(&shared.counters.tls_failures);
-                    tracing::warn!("TLS: {e}");
+                    let shown = e.to_string();
+                    shared
+                        .log_limit
+                        .log(peer.uid, || tracing::warn!("TLS: {}", Untrusted(&shown)));
                     return;
                 }
                 Err(_) => {
                     bump(&shared.counters.tls_failures);
-                    tracing::warn!(
-                        "TLS handshake not finished within the handshake timeout of {:?}",
-                        shared.limits.handshake_timeout
-                    );
+                    shared.log_limit.log(peer.uid, || {
+                        tracing::warn!(
+                            "TLS handshake not finished within the handshake timeout of {:?}",
+                            shared.limits.handshake_timeout
+                        );
+                    });
                     return;
                 }
             },
@@ -174,6 +227,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         let Some((session, client_name, welcome)) = handshake(
             &shared,
             id,
+            &admission,
             deadline,
             presenter.as_ref(),
             &mut reader,
@@ -182,12 +236,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         .await
         else {
             bump(&shared.counters.handshake_failures);
-            drain(reader.into_inner()).await;
+            linger(&shared, reader.into_inner()).await;
             return;
         };
-        admission.authenticated();
+        if !admission.authenticated() {
+            // Evicted just as its handshake completed: refused like any evicted connection.
+            bump(&shared.counters.limit_refusals);
+            wr.send_last(
+                reject_frame(&admission.eviction()),
+                shared.limits.handshake_timeout,
+            )
+            .await;
+            return;
+        }
         bump(&shared.counters.sessions);
-        tracing::info!(client = %client_name, "session established");
+        tracing::info!(client = %Untrusted(&client_name), "session established");
         let info = Arc::new(ConnInfo {
             id,
             peer,
@@ -201,7 +264,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
 }
 
 /// With session tokens required: the token in `Hello` must be valid, unused, and for this peer.
-fn check_token(shared: &Shared, presenter: Option<&Presenter>, token: &[u8]) -> Result<(), Status> {
+/// The verifier's lock is held for the checks and the (unsynced) append to the replay record
+/// only; the record is made durable on a blocking thread, outside the lock, before the token
+/// is honoured: a slow disk delays only this session.
+async fn check_token(
+    shared: &Shared,
+    presenter: Option<&Presenter>,
+    token: &[u8],
+) -> Result<(), Status> {
     let (Some(verifier), Some(presenter)) = (&shared.tokens, presenter) else {
         return Ok(());
     };
@@ -211,14 +281,23 @@ fn check_token(shared: &Shared, presenter: Option<&Presenter>, token: &[u8]) -> 
             "this server requires a session token in Hello".into(),
         ));
     }
-    // Held for a map lookup and, for a valid token only, one small fsync'd append.
-    let mut verifier = verifier.lock().unwrap_or_else(|e| e.into_inner());
-    match verifier.verify(token, presenter) {
-        Ok(claims) => {
+    let verified = {
+        let mut verifier = verifier.lock().unwrap_or_else(|e| e.into_inner());
+        verifier.verify_deferred(token, presenter)
+    };
+    let (claims, durable) = verified.map_err(|e| unauthenticated(e.to_string()))?;
+    match tokio::task::spawn_blocking(move || durable.sync()).await {
+        Ok(Ok(())) => {
             tracing::debug!(expires_at = claims.expires_at, "session token accepted");
             Ok(())
         }
-        Err(e) => Err(unauthenticated(e.to_string())),
+        Ok(Err(e)) => Err(Status::new(
+            Code::Unavailable,
+            format!("the token's use could not be recorded: {e}"),
+        )),
+        Err(e) => Err(Status::internal(format!(
+            "recording the token's use failed: {e}"
+        ))),
     }
 }
 
@@ -242,18 +321,24 @@ async fn closed_before_sending(stream: &UnixStream) -> bool {
 }
 
 /// A connection's place in the connection limits, from admission to close.
+///
+/// A uid at its `max_unauthenticated_per_uid` limit does not lock itself out: the newcomer
+/// evicts that uid's oldest connection still in its handshake (which is refused
+/// `RESOURCE_EXHAUSTED`), so silent connections cannot keep out a client that completes its
+/// handshake promptly.
 struct Admission {
     shared: Arc<Shared>,
     uid: u32,
-    unauthenticated: bool,
+    id: u64,
+    /// Cancelled when a newer connection of the same uid evicts this one from its handshake.
+    evicted: CancellationToken,
 }
 
 impl Admission {
     /// Takes a place, or says which limit is full (and its value).
-    fn new(shared: &Arc<Shared>, uid: u32) -> Result<Self, Status> {
+    fn new(shared: &Arc<Shared>, uid: u32, id: u64) -> Result<Self, Status> {
         let l = &shared.limits;
         let mut a = shared.admitted.lock().unwrap_or_else(|e| e.into_inner());
-        let (open, unauth) = a.per_uid.get(&uid).copied().unwrap_or((0, 0));
         let full = |what: &str, limit: usize| {
             Err(Status::new(
                 Code::ResourceExhausted,
@@ -263,44 +348,81 @@ impl Admission {
         if a.total >= l.max_connections {
             return full("max_connections", l.max_connections);
         }
+        let (open, handshaking) = a
+            .per_uid
+            .get(&uid)
+            .map_or((0, 0), |u| (u.open, u.handshaking.len()));
         if open >= l.max_connections_per_uid {
             return full(
                 &format!("max_connections_per_uid (uid {uid})"),
                 l.max_connections_per_uid,
             );
         }
-        if a.unauthenticated >= l.max_unauthenticated {
+        let at_uid_limit = handshaking >= l.max_unauthenticated_per_uid;
+        if !at_uid_limit && a.unauthenticated >= l.max_unauthenticated {
             return full("max_unauthenticated", l.max_unauthenticated);
         }
-        if unauth >= l.max_unauthenticated_per_uid {
-            return full(
-                &format!("max_unauthenticated_per_uid (uid {uid})"),
-                l.max_unauthenticated_per_uid,
-            );
+        let evicted = CancellationToken::new();
+        let entry = a.per_uid.entry(uid).or_default();
+        if at_uid_limit {
+            // The uid's oldest connection still in its handshake makes room.
+            if let Some((old, token)) = entry.handshaking.pop_front() {
+                tracing::info!(
+                    evicted = old,
+                    "max_unauthenticated_per_uid limit of {} reached: evicting this uid's oldest connection still in its handshake",
+                    l.max_unauthenticated_per_uid
+                );
+                token.cancel();
+                a.unauthenticated = a.unauthenticated.saturating_sub(1);
+            }
         }
+        let entry = a.per_uid.entry(uid).or_default();
+        entry.open += 1;
+        entry.handshaking.push_back((id, evicted.clone()));
         a.total += 1;
         a.unauthenticated += 1;
-        a.per_uid.insert(uid, (open + 1, unauth + 1));
         Ok(Self {
             shared: shared.clone(),
             uid,
-            unauthenticated: true,
+            id,
+            evicted,
         })
     }
 
-    /// The handshake succeeded: no longer counted as unauthenticated.
-    fn authenticated(&mut self) {
-        if std::mem::replace(&mut self.unauthenticated, false) {
-            let mut a = self
-                .shared
-                .admitted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            a.unauthenticated = a.unauthenticated.saturating_sub(1);
-            if let Some(e) = a.per_uid.get_mut(&self.uid) {
-                e.1 = e.1.saturating_sub(1);
-            }
-        }
+    /// Takes the connection out of the handshaking ones. True if it was still there.
+    fn leave_handshake(&self, a: &mut crate::registry::Admitted) -> bool {
+        let Some(u) = a.per_uid.get_mut(&self.uid) else {
+            return false;
+        };
+        let Some(i) = u.handshaking.iter().position(|(id, _)| *id == self.id) else {
+            return false;
+        };
+        u.handshaking.remove(i);
+        a.unauthenticated = a.unauthenticated.saturating_sub(1);
+        true
+    }
+
+    /// The handshake succeeded: no longer counted as unauthenticated. False if the connection
+    /// was evicted meanwhile (it must then be refused).
+    fn authenticated(&mut self) -> bool {
+        let mut a = self
+            .shared
+            .admitted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.leave_handshake(&mut a)
+    }
+
+    /// The status an evicted connection is refused with.
+    fn eviction(&self) -> Status {
+        let limit = self.shared.limits.max_unauthenticated_per_uid;
+        Status::new(
+            Code::ResourceExhausted,
+            format!(
+                "max_unauthenticated_per_uid (uid {}) limit of {limit} reached: this connection was the oldest still in its handshake, and a newer one took its place",
+                self.uid
+            ),
+        )
     }
 }
 
@@ -311,16 +433,12 @@ impl Drop for Admission {
             .admitted
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        self.leave_handshake(&mut a);
         a.total = a.total.saturating_sub(1);
-        if self.unauthenticated {
-            a.unauthenticated = a.unauthenticated.saturating_sub(1);
-        }
-        let unauth = usize::from(self.unauthenticated);
         let gone = match a.per_uid.get_mut(&self.uid) {
-            Some(e) => {
-                e.0 = e.0.saturating_sub(1);
-                e.1 = e.1.saturating_sub(unauth);
-                e.0 == 0
+            Some(u) => {
+                u.open = u.open.saturating_sub(1);
+                u.open == 0
             }
             None => false,
         };
@@ -330,20 +448,42 @@ impl Drop for Admission {
     }
 }
 
-/// Refuses a peer before reading anything from it: a plain-text `Reject`, then close.
-async fn refuse_unread(stream: UnixStream, status: &Status, timeout: Duration) {
-    let (rd, mut wr) = stream.into_split();
-    send_direct(&mut wr, reject_frame(status), timeout).await;
-    drain(rd).await;
+/// Why a TLS connection did not get to its `Hello`.
+enum TlsSetup {
+    /// The peer hung up before sending anything.
+    Closed,
+    /// A newer connection of the same uid took its place (see [`Admission`]).
+    Evicted,
+    /// The TLS handshake failed.
+    Failed(peerwire_security::tls::TlsError),
 }
 
-/// Reads and discards what the peer already sent, briefly and boundedly, so that closing the
-/// socket does not reset it before the peer has read our `Reject`.
-async fn drain<R: AsyncRead + Unpin>(rd: R) {
-    let (time, bytes) = REJECT_DRAIN;
+/// Refuses a peer before reading anything from it: a plain-text `Reject` (written only if the
+/// socket takes it at once: a refused peer is not waited for), then close.
+async fn refuse_unread(shared: &Shared, stream: UnixStream, status: &Status) {
+    let mut buf = BytesMut::new();
+    if FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
+        .encode(&reject_frame(status), &mut buf)
+        .is_ok()
+    {
+        let _ = stream.try_write(&buf);
+    }
+    let (rd, wr) = stream.into_split();
+    drop(wr);
+    linger(shared, rd).await;
+}
+
+/// Reads and discards what the peer already sent, briefly and boundedly, so that its write
+/// of a `Hello` racing our close does not fail before it has read our `Reject`; only while
+/// fewer than `fds::LINGERING` refused connections linger (else the socket closes at once),
+/// so refused peers cannot hold the server's descriptors.
+async fn linger<R: AsyncRead + Unpin>(shared: &Shared, rd: R) {
+    let Ok(_place) = shared.lingering.try_acquire() else {
+        return;
+    };
     let _ = tokio::time::timeout(
-        time,
-        tokio::io::copy(&mut rd.take(bytes), &mut tokio::io::sink()),
+        crate::fds::LINGER,
+        tokio::io::copy(&mut rd.take(LINGER_BYTES), &mut tokio::io::sink()),
     )
     .await;
 }
@@ -383,18 +523,27 @@ fn codec_status(e: &CodecError) -> Status {
 async fn handshake(
     shared: &Shared,
     id: u64,
+    admission: &Admission,
     deadline: tokio::time::Instant,
     presenter: Option<&Presenter>,
     reader: &mut Reader,
     wr: &mut Wr,
 ) -> Option<(Session, String, Frame)> {
     let limits = &shared.limits;
+    let uid = admission.uid;
     let refuse = |status: Status| {
-        tracing::warn!("handshake refused: {status}");
+        shared.log_limit.log(uid, || {
+            tracing::warn!("handshake refused: {}", Untrusted(&status.to_string()));
+        });
         reject_frame(&status)
     };
     let first = tokio::select! {
         first = tokio::time::timeout_at(deadline, reader.next()) => first,
+        () = admission.evicted.cancelled() => {
+            bump(&shared.counters.limit_refusals);
+            wr.send_last(refuse(admission.eviction()), limits.handshake_timeout).await;
+            return None;
+        }
         _ = shared.shutdown.cancelled() => {
             let status = Status::new(Code::ShuttingDown, "the server is shutting down");
             wr.send_last(refuse(status), limits.handshake_timeout).await;
@@ -404,7 +553,9 @@ async fn handshake(
     let frame = match first {
         Ok(Some(Ok(frame))) => frame,
         Ok(None) => {
-            tracing::info!("closed before Hello");
+            shared
+                .log_limit
+                .log(uid, || tracing::info!("closed before Hello"));
             return None;
         }
         Ok(Some(Err(e))) => {
@@ -430,7 +581,7 @@ async fn handshake(
             session,
             hello,
         } => {
-            if let Err(status) = check_token(shared, presenter, &hello.session_token) {
+            if let Err(status) = check_token(shared, presenter, &hello.session_token).await {
                 bump(&shared.counters.token_failures);
                 wr.send_last(refuse(status), limits.handshake_timeout).await;
                 return None;
@@ -438,7 +589,9 @@ async fn handshake(
             Some((session, hello.client_name, welcome))
         }
         ServerOutcome::Reject { reject, status } => {
-            tracing::warn!("handshake refused: {status}");
+            shared.log_limit.log(uid, || {
+                tracing::warn!("handshake refused: {}", Untrusted(&status.to_string()));
+            });
             wr.send_last(reject, limits.handshake_timeout).await;
             None
         }
@@ -540,11 +693,14 @@ impl Connection {
             self.info.id,
             ConnEntry {
                 info: self.info.clone(),
-                tx: self.tx.clone(),
                 topics: HashSet::new(),
-                seq: HashMap::new(),
-                events: self.events_out.clone(),
-                kick: self.kick.clone(),
+                out: Arc::new(PushTarget {
+                    info: self.info.clone(),
+                    tx: self.tx.clone(),
+                    seq: Default::default(),
+                    events: self.events_out.clone(),
+                    kick: self.kick.clone(),
+                }),
             },
         );
         self.tx.uncork();
@@ -560,7 +716,10 @@ impl Connection {
             if status.code == Code::ShuttingDown {
                 tracing::debug!("closing: {status}");
             } else {
-                tracing::warn!("closing: {status}");
+                let uid = self.info.peer.uid;
+                self.shared.log_limit.log(uid, || {
+                    tracing::warn!("closing: {}", Untrusted(&status.to_string()));
+                });
             }
         }
 
@@ -665,10 +824,22 @@ impl Connection {
                     }
                     Some(Err(e)) => {
                         if let CodecError::Io(e) = &e {
+                            if let Some(full) = peerwire_proto::io::OutboundFull::of(e) {
+                                // Reading made the connection write more than its bound
+                                // while the peer does not read (e.g. TLS key updates).
+                                bump(&self.shared.counters.slow_consumers);
+                                return Some(Status::new(Code::SlowConsumer, full.to_string()));
+                            }
                             if peerwire_security::tls::is_tls_error(e) {
                                 // A forged or corrupted record, or an alert: hostile or broken.
                                 bump(&self.shared.counters.protocol_errors);
-                                tracing::warn!("TLS refused what the peer sent: {e}");
+                                let shown = e.to_string();
+                                self.shared.log_limit.log(self.info.peer.uid, || {
+                                    tracing::warn!(
+                                        "TLS refused what the peer sent: {}",
+                                        Untrusted(&shown)
+                                    );
+                                });
                             } else {
                                 tracing::info!("read failed: {e}");
                             }
@@ -778,7 +949,7 @@ impl Connection {
             Some(Kind::Ping(p)) => self.send(Frame::new(Kind::Pong(Pong { nonce: p.nonce }))),
             Some(Kind::Pong(_)) => Next::Continue,
             Some(Kind::Goodbye(g)) => {
-                tracing::debug!(code = g.code, reason = %g.reason, "client said goodbye");
+                tracing::debug!(code = g.code, reason = %Untrusted(&g.reason), "client said goodbye");
                 self.reading = false;
                 self.draining
                     .get_or_insert(later(self.shared.limits.shutdown_grace));
@@ -792,16 +963,21 @@ impl Connection {
     }
 
     fn on_event(&self, ev: peerwire_proto::v1::Event) {
+        let dropped = |why: &dyn std::fmt::Display| {
+            self.shared.log_limit.log(self.info.peer.uid, || {
+                tracing::warn!(topic = %Untrusted(&ev.topic), "dropped client event: {why}");
+            });
+        };
         if let Err(status) = self.info.session.check_name(&ev.topic) {
-            tracing::warn!(topic = %ev.topic, "dropped client event: {status}");
+            dropped(&Untrusted(&status.message));
             return;
         }
         let Some(handler) = self.shared.router.events.get(&ev.topic) else {
-            tracing::warn!(topic = %ev.topic, "dropped client event: no handler for this topic");
+            dropped(&"no handler for this topic");
             return;
         };
         if self.events.try_send((handler.clone(), ev.payload)).is_err() {
-            tracing::warn!(topic = %ev.topic, "dropped client event: {EVENT_QUEUE} events already queued");
+            dropped(&format_args!("{EVENT_QUEUE} events already queued"));
         }
     }
 

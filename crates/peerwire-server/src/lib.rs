@@ -46,6 +46,8 @@
 
 mod config;
 mod conn;
+mod fds;
+mod logs;
 mod notify;
 mod outbound;
 mod policy;
@@ -60,6 +62,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use futures_util::FutureExt;
 use peerwire_proto::handshake::ServerOffer;
 use peerwire_proto::names;
 use prost::Message;
@@ -69,6 +72,7 @@ use tokio_util::task::TaskTracker;
 
 pub use bytes::Bytes;
 pub use config::Limits;
+pub use fds::DescriptorLimit;
 pub use outbound::SlowConsumerPolicy;
 pub use peerwire_proto::Status;
 pub use peerwire_proto::v1::Code;
@@ -101,6 +105,14 @@ pub enum ServerError {
     /// I/O failure while serving.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// `RLIMIT_NOFILE` cannot hold the descriptors the limits allow (checked at bind).
+    #[error(transparent)]
+    Descriptors(#[from] DescriptorLimit),
+    /// [`ServerBuilder::bind`] was called outside a tokio runtime (nothing was created).
+    #[error(
+        "bind() must be called inside a tokio runtime (within #[tokio::main] or Runtime::enter)"
+    )]
+    NoRuntime,
 }
 
 /// Collects what a [`Server`] needs. Setters take `&mut self`; [`bind`](Self::bind) validates.
@@ -270,6 +282,16 @@ impl ServerBuilder {
     /// Must be called inside a tokio runtime.
     pub fn bind(&self) -> Result<Server, ServerError> {
         self.validate()?;
+        // Checked before the file system is touched: tokio's listener needs a reactor, and
+        // without one the socket file would be left behind by a panic.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ServerError::NoRuntime);
+        }
+        let nofile = fds::ensure_nofile(&self.limits)?;
+        tracing::debug!(
+            "RLIMIT_NOFILE {nofile}: room for the {} descriptors the limits allow",
+            fds::needed(&self.limits)
+        );
         let (listener, origin) = socket::listen(&self.path, self.socket_group)?;
         listener.set_nonblocking(true)?;
         let listener = UnixListener::from_std(listener)?;
@@ -351,6 +373,10 @@ impl ServerBuilder {
             admitted: Default::default(),
             shutdown: CancellationToken::new(),
             counters: Default::default(),
+            log_limit: Default::default(),
+            pre_admission: Arc::new(tokio::sync::Semaphore::new(fds::PRE_ADMISSION)),
+            lingering: Arc::new(tokio::sync::Semaphore::new(fds::LINGERING)),
+            penalty: Default::default(),
         });
         Ok(Server {
             listener,
@@ -416,6 +442,7 @@ impl Server {
             shared,
         } = self;
         let tracker = TaskTracker::new();
+        let mut reserve = fds::Reserve::new();
         tracing::info!(path = %guard.path().display(), "listening");
         notify::notify("READY=1");
         // Watchdog pings come from this loop: if it stalls, systemd notices and restarts us.
@@ -426,16 +453,34 @@ impl Server {
                 _ = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
                     notify::notify("WATCHDOG=1");
                 }
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                // A place among the connections not yet admitted first (the backlog holds the
+                // rest meanwhile), then the connection: both cancellation-safe.
+                (permit, accepted) = async {
+                    let permit = shared.pre_admission.clone().acquire_owned().await;
+                    (permit, listener.accept().await)
+                } => match (permit, accepted) {
+                    (Ok(permit), Ok((stream, _))) => {
                         bump(&shared.counters.connections);
-                        tracker.spawn(conn::serve(shared.clone(), stream));
+                        tracker.spawn(conn::serve(shared.clone(), stream, permit));
                     }
-                    Err(e) => {
-                        // EMFILE and friends: keep serving the connections we have, retry soon.
-                        tracing::error!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    (_, Err(e)) if matches!(e.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE)) => {
+                        // Out of descriptors all the same (something else in the process holds
+                        // them): accept and close one connection with the spare descriptor,
+                        // rather than sleep while the backlog fills.
+                        bump(&shared.counters.connections);
+                        bump(&shared.counters.limit_refusals);
+                        let dropped = reserve.spend(|| {
+                            listener.accept().now_or_never().map(|r| r.map(drop))
+                        });
+                        shared.log_limit.log(u32::MAX, || {
+                            tracing::error!("accept failed: {e}; closed one connection with the spare descriptor ({dropped:?})");
+                        });
                     }
+                    (_, Err(e)) => {
+                        // ECONNABORTED and the like concern one connection only.
+                        shared.log_limit.log(u32::MAX, || tracing::warn!("accept failed: {e}"));
+                    }
+                    (Err(_), _) => break,
                 },
             }
         }
@@ -529,5 +574,25 @@ impl ServerHandle {
     /// True once shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
         self.shared.shutdown.is_cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14 (item 8): outside a runtime, `bind` used to create the directory and the socket
+    /// file, then panic in tokio's `UnixListener::from_std`. Now it is a typed error and nothing
+    /// is created.
+    #[test]
+    fn bind_without_a_runtime_is_an_error_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("run").join("s.sock");
+        let err = Server::builder(&sock).bind().unwrap_err();
+        assert!(matches!(err, ServerError::NoRuntime), "{err}");
+        assert!(
+            !sock.parent().unwrap().exists(),
+            "bind touched the file system"
+        );
     }
 }

@@ -76,6 +76,17 @@ impl AccessPolicy {
 
     /// Checks a freshly accepted connection. The error is the reason given to the peer.
     pub(crate) fn check(&self, stream: &UnixStream, peer: &PeerCredentials) -> Result<(), String> {
+        if !self.admits_identity(stream, peer) {
+            return Err(format!(
+                "peer uid {} gid {} is not allowed by the server's access policy",
+                peer.uid, peer.gid
+            ));
+        }
+        self.check_exe(stream)
+    }
+
+    /// Whether the peer's uid, or one of its groups, is allowed (executables aside).
+    pub(crate) fn admits_identity(&self, stream: &UnixStream, peer: &PeerCredentials) -> bool {
         let by_uid = self.uids.contains(&peer.uid);
         let by_group = !by_uid
             && !self.gids.is_empty()
@@ -89,12 +100,11 @@ impl AccessPolicy {
                         false
                     }
                 });
-        if !by_uid && !by_group {
-            return Err(format!(
-                "peer uid {} gid {} is not allowed by the server's access policy",
-                peer.uid, peer.gid
-            ));
-        }
+        by_uid || by_group
+    }
+
+    /// With executables listed: whether the peer runs one of them (through a pidfd).
+    fn check_exe(&self, stream: &UnixStream) -> Result<(), String> {
         if !self.exes.is_empty() {
             match peer_executable(stream) {
                 Ok(exe) if self.exes.iter().any(|a| a.same_file(&exe)) => {}

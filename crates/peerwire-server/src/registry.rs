@@ -53,9 +53,19 @@ impl Outbox {
 
 pub(crate) struct ConnEntry {
     pub(crate) info: Arc<ConnInfo>,
-    pub(crate) tx: Outbox,
     pub(crate) topics: HashSet<String>,
-    pub(crate) seq: HashMap<String, u64>,
+    /// What a push to the connection needs: taken out of the map (an `Arc`), so that events
+    /// are encoded, sealed and written after the map's lock is released.
+    pub(crate) out: Arc<PushTarget>,
+}
+
+/// A connection as a destination of events.
+pub(crate) struct PushTarget {
+    pub(crate) info: Arc<ConnInfo>,
+    pub(crate) tx: Outbox,
+    /// The last `seq` per topic. Its lock is held while an event is numbered and queued, so a
+    /// connection's events are queued in `seq` order even when several tasks push at once.
+    pub(crate) seq: Mutex<HashMap<String, u64>>,
     /// Events of topics with a drop policy.
     pub(crate) events: Arc<crate::outbound::EventQueue>,
     /// Cancelled to make the connection task close the connection (slow consumer).
@@ -132,8 +142,16 @@ pub(crate) fn bump(c: &AtomicU64) {
 pub(crate) struct Admitted {
     pub(crate) total: usize,
     pub(crate) unauthenticated: usize,
-    /// uid -> (open, of which unauthenticated)
-    pub(crate) per_uid: HashMap<u32, (usize, usize)>,
+    pub(crate) per_uid: HashMap<u32, PerUid>,
+}
+
+/// One uid's admitted connections.
+#[derive(Default)]
+pub(crate) struct PerUid {
+    /// Open connections.
+    pub(crate) open: usize,
+    /// Of which still in their handshake, oldest first, each with its eviction token.
+    pub(crate) handshaking: std::collections::VecDeque<(u64, CancellationToken)>,
 }
 
 pub(crate) struct Shared {
@@ -153,6 +171,14 @@ pub(crate) struct Shared {
     pub(crate) admitted: Mutex<Admitted>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) counters: Counters,
+    /// Rate limit of the log lines refusals and slow consumers cause, per uid.
+    pub(crate) log_limit: crate::logs::Limiter,
+    /// Places for connections accepted and not yet admitted (see `fds`).
+    pub(crate) pre_admission: Arc<tokio::sync::Semaphore>,
+    /// Places for refused connections that linger to read their `Reject`.
+    pub(crate) lingering: Arc<tokio::sync::Semaphore>,
+    /// Uids the access policy keeps denying.
+    pub(crate) penalty: crate::fds::Penalty,
 }
 
 /// Why an event could not be queued.
@@ -226,7 +252,7 @@ impl Shared {
             let conns = self.conns();
             let dropped = conns
                 .values()
-                .map(|e| e.events.dropped.load(Ordering::Relaxed))
+                .map(|e| e.out.events.dropped.load(Ordering::Relaxed))
                 .sum::<u64>();
             (conns.len() as u64, dropped)
         };
@@ -251,20 +277,16 @@ impl Shared {
         }
     }
 
-    /// Queues an event on one connection. Called with the lock held: never blocks.
-    fn push_one(
-        &self,
-        entry: &mut ConnEntry,
-        topic: &str,
-        payload: &Bytes,
-    ) -> Result<(), PushError> {
-        let seq = entry.seq.entry(topic.to_owned()).or_insert(0);
+    /// Queues an event on one connection. Called without the map's lock: never blocks.
+    fn push_one(&self, target: &PushTarget, topic: &str, payload: &Bytes) -> Result<(), PushError> {
+        let mut seqs = target.seq.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = seqs.entry(topic.to_owned()).or_insert(0);
         let frame = Frame::new(Kind::Event(Event {
             topic: topic.to_owned(),
             seq: *seq + 1,
             payload: payload.clone(),
         }));
-        let max = entry.info.session.max_frame_size();
+        let max = target.info.session.max_frame_size();
         let len = prost::Message::encoded_len(&frame);
         if len > max as usize {
             return Err(PushError::TooLarge { len, max });
@@ -274,45 +296,58 @@ impl Shared {
             *seq += 1;
             bump(&self.counters.events_sent);
             let name: Arc<str> = topic.into();
-            entry.events.push(&name, frame, policy);
+            target.events.push(&name, frame, policy);
             return Ok(());
         }
-        crate::outbound::cork_for_batch(entry.info.id, &entry.tx);
-        match entry.tx.push(frame) {
+        crate::outbound::cork_for_batch(target.info.id, &target.tx);
+        match target.tx.push(frame) {
             Ok(()) => {
                 *seq += 1;
                 bump(&self.counters.events_sent);
                 Ok(())
             }
             Err(Full::Queue) => {
-                if !entry.kick.is_cancelled() {
-                    bump(&self.counters.slow_consumers);
-                    tracing::warn!(
-                        conn = entry.info.id,
-                        peer = %entry.info.peer,
-                        queue = self.limits.outbound_queue,
-                        queue_bytes = self.limits.outbound_queue_bytes,
-                        "outbound queue full: closing slow consumer"
-                    );
-                    entry.kick.cancel();
-                }
-                Err(PushError::SlowConsumer(entry.info.id))
+                drop(seqs);
+                self.slow_consumer(target);
+                Err(PushError::SlowConsumer(target.info.id))
             }
             // The connection is closing; it is about to leave the map.
-            Err(Full::Closed) => Err(PushError::NoSuchConnection(entry.info.id)),
+            Err(Full::Closed) => Err(PushError::NoSuchConnection(target.info.id)),
         }
     }
 
+    /// Closes `target` as a slow consumer (once): counted, logged, its task told to close.
+    fn slow_consumer(&self, target: &PushTarget) {
+        if !target.kick.is_cancelled() {
+            bump(&self.counters.slow_consumers);
+            self.log_limit.log(target.info.peer.uid, || {
+                tracing::warn!(
+                    conn = target.info.id,
+                    peer = %target.info.peer,
+                    queue = self.limits.outbound_queue,
+                    queue_bytes = self.limits.outbound_queue_bytes,
+                    "outbound queue full: closing slow consumer"
+                );
+            });
+            target.kick.cancel();
+        }
+    }
+
+    /// Queues an event on every subscriber of `topic`. The map's lock is held only to collect
+    /// the subscribers; encoding, sealing (TLS) and writing happen after it is released.
     pub(crate) fn broadcast(&self, topic: &str, payload: &Bytes) -> Result<usize, PushError> {
         peerwire_proto::names::namespace_of(topic)
             .map_err(|e| PushError::InvalidTopic(e.to_string()))?;
-        let mut conns = self.conns();
-        let mut delivered = 0;
-        for entry in conns.values_mut().filter(|e| e.topics.contains(topic)) {
-            if self.push_one(entry, topic, payload).is_ok() {
-                delivered += 1;
-            }
-        }
+        let targets: Vec<Arc<PushTarget>> = self
+            .conns()
+            .values()
+            .filter(|e| e.topics.contains(topic))
+            .map(|e| e.out.clone())
+            .collect();
+        let delivered = targets
+            .iter()
+            .filter(|t| self.push_one(t, topic, payload).is_ok())
+            .count();
         Ok(delivered)
     }
 
@@ -324,16 +359,17 @@ impl Shared {
     ) -> Result<(), PushError> {
         peerwire_proto::names::namespace_of(topic)
             .map_err(|e| PushError::InvalidTopic(e.to_string()))?;
-        let mut conns = self.conns();
-        let entry = conns
-            .get_mut(&conn)
-            .ok_or(PushError::NoSuchConnection(conn))?;
-        if !entry.topics.contains(topic) {
-            return Err(PushError::NotSubscribed {
-                conn,
-                topic: topic.to_owned(),
-            });
-        }
-        self.push_one(entry, topic, payload)
+        let target = {
+            let conns = self.conns();
+            let entry = conns.get(&conn).ok_or(PushError::NoSuchConnection(conn))?;
+            if !entry.topics.contains(topic) {
+                return Err(PushError::NotSubscribed {
+                    conn,
+                    topic: topic.to_owned(),
+                });
+            }
+            entry.out.clone()
+        };
+        self.push_one(&target, topic, payload)
     }
 }

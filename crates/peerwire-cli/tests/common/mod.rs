@@ -59,9 +59,12 @@ impl ServeProcess {
 
     /// Runs `cmd` (some form of `peerwire serve`) and waits until `path` answers.
     pub fn spawn(mut cmd: Command, path: &Path) -> Self {
-        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        // The command's own RUST_LOG, else the test's, else warn.
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+            cmd.env("RUST_LOG", log);
+        }
         let child = cmd
-            .env("RUST_LOG", log)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .spawn()
@@ -142,6 +145,7 @@ pub struct RawClient {
     buf: BytesMut,
 }
 
+#[derive(Debug)]
 pub enum Read {
     Frame(Frame),
     Eof,
@@ -348,4 +352,25 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// Runs `cmd` to completion and returns its output; fails the test, with its stderr, if it
+/// did not succeed.
+pub fn succeed(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `peerwire init --device DEVICE --dir DIR`: a fresh device identity.
+pub fn init_identity(dir: &Path, device: &str) {
+    succeed(
+        Command::new(BIN)
+            .args(["init", "--device", device, "--dir"])
+            .arg(dir),
+    );
 }
