@@ -28,8 +28,8 @@ use peerwire_proto::{
     HANDSHAKE_MAX_FRAME_SIZE, METHOD_STATS, METHOD_SUBSCRIBE, METHOD_UNSUBSCRIBE, Status,
 };
 use peerwire_security::cred::PeerCredentials;
-use peerwire_security::exe::peer_executable;
-use peerwire_security::plain::PlainWriter;
+use peerwire_security::exe::{SenderGuard, sender_refused};
+use peerwire_security::plain::{PlainWriter, split_guarded};
 use peerwire_security::token::Presenter;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -94,13 +94,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     let span = tracing::error_span!("conn", id, %peer);
     async move {
         // The access policy is checked before a single byte of the peer is read.
-        if let Err(reason) = shared.policy.check(&stream, &peer) {
-            bump(&shared.counters.denied);
-            tracing::warn!("access denied: {reason}");
-            let status = Status::new(Code::PermissionDenied, reason);
-            refuse_unread(stream, &status, shared.limits.handshake_timeout).await;
-            return;
-        }
+        let guard = match shared.policy.check(&stream, &peer, shared.tokens.is_some()) {
+            Ok(guard) => guard,
+            Err(reason) => {
+                bump(&shared.counters.denied);
+                tracing::warn!("access denied: {reason}");
+                let status = Status::new(Code::PermissionDenied, reason);
+                refuse_unread(stream, &status, shared.limits.handshake_timeout).await;
+                return;
+            }
+        };
         bump(&shared.counters.accepted);
         tracing::debug!("admitted by the access policy");
         // Connection limits, still before any byte of the peer is read.
@@ -115,15 +118,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         };
         // TLS (if any) and Hello share one deadline: the handshake timeout.
         let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
-        // A session token may be bound to the client executable: resolve it (through a pidfd)
-        // while the raw socket is at hand.
+        // A session token may be bound to the client executable: the one of the process that
+        // sends the Hello (the guard's first sender), filled in once the Hello is read.
         let presenter = shared.tokens.as_ref().map(|_| Presenter {
             uid: peer.uid,
-            exe: peer_executable(&stream).ok().map(|e| e.path),
+            exe: None,
             socket: shared.socket_path.clone(),
         });
         let (rd, mut wr): (BoxRead, Wr) = match &shared.tls {
-            None => match peerwire_security::plain::split(stream) {
+            None => match peerwire_security::plain::split_guarded(stream, guard.clone()) {
                 Ok((rd, wr)) => (Box::new(rd), Wr::Plain(wr)),
                 Err(e) => {
                     tracing::warn!("cannot set the connection up: {e}");
@@ -134,7 +137,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                 if closed_before_sending(&stream).await {
                     return Err(None);
                 }
-                let (rd, wr) = peerwire_security::plain::split(stream).map_err(|e| {
+                let (rd, wr) = split_guarded(stream, guard.clone()).map_err(|e| {
                     Some(peerwire_security::tls::TlsError::Handshake(e.to_string()))
                 })?;
                 tls.accept(rd, wr).await.map_err(Some)
@@ -156,8 +159,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                     return;
                 }
                 Ok(Err(Some(e))) => {
-                    bump(&shared.counters.tls_failures);
-                    tracing::warn!("TLS: {e}");
+                    if let Some(refused) = guard.as_ref().and_then(|g| g.refusal()) {
+                        bump(&shared.counters.denied);
+                        tracing::warn!("access denied during the TLS handshake: {refused}");
+                    } else {
+                        bump(&shared.counters.tls_failures);
+                        tracing::warn!("TLS: {e}");
+                    }
                     return;
                 }
                 Err(_) => {
@@ -176,6 +184,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             id,
             deadline,
             presenter.as_ref(),
+            guard.as_deref(),
             &mut reader,
             &mut wr,
         )
@@ -201,9 +210,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
 }
 
 /// With session tokens required: the token in `Hello` must be valid, unused, and for this peer.
-fn check_token(shared: &Shared, presenter: Option<&Presenter>, token: &[u8]) -> Result<(), Status> {
+/// True when it is bound to an executable.
+fn check_token(
+    shared: &Shared,
+    presenter: Option<&Presenter>,
+    token: &[u8],
+) -> Result<bool, Status> {
     let (Some(verifier), Some(presenter)) = (&shared.tokens, presenter) else {
-        return Ok(());
+        return Ok(false);
     };
     let unauthenticated = |why: String| Status::new(Code::Unauthenticated, why);
     if token.is_empty() {
@@ -216,7 +230,7 @@ fn check_token(shared: &Shared, presenter: Option<&Presenter>, token: &[u8]) -> 
     match verifier.verify(token, presenter) {
         Ok(claims) => {
             tracing::debug!(expires_at = claims.expires_at, "session token accepted");
-            Ok(())
+            Ok(claims.exe_bound)
         }
         Err(e) => Err(unauthenticated(e.to_string())),
     }
@@ -372,6 +386,21 @@ fn reject_frame(status: &Status) -> Frame {
     }))
 }
 
+/// A read refused because a chunk came from a process the connection does not admit
+/// ([`SenderGuard`]): logged with both pids and counted as denied.
+fn sender_refused_status(shared: &Shared, e: &CodecError) -> Option<Status> {
+    let CodecError::Io(e) = e else { return None };
+    let refused = sender_refused(e)?;
+    bump(&shared.counters.denied);
+    tracing::warn!(
+        conn_pid = refused.conn_pid,
+        sender_pid = refused.sender_pid,
+        exe = ?refused.exe,
+        "access denied: {refused}"
+    );
+    Some(Status::new(Code::PermissionDenied, refused.to_string()))
+}
+
 fn codec_status(e: &CodecError) -> Status {
     let code = match e {
         CodecError::FrameTooLarge { .. } => Code::FrameTooLarge,
@@ -385,6 +414,7 @@ async fn handshake(
     id: u64,
     deadline: tokio::time::Instant,
     presenter: Option<&Presenter>,
+    guard: Option<&SenderGuard>,
     reader: &mut Reader,
     wr: &mut Wr,
 ) -> Option<(Session, String, Frame)> {
@@ -408,8 +438,11 @@ async fn handshake(
             return None;
         }
         Ok(Some(Err(e))) => {
-            wr.send_last(refuse(codec_status(&e)), limits.handshake_timeout)
-                .await;
+            let status = match sender_refused_status(shared, &e) {
+                Some(status) => status,
+                None => codec_status(&e),
+            };
+            wr.send_last(refuse(status), limits.handshake_timeout).await;
             return None;
         }
         Err(_) => {
@@ -430,10 +463,24 @@ async fn handshake(
             session,
             hello,
         } => {
-            if let Err(status) = check_token(shared, presenter, &hello.session_token) {
-                bump(&shared.counters.token_failures);
-                wr.send_last(refuse(status), limits.handshake_timeout).await;
-                return None;
+            // The program that sent the Hello presents the token.
+            let presenter = presenter.map(|p| Presenter {
+                exe: guard.and_then(SenderGuard::first_sender).map(|e| e.path),
+                ..p.clone()
+            });
+            match check_token(shared, presenter.as_ref(), &hello.session_token) {
+                Err(status) => {
+                    bump(&shared.counters.token_failures);
+                    wr.send_last(refuse(status), limits.handshake_timeout).await;
+                    return None;
+                }
+                // Nothing binds the connection to a program any more: stop checking senders.
+                Ok(false) if !shared.policy.has_exes() => {
+                    if let Some(guard) = guard {
+                        guard.stop();
+                    }
+                }
+                Ok(_) => {}
             }
             Some((session, hello.client_name, welcome))
         }
@@ -664,6 +711,10 @@ impl Connection {
                         }
                     }
                     Some(Err(e)) => {
+                        if let Some(status) = sender_refused_status(&self.shared, &e) {
+                            self.goodbye(&status);
+                            return Some(status);
+                        }
                         if let CodecError::Io(e) = &e {
                             if peerwire_security::tls::is_tls_error(e) {
                                 // A forged or corrupted record, or an alert: hostile or broken.
