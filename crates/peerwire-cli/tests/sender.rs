@@ -73,15 +73,24 @@ except OSError:
 );
 
 /// Runs as the allowed program (python3): connects to the server (argv[1]); if argv[3] is
-/// `hello`, sends the Hello in argv[4] (hex) and prints the answer (hex); then passes the socket
-/// with `SCM_RIGHTS` to whoever listens at argv[2], and stays alive until that one hangs up.
+/// `hello`, sends the Hello in argv[4] (hex) and prints the answer (hex), over TLS (without
+/// checking the server) if it is `tls-hello`; then passes the socket with `SCM_RIGHTS` to
+/// whoever listens at argv[2], and stays alive until that one hangs up.
 const PASS_FD: &str = r#"
-import socket, sys
+import socket, ssl, sys
 server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 server.connect(sys.argv[1])
 if sys.argv[3] == "hello":
     server.sendall(bytes.fromhex(sys.argv[4]))
     print(server.recv(65536).hex(), flush=True)
+if sys.argv[3] == "tls-hello":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = ctx.wrap_socket(server)
+    tls.sendall(bytes.fromhex(sys.argv[4]))
+    print(tls.recv(65536).hex(), flush=True)
+    server = socket.socket(fileno=tls.detach())
 peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 peer.connect(sys.argv[2])
 socket.send_fds(peer, [b"fd"], [server.fileno()])
@@ -249,14 +258,9 @@ fn other_python(dir: &Path) -> PathBuf {
 }
 
 /// The allowed program (python3) passes its connection to a process of another program (a copy
-/// of python3), after saying Hello itself (`after_hello`) or before; what the other program got
+/// of python3), after saying Hello itself (`mode`: `hello`, `tls-hello`) or before (`none`); what the other program got
 /// back after sending `payload`, and what the allowed program got for its Hello.
-fn pass_fd(
-    dir: &Path,
-    socket: &Path,
-    payload: &[u8],
-    after_hello: bool,
-) -> (Vec<Frame>, Vec<Frame>) {
+fn pass_fd(dir: &Path, socket: &Path, payload: &[u8], mode: &str) -> (Vec<Frame>, Vec<Frame>) {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let at = dir.join(format!("take-{n}"));
@@ -277,7 +281,7 @@ fn pass_fd(
         .args(["-c", PASS_FD])
         .arg(socket)
         .arg(&at)
-        .arg(if after_hello { "hello" } else { "none" })
+        .arg(mode)
         .arg(hex(&hello))
         .stdout(Stdio::piped())
         .spawn()
@@ -315,7 +319,7 @@ fn a_socket_passed_to_another_program_is_refused_when_that_program_speaks() {
     let _server = serve(&socket, &args);
     // Passed before the Hello: the other program's Hello is refused.
     let hello = encode(hello_frame(&[1], &[]));
-    let (taken, _) = pass_fd(dir.path(), &socket, &hello, false);
+    let (taken, _) = pass_fd(dir.path(), &socket, &hello, "none");
     let answers: Vec<_> = taken.iter().map(kind_of).collect();
     assert_eq!(
         answers,
@@ -325,7 +329,7 @@ fn a_socket_passed_to_another_program_is_refused_when_that_program_speaks() {
     // Passed after the allowed program's own Hello was welcomed: the other program's Ping is
     // never answered; the connection is closed with PERMISSION_DENIED.
     let ping = encode(Frame::new(Kind::Ping(Ping { nonce: 77 })));
-    let (taken, given) = pass_fd(dir.path(), &socket, &ping, true);
+    let (taken, given) = pass_fd(dir.path(), &socket, &ping, "hello");
     assert_eq!(
         given.first().map(kind_of),
         Some(("Welcome", None)),
@@ -384,4 +388,66 @@ fn an_executable_bound_token_cannot_be_presented_by_another_program() {
             "{execs} execs sleep: {answers:?}"
         );
     }
+}
+
+/// The same over TLS (the check sits under TLS, on the socket's read side): the allowed program
+/// completes TLS and its Hello is welcomed, then passes the socket; the other program's bytes
+/// (a TLS record it cannot make valid, having no keys) are refused as its, not as bad TLS: the
+/// server counts a denial, and the genuine client is still served.
+#[test]
+fn over_tls_a_passed_socket_is_refused_by_sender_not_by_record() {
+    init_logs();
+    let dir = open_tempdir();
+    let id = dir.path().join("id");
+    let out = Command::new(common::BIN)
+        .args(["init", "--dir"])
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let socket = dir.path().join("run/s.sock");
+    let bin = shared_bin();
+    let mut args = exe_args(&[&python(), &bin]);
+    let id_arg = id.to_str().unwrap().to_owned();
+    args.extend(["--identity".to_owned(), id_arg.clone()]);
+    let mut cmd = Command::new(&bin);
+    cmd.args(["serve", "--allow-root", "--tls", "server-auth", "--socket"])
+        .arg(&socket)
+        .args(&args);
+    let _server = ServeProcess::spawn(cmd, &socket);
+    let stats = |what: &str| -> u64 {
+        let out = Command::new(&bin)
+            .args([
+                "stats",
+                "--tls",
+                "server-auth",
+                "--identity",
+                &id_arg,
+                "--socket",
+            ])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(what).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no {what} in {text}"))
+    };
+    // (The start-up probe of this test binary, not an allowed program, was denied.)
+    let denied = stats("denied");
+    let record = [0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5];
+    let (_, given) = pass_fd(dir.path(), &socket, &record, "tls-hello");
+    // What came back over TLS (decrypted by the allowed program) is the Welcome.
+    assert_eq!(
+        given.first().map(kind_of),
+        Some(("Welcome", None)),
+        "{given:?}"
+    );
+    assert_eq!(stats("denied"), denied + 1);
+    assert_eq!(stats("protocol_errors"), 0);
 }
