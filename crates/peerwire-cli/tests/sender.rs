@@ -348,19 +348,25 @@ fn a_socket_passed_to_another_program_is_refused_when_that_program_speaks() {
     );
 }
 
-/// A token bound to an executable (`sleep`), presented by a process of another program whose
-/// parent connected and then `execve`d that executable: refused, whichever side execs.
-#[test]
-fn an_executable_bound_token_cannot_be_presented_by_another_program() {
-    init_logs();
-    let dir = open_tempdir();
-    let id = dir.path().join("id");
+/// `peerwire init` into `dir/id`.
+fn init_identity(dir: &Path) -> PathBuf {
+    let id = dir.join("id");
     let out = Command::new(common::BIN)
         .args(["init", "--dir"])
         .arg(&id)
         .output()
         .unwrap();
     assert!(out.status.success());
+    id
+}
+
+/// A token bound to an executable (`sleep`), presented by a process of another program whose
+/// parent connected and then `execve`d that executable: refused, whichever side execs.
+#[test]
+fn an_executable_bound_token_cannot_be_presented_by_another_program() {
+    init_logs();
+    let dir = open_tempdir();
+    let id = init_identity(dir.path());
     let socket = dir.path().join("run/s.sock");
     let id_arg = id.to_str().unwrap().to_owned();
     let _server = serve(&socket, &["--require-token", "--identity", &id_arg]);
@@ -398,13 +404,7 @@ fn an_executable_bound_token_cannot_be_presented_by_another_program() {
 fn over_tls_a_passed_socket_is_refused_by_sender_not_by_record() {
     init_logs();
     let dir = open_tempdir();
-    let id = dir.path().join("id");
-    let out = Command::new(common::BIN)
-        .args(["init", "--dir"])
-        .arg(&id)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let id = init_identity(dir.path());
     let socket = dir.path().join("run/s.sock");
     let bin = shared_bin();
     let mut args = exe_args(&[&python(), &bin]);
