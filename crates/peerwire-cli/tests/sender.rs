@@ -162,7 +162,7 @@ fn python() -> PathBuf {
 
 /// The attacker: what the server answered to `payload` sent by the side that did not exec.
 fn fork_exec(socket: &Path, payload: &[u8], execs: &str) -> Vec<Frame> {
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .args(["-c", FORK_EXEC])
         .arg(socket)
         .arg(hex(payload))
