@@ -223,7 +223,9 @@ async fn measure_system(
             let c = <pw::Pw as Client>::connect(t).await?;
             steps.run("rtt-64B", measure::rtt(&c, 64, p)).await?;
             steps.run("rtt-4KiB", measure::rtt(&c, 4096, p)).await?;
-            steps.run("inflight16-64B", measure::inflight(&c, p)).await?;
+            steps
+                .run("inflight16-64B", measure::inflight(&c, p))
+                .await?;
             c.close().await;
         }
         System::Peerwire | System::PeerwireTls => {
