@@ -399,7 +399,8 @@ fn an_executable_bound_token_cannot_be_presented_by_another_program() {
 /// The same over TLS (the check sits under TLS, on the socket's read side): the allowed program
 /// completes TLS and its Hello is welcomed, then passes the socket; the other program's bytes
 /// (a TLS record it cannot make valid, having no keys) are refused as its, not as bad TLS: the
-/// server counts a denial, and the genuine client is still served.
+/// server counts a denial, and the genuine client is still served. Passed before TLS, the other
+/// program's ClientHello is refused the same way.
 #[test]
 fn over_tls_a_passed_socket_is_refused_by_sender_not_by_record() {
     init_logs();
@@ -450,4 +451,12 @@ fn over_tls_a_passed_socket_is_refused_by_sender_not_by_record() {
     );
     assert_eq!(stats("denied"), denied + 1);
     assert_eq!(stats("protocol_errors"), 0);
+    // Passed before TLS: the other program's first bytes (a ClientHello's record header) are
+    // refused as its own during the TLS handshake, a denial and not a TLS failure.
+    let tls_failures = stats("tls_failures");
+    let client_hello = [0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0];
+    let (taken, _) = pass_fd(dir.path(), &socket, &client_hello, "none");
+    assert!(taken.is_empty(), "{taken:?}");
+    assert_eq!(stats("denied"), denied + 2);
+    assert_eq!(stats("tls_failures"), tls_failures);
 }
