@@ -141,12 +141,13 @@ pub fn passes_senders(socket: &impl AsFd) -> bool {
         && getsockopt(socket, sockopt::PassCred).unwrap_or(false)
 }
 
-/// A chunk of a connection came from a process the connection does not admit.
+/// A chunk of a connection came from a process the connection does not admit. Paths are shown
+/// quoted and escaped (`Debug`): a file name is chosen by whoever named the program.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "bytes from {sender}{running} on a connection opened by {conn}: {reason}",
     sender = pid_text("sender pid", *sender_pid),
-    running = exe.as_ref().map_or(String::new(), |e| format!(" running {}", e.display())),
+    running = exe.as_ref().map_or(String::new(), |e| format!(" running {e:?}")),
     conn = pid_text("pid", *conn_pid)
 )]
 #[non_exhaustive]
@@ -296,8 +297,8 @@ impl SenderGuard {
                 return Err(refuse(
                     Some(&exe),
                     format!(
-                        "another program than the one that spoke first ({})",
-                        first.path.display()
+                        "another program than the one that spoke first ({:?})",
+                        first.path
                     ),
                 ));
             }

@@ -289,4 +289,46 @@ mod tests {
         sink.close();
         flusher.await.unwrap();
     }
+
+    /// With a guard, what this program sends is read; a chunk another program sends on the same
+    /// socket fails the read with `PermissionDenied` and a `SenderRefused` naming both pids;
+    /// every later read fails too.
+    #[tokio::test]
+    async fn a_guarded_reader_refuses_a_chunk_from_another_program() {
+        use crate::exe::{Executable, SenderGuard, pass_senders, sender_refused};
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        pass_senders(&a, true).unwrap();
+        let me = Executable::from_path(std::env::current_exe().unwrap()).unwrap();
+        let guard = Arc::new(SenderGuard::new(vec![me], Some(4242)));
+        let (mut ra, _wa) = split_guarded(a, Some(guard.clone())).unwrap();
+        let (_rb, mut wb) = split(b).unwrap();
+        wb.write_all(b"mine").await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(ra.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(&buf[..4], b"mine");
+        assert!(guard.first_sender().is_some());
+
+        // `printf` writes to its standard output: this socket.
+        let out = std::os::fd::OwnedFd::from(wb.io.try_clone().unwrap());
+        let status = std::process::Command::new("printf")
+            .arg("theirs")
+            .stdout(out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let err = ra.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        let refused = sender_refused(&err).unwrap().clone();
+        assert_eq!(refused.conn_pid, Some(4242));
+        assert!(
+            refused
+                .sender_pid
+                .is_some_and(|p| p != std::process::id() as i32)
+        );
+        // Every later read fails the same way, even with bytes of this program waiting.
+        wb.write_all(b"mine again").await.unwrap();
+        let again = ra.read(&mut buf).await.unwrap_err();
+        assert_eq!(sender_refused(&again), Some(&refused));
+        assert_eq!(guard.refusal(), Some(refused));
+    }
 }

@@ -361,11 +361,12 @@ mod tests {
         assert!(crate::exe::passes_senders(&a));
         b.write_all(b"AA").unwrap();
         b.write_all(b"AA").unwrap();
-        let mut cmd = std::process::Command::new("/bin/sh");
-        let fd = b.as_raw_fd();
-        cmd.arg("-c").arg(format!("printf BBBB >&{fd}"));
-        inherit_in_child(&mut cmd, fd);
-        let mut child = cmd.spawn().unwrap();
+        // `printf` writes to its standard output: this socket.
+        let mut child = std::process::Command::new("printf")
+            .arg("BBBB")
+            .stdout(OwnedFd::from(b.try_clone().unwrap()))
+            .spawn()
+            .unwrap();
         let child_pid = child.id() as i32;
         assert!(child.wait().unwrap().success());
         b.write_all(b"CCCC").unwrap();
