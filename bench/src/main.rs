@@ -4,7 +4,8 @@
 //! process (this binary in `serve` mode, pinned to its CPU) and measures it from this process
 //! (pinned to its own) over a real Unix socket. Systems: `raw` (blocking Unix socket with a
 //! length prefix: the limit), `tokio` (bare tokio + tokio-util `LengthDelimitedCodec`: what an
-//! async Rust stack costs before any protocol or security), `peerwire`, `peerwire-tls` (mutual TLS 1.3), `peerwire-tls-token`
+//! async Rust stack costs before any protocol or security), `peerwire`, `peerwire-exe` (an
+//! `--allow-exe` rule: the sender of every chunk read is checked), `peerwire-tls` (mutual TLS 1.3), `peerwire-tls-token`
 //! (server TLS + one-time session tokens: connection set-up only) and, with the `peers` feature,
 //! `tonic` (gRPC) and `ttrpc`. Scenarios and figures: see `measure.rs`; output: `report.rs`.
 
@@ -36,6 +37,7 @@ pub(crate) enum System {
     Raw,
     Tokio,
     Peerwire,
+    PeerwireExe,
     PeerwireTls,
     PeerwireTlsToken,
     Tonic,
@@ -43,10 +45,11 @@ pub(crate) enum System {
 }
 
 impl System {
-    const ALL: [System; 7] = [
+    const ALL: [System; 8] = [
         System::Raw,
         System::Tokio,
         System::Peerwire,
+        System::PeerwireExe,
         System::PeerwireTls,
         System::PeerwireTlsToken,
         System::Tonic,
@@ -58,6 +61,7 @@ impl System {
             System::Raw => "raw",
             System::Tokio => "tokio",
             System::Peerwire => "peerwire",
+            System::PeerwireExe => "peerwire-exe",
             System::PeerwireTls => "peerwire-tls",
             System::PeerwireTlsToken => "peerwire-tls-token",
             System::Tonic => "tonic",
@@ -97,6 +101,7 @@ fn serve(system: System, socket: &Path, identity: &Path) -> anyhow::Result<()> {
         System::Raw => raw::serve(socket),
         System::Tokio => tokio_framing::serve(socket),
         System::Peerwire => pw::serve(socket, identity, pw::ServerMode::Plain),
+        System::PeerwireExe => pw::serve(socket, identity, pw::ServerMode::PlainExe),
         System::PeerwireTls => pw::serve(socket, identity, pw::ServerMode::MutualTls),
         System::PeerwireTlsToken => pw::serve(socket, identity, pw::ServerMode::ServerTlsToken),
         #[cfg(feature = "peers")]
@@ -213,6 +218,16 @@ async fn measure_system(
             }
         }
         System::Tokio => steps.common::<tokio_framing::Tokio>(t, p).await?,
+        System::PeerwireExe => {
+            // What checking every chunk's sender costs: the round trips only.
+            let c = <pw::Pw as Client>::connect(t).await?;
+            steps.run("rtt-64B", measure::rtt(&c, 64, p)).await?;
+            steps.run("rtt-4KiB", measure::rtt(&c, 4096, p)).await?;
+            steps
+                .run("inflight16-64B", measure::inflight(&c, p))
+                .await?;
+            c.close().await;
+        }
         System::Peerwire | System::PeerwireTls => {
             steps.common::<pw::Pw>(t, p).await?;
             steps.run("fanout8", pw::fanout(t, p)).await?;

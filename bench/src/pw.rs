@@ -47,6 +47,9 @@ impl Security {
 #[derive(Clone, Copy)]
 pub(crate) enum ServerMode {
     Plain,
+    /// Plain, with an executable rule (this benchmark's own binary, which is also the client):
+    /// every chunk's sender is checked.
+    PlainExe,
     MutualTls,
     ServerTlsToken,
 }
@@ -57,7 +60,11 @@ pub(crate) fn serve(path: &Path, identity: &Path, mode: ServerMode) -> anyhow::R
         .build()?;
     rt.block_on(async {
         let mut b = Server::builder(path);
-        b.access_policy(AccessPolicy::own_uid());
+        let mut policy = AccessPolicy::own_uid();
+        if matches!(mode, ServerMode::PlainExe) {
+            policy.allow_exe(std::env::current_exe()?)?;
+        }
+        b.access_policy(policy);
         let mut limits = Limits::default();
         // 1,000 idle connections and 200 measured set-ups from one uid; the fan-out's events
         // queued rather than the subscriber disconnected (the client counts what arrives).
@@ -79,7 +86,7 @@ pub(crate) fn serve(path: &Path, identity: &Path, mode: ServerMode) -> anyhow::R
             Ok::<_, Status>(subscribers as u64)
         });
         match mode {
-            ServerMode::Plain => {}
+            ServerMode::Plain | ServerMode::PlainExe => {}
             ServerMode::MutualTls => {
                 b.tls(ServerTls::from_dir(identity, TlsMode::Mutual)?.context("no TLS")?);
             }

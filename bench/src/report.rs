@@ -177,7 +177,7 @@ type Goal = (&'static str, Option<f64>, &'static str, fn(f64) -> bool);
 type Field = fn(&Figures) -> Option<f64>;
 
 fn goals(rows: &[Row]) -> Vec<Goal> {
-    use System::{Peerwire, PeerwireTls, Raw, Tonic};
+    use System::{Peerwire, PeerwireExe, PeerwireTls, Raw, Tonic};
     let fig = |system: System, scenario: &str, field: Field| {
         rows.iter()
             .find(|r| r.system == system && r.scenario == scenario && r.placement == "same-cpu")
@@ -198,6 +198,7 @@ fn goals(rows: &[Row]) -> Vec<Goal> {
         ("peerwire 16 in flight >= 3x tonic", rel(Peerwire, Tonic, inflight, rate), "x tonic", |v| v >= 3.0),
         ("peerwire 16 in flight >= 0.9 of raw", rel(Peerwire, Raw, inflight, rate), "of raw", |v| v >= 0.9),
         ("peerwire 1 MiB >= 0.8 of raw", rel(Peerwire, Raw, stream, gbps), "of raw", |v| v >= 0.8),
+        ("peerwire + exe rule 64 B p50 <= 1.25x peerwire", rel(PeerwireExe, Peerwire, rtt, p50), "x peerwire", |v| v <= 1.25),
         ("peerwire-tls 64 B p50 <= 1.25x peerwire", rel(PeerwireTls, Peerwire, rtt, p50), "x peerwire", |v| v <= 1.25),
         ("peerwire-tls 1 MiB >= 1.6 GB/s", fig(PeerwireTls, stream, gbps), "GB/s", |v| v >= 1.6),
         ("server memory <= 16 KiB per idle connection", kib, "KiB", |v| v <= 16.0),
@@ -277,6 +278,7 @@ fn color(system: System) -> &'static str {
         System::Raw => "#7f7f7f",
         System::Tokio => "#bcbd22",
         System::Peerwire => "#1f77b4",
+        System::PeerwireExe => "#aec7e8",
         System::PeerwireTls => "#2ca02c",
         System::PeerwireTlsToken => "#98df8a",
         System::Tonic => "#ff7f0e",

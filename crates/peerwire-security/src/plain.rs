@@ -13,44 +13,90 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream as StdStream;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
+use crate::exe::SenderGuard;
+
 /// Splits a connected stream into its read side and its write side (a duplicate descriptor).
 pub fn split(stream: tokio::net::UnixStream) -> std::io::Result<(PlainReader, PlainWriter)> {
+    split_guarded(stream, None)
+}
+
+/// Like [`split`], and with a guard, every chunk the read side reads is checked against it
+/// ([`SenderGuard`]): a chunk from a process the guard refuses fails the read with
+/// `PermissionDenied` wrapping [`crate::exe::SenderRefused`] (see
+/// [`crate::exe::sender_refused`]), and so does every read after it. The socket must pass its
+/// senders ([`crate::exe::pass_senders`], best set on the listening socket).
+pub fn split_guarded(
+    stream: tokio::net::UnixStream,
+    guard: Option<Arc<SenderGuard>>,
+) -> std::io::Result<(PlainReader, PlainWriter)> {
     let stream = stream.into_std()?;
     let writer = stream.try_clone()?;
     let reader = crate::sys::register(stream, Interest::READABLE)?;
-    Ok((PlainReader { fd: reader }, PlainWriter::new(writer)))
+    Ok((PlainReader { fd: reader, guard }, PlainWriter::new(writer)))
 }
 
 /// The read side: registered for readability only.
 #[derive(Debug)]
 pub struct PlainReader {
     fd: AsyncFd<StdStream>,
+    /// Checks every chunk's sender; `None`: plain `read`s.
+    guard: Option<Arc<SenderGuard>>,
+}
+
+impl PlainReader {
+    /// One `recvmsg` with the chunk's sender, checked by `guard`; a refused chunk is not kept.
+    fn read_checked(&self, guard: &SenderGuard, buf: &mut ReadBuf<'_>) -> std::io::Result<usize> {
+        let refused = |r| std::io::Error::new(std::io::ErrorKind::PermissionDenied, r);
+        if let Some(r) = guard.refusal() {
+            return Err(refused(r));
+        }
+        let before = buf.filled().len();
+        let (n, sender) = crate::sys::recv_with_sender(self.fd.get_ref().as_fd(), buf)?;
+        if n > 0 {
+            if let Err(r) = guard.check(sender) {
+                buf.set_filled(before);
+                return Err(refused(r));
+            }
+        }
+        Ok(n)
+    }
 }
 
 impl AsyncRead for PlainReader {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.guard.as_ref().is_some_and(|g| g.is_stopped()) {
+            // No check is needed any more: plain reads from now on, as if never guarded.
+            self.guard = None;
+            let _ = crate::exe::pass_senders(self.fd.get_ref(), false);
+        }
         loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let mut ready_guard = ready!(self.fd.poll_read_ready(cx))?;
             let wanted = buf.remaining();
-            match crate::sys::read_into(self.fd.get_ref().as_fd(), buf) {
+            let read = match &self.guard {
+                None => crate::sys::read_into(self.fd.get_ref().as_fd(), buf),
+                Some(guard) => self.read_checked(guard, buf),
+            };
+            match read {
                 Ok(n) => {
                     // A short read emptied the socket: wait for the next wake-up rather than
                     // find out with one more `read` that fails (as tokio's own streams do).
-                    if n > 0 && n < wanted {
-                        guard.clear_ready();
+                    // Not so when checking senders: a read ends where the sender changes.
+                    if n > 0 && n < wanted && self.guard.is_none() {
+                        ready_guard.clear_ready();
                     }
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready_guard.clear_ready(),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -185,7 +231,6 @@ mod tests {
     use peerwire_proto::codec::{FrameCodec, frame_ready};
     use peerwire_proto::io::FrameSink;
     use peerwire_proto::v1::{Event, Frame, frame::Kind};
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::codec::Decoder;
 
@@ -243,5 +288,47 @@ mod tests {
         assert!(sink.flushed(std::time::Duration::from_secs(10)).await);
         sink.close();
         flusher.await.unwrap();
+    }
+
+    /// With a guard, what this program sends is read; a chunk another program sends on the same
+    /// socket fails the read with `PermissionDenied` and a `SenderRefused` naming both pids;
+    /// every later read fails too.
+    #[tokio::test]
+    async fn a_guarded_reader_refuses_a_chunk_from_another_program() {
+        use crate::exe::{Executable, SenderGuard, pass_senders, sender_refused};
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        pass_senders(&a, true).unwrap();
+        let me = Executable::from_path(std::env::current_exe().unwrap()).unwrap();
+        let guard = Arc::new(SenderGuard::new(vec![me], Some(4242)));
+        let (mut ra, _wa) = split_guarded(a, Some(guard.clone())).unwrap();
+        let (_rb, mut wb) = split(b).unwrap();
+        wb.write_all(b"mine").await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(ra.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(&buf[..4], b"mine");
+        assert!(guard.first_sender().is_some());
+
+        // `printf` writes to its standard output: this socket.
+        let out = std::os::fd::OwnedFd::from(wb.io.try_clone().unwrap());
+        let status = std::process::Command::new("printf")
+            .arg("theirs")
+            .stdout(out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let err = ra.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        let refused = sender_refused(&err).unwrap().clone();
+        assert_eq!(refused.conn_pid, Some(4242));
+        assert!(
+            refused
+                .sender_pid
+                .is_some_and(|p| p != std::process::id() as i32)
+        );
+        // Every later read fails the same way, even with bytes of this program waiting.
+        wb.write_all(b"mine again").await.unwrap();
+        let again = ra.read(&mut buf).await.unwrap_err();
+        assert_eq!(sender_refused(&again), Some(&refused));
+        assert_eq!(guard.refusal(), Some(refused));
     }
 }

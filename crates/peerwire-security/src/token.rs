@@ -192,6 +192,8 @@ pub struct Claims {
     pub nonce: [u8; 16],
     /// The uid it was for.
     pub uid: u32,
+    /// Bound to an executable: the connection must keep being spoken by that program.
+    pub exe_bound: bool,
 }
 
 impl Minter {
@@ -372,6 +374,7 @@ impl Verifier {
             expires_at: u64::from_be_bytes(field(body, 9)),
             nonce: field(body, 17),
             uid: u32::from_be_bytes(field(body, 33)),
+            exe_bound: body.get(37) == Some(&1),
         };
         let skew = CLOCK_SKEW.as_secs();
         if claims.issued_at > now.saturating_add(skew) {
@@ -398,7 +401,7 @@ impl Verifier {
                 "minted for another server socket".into(),
             ));
         }
-        if body.get(37) == Some(&1) {
+        if claims.exe_bound {
             let want: [u8; 32] = field(body, 38);
             let ok = match &by.exe {
                 Some(exe) => path_digest(exe).is_ok_and(|d| openssl::memcmp::eq(&d, &want)),

@@ -28,8 +28,8 @@ use peerwire_proto::{
     HANDSHAKE_MAX_FRAME_SIZE, METHOD_STATS, METHOD_SUBSCRIBE, METHOD_UNSUBSCRIBE, Status,
 };
 use peerwire_security::cred::PeerCredentials;
-use peerwire_security::exe::peer_executable;
-use peerwire_security::plain::PlainWriter;
+use peerwire_security::exe::{SenderGuard, sender_refused};
+use peerwire_security::plain::{PlainWriter, split_guarded};
 use peerwire_security::token::Presenter;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -114,19 +114,22 @@ pub(crate) async fn serve(
             return;
         }
         // The access policy is checked before a single byte of the peer is read.
-        if let Err(reason) = shared.policy.check(&stream, &peer) {
-            bump(&shared.counters.denied);
-            if !shared.policy.admits_identity(&stream, &peer) {
-                shared.penalty.denied(peer.uid);
+        let guard = match shared.policy.check(&stream, &peer, shared.tokens.is_some()) {
+            Ok(guard) => guard,
+            Err(reason) => {
+                bump(&shared.counters.denied);
+                if !shared.policy.admits_identity(&stream, &peer) {
+                    shared.penalty.denied(peer.uid);
+                }
+                let reason_shown = Untrusted(&reason);
+                shared
+                    .log_limit
+                    .log(peer.uid, || tracing::warn!("access denied: {reason_shown}"));
+                let status = Status::new(Code::PermissionDenied, reason);
+                refuse_unread(&shared, stream, &status).await;
+                return;
             }
-            let reason_shown = Untrusted(&reason);
-            shared
-                .log_limit
-                .log(peer.uid, || tracing::warn!("access denied: {reason_shown}"));
-            let status = Status::new(Code::PermissionDenied, reason);
-            refuse_unread(&shared, stream, &status).await;
-            return;
-        }
+        };
         bump(&shared.counters.accepted);
         tracing::debug!("admitted by the access policy");
         // Connection limits, still before any byte of the peer is read.
@@ -145,15 +148,15 @@ pub(crate) async fn serve(
         drop(pre_admission);
         // TLS (if any) and Hello share one deadline: the handshake timeout.
         let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
-        // A session token may be bound to the client executable: resolve it (through a pidfd)
-        // while the raw socket is at hand.
+        // A session token may be bound to the client executable: the one of the process that
+        // sends the Hello (the guard's first sender), filled in once the Hello is read.
         let presenter = shared.tokens.as_ref().map(|_| Presenter {
             uid: peer.uid,
-            exe: peer_executable(&stream).ok().map(|e| e.path),
+            exe: None,
             socket: shared.socket_path.clone(),
         });
         let (rd, mut wr): (BoxRead, Wr) = match &shared.tls {
-            None => match peerwire_security::plain::split(stream) {
+            None => match peerwire_security::plain::split_guarded(stream, guard.clone()) {
                 Ok((rd, wr)) => (Box::new(rd), Wr::Plain(wr)),
                 Err(e) => {
                     tracing::warn!("cannot set the connection up: {e}");
@@ -168,7 +171,7 @@ pub(crate) async fn serve(
                         if closed_before_sending(&stream).await {
                             return Err(TlsSetup::Closed);
                         }
-                        let (rd, wr) = peerwire_security::plain::split(stream).map_err(|e| {
+                        let (rd, wr) = split_guarded(stream, guard.clone()).map_err(|e| {
                             TlsSetup::Failed(peerwire_security::tls::TlsError::Handshake(
                                 e.to_string(),
                             ))
@@ -204,11 +207,22 @@ pub(crate) async fn serve(
                     return;
                 }
                 Ok(Err(TlsSetup::Failed(e))) => {
-                    bump(&shared.counters.tls_failures);
-                    let shown = e.to_string();
-                    shared
-                        .log_limit
-                        .log(peer.uid, || tracing::warn!("TLS: {}", Untrusted(&shown)));
+                    if let Some(refused) = guard.as_ref().and_then(|g| g.refusal()) {
+                        bump(&shared.counters.denied);
+                        let shown = refused.to_string();
+                        shared.log_limit.log(peer.uid, || {
+                            tracing::warn!(
+                                "access denied during the TLS handshake: {}",
+                                Untrusted(&shown)
+                            );
+                        });
+                    } else {
+                        bump(&shared.counters.tls_failures);
+                        let shown = e.to_string();
+                        shared
+                            .log_limit
+                            .log(peer.uid, || tracing::warn!("TLS: {}", Untrusted(&shown)));
+                    }
                     return;
                 }
                 Err(_) => {
@@ -226,10 +240,10 @@ pub(crate) async fn serve(
         let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
         let Some((session, client_name, welcome)) = handshake(
             &shared,
-            id,
             &admission,
             deadline,
             presenter.as_ref(),
+            guard.as_deref(),
             &mut reader,
             &mut wr,
         )
@@ -266,14 +280,15 @@ pub(crate) async fn serve(
 /// With session tokens required: the token in `Hello` must be valid, unused, and for this peer.
 /// The verifier's lock is held for the checks and the (unsynced) append to the replay record
 /// only; the record is made durable on a blocking thread, outside the lock, before the token
-/// is honoured: a slow disk delays only this session.
+/// is honoured: a slow disk delays only this session. True when the token is bound to an
+/// executable.
 async fn check_token(
     shared: &Shared,
     presenter: Option<&Presenter>,
     token: &[u8],
-) -> Result<(), Status> {
+) -> Result<bool, Status> {
     let (Some(verifier), Some(presenter)) = (&shared.tokens, presenter) else {
-        return Ok(());
+        return Ok(false);
     };
     let unauthenticated = |why: String| Status::new(Code::Unauthenticated, why);
     if token.is_empty() {
@@ -289,7 +304,7 @@ async fn check_token(
     match tokio::task::spawn_blocking(move || durable.sync()).await {
         Ok(Ok(())) => {
             tracing::debug!(expires_at = claims.expires_at, "session token accepted");
-            Ok(())
+            Ok(claims.exe_bound)
         }
         Ok(Err(e)) => Err(Status::new(
             Code::Unavailable,
@@ -512,6 +527,21 @@ fn reject_frame(status: &Status) -> Frame {
     }))
 }
 
+/// A read refused because a chunk came from a process the connection does not admit
+/// ([`SenderGuard`]): logged with both pids and counted as denied.
+fn sender_refused_status(shared: &Shared, e: &CodecError) -> Option<Status> {
+    let CodecError::Io(e) = e else { return None };
+    let refused = sender_refused(e)?;
+    bump(&shared.counters.denied);
+    tracing::warn!(
+        conn_pid = refused.conn_pid,
+        sender_pid = refused.sender_pid,
+        exe = ?refused.exe,
+        "access denied: {refused}"
+    );
+    Some(Status::new(Code::PermissionDenied, refused.to_string()))
+}
+
 fn codec_status(e: &CodecError) -> Status {
     let code = match e {
         CodecError::FrameTooLarge { .. } => Code::FrameTooLarge,
@@ -522,10 +552,10 @@ fn codec_status(e: &CodecError) -> Status {
 
 async fn handshake(
     shared: &Shared,
-    id: u64,
     admission: &Admission,
     deadline: tokio::time::Instant,
     presenter: Option<&Presenter>,
+    guard: Option<&SenderGuard>,
     reader: &mut Reader,
     wr: &mut Wr,
 ) -> Option<(Session, String, Frame)> {
@@ -559,8 +589,11 @@ async fn handshake(
             return None;
         }
         Ok(Some(Err(e))) => {
-            wr.send_last(refuse(codec_status(&e)), limits.handshake_timeout)
-                .await;
+            let status = match sender_refused_status(shared, &e) {
+                Some(status) => status,
+                None => codec_status(&e),
+            };
+            wr.send_last(refuse(status), limits.handshake_timeout).await;
             return None;
         }
         Err(_) => {
@@ -575,16 +608,30 @@ async fn handshake(
             return None;
         }
     };
-    match ServerHandshake::new(shared.offer.clone(), id).receive(frame) {
+    match ServerHandshake::new(shared.offer.clone(), admission.id).receive(frame) {
         ServerOutcome::Accept {
             welcome,
             session,
             hello,
         } => {
-            if let Err(status) = check_token(shared, presenter, &hello.session_token).await {
-                bump(&shared.counters.token_failures);
-                wr.send_last(refuse(status), limits.handshake_timeout).await;
-                return None;
+            // The program that sent the Hello presents the token.
+            let presenter = presenter.map(|p| Presenter {
+                exe: guard.and_then(SenderGuard::first_sender).map(|e| e.path),
+                ..p.clone()
+            });
+            match check_token(shared, presenter.as_ref(), &hello.session_token).await {
+                Err(status) => {
+                    bump(&shared.counters.token_failures);
+                    wr.send_last(refuse(status), limits.handshake_timeout).await;
+                    return None;
+                }
+                // Nothing binds the connection to a program any more: stop checking senders.
+                Ok(false) if !shared.policy.has_exes() => {
+                    if let Some(guard) = guard {
+                        guard.stop();
+                    }
+                }
+                Ok(_) => {}
             }
             Some((session, hello.client_name, welcome))
         }
@@ -823,6 +870,10 @@ impl Connection {
                         }
                     }
                     Some(Err(e)) => {
+                        if let Some(status) = sender_refused_status(&self.shared, &e) {
+                            self.goodbye(&status);
+                            return Some(status);
+                        }
                         if let CodecError::Io(e) = &e {
                             if let Some(full) = peerwire_proto::io::OutboundFull::of(e) {
                                 // Reading made the connection write more than its bound

@@ -343,6 +343,9 @@ impl ServerBuilder {
         listener: UnixListener,
         origin: socket::Origin,
     ) -> Result<Server, ServerError> {
+        self.policy
+            .prepare_listener(&listener, self.tokens.is_some())
+            .map_err(ServerError::Config)?;
         let shared = Arc::new(Shared {
             name: self.name.clone(),
             limits: self.limits,

@@ -2,10 +2,14 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use peerwire_security::cred::{PeerCredentials, peer_groups};
-use peerwire_security::exe::{Executable, peer_executable};
+use peerwire_security::exe::{
+    Executable, SenderGuard, pass_senders, passes_senders, peer_executable,
+};
 use tokio::net::UnixStream;
 
 /// Which peers may connect.
@@ -13,6 +17,13 @@ use tokio::net::UnixStream;
 /// A peer is admitted when its uid is allowed **or** one of its groups (primary or
 /// supplementary, via `SO_PEERGROUPS`) is allowed, **and**, if executables are listed, it runs
 /// one of them (checked race-free through a pidfd; refused where the kernel cannot do that).
+///
+/// With executables listed, not only the process that connected is checked: every chunk the
+/// server reads from the connection must come from a process running the allowed executable
+/// that spoke first (the kernel says who sent each chunk: `SO_PASSCRED`, `SO_PASSPIDFD`), so a
+/// socket handed to, or inherited by, another program is closed with `PERMISSION_DENIED` as
+/// soon as that program speaks. This needs Linux 6.5; on older kernels the server refuses to
+/// start with executables listed.
 ///
 /// The default, [`AccessPolicy::own_uid`], admits only the server's own effective uid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,15 +85,60 @@ impl AccessPolicy {
         self.gids.iter().copied()
     }
 
-    /// Checks a freshly accepted connection. The error is the reason given to the peer.
-    pub(crate) fn check(&self, stream: &UnixStream, peer: &PeerCredentials) -> Result<(), String> {
+    /// True when executables are listed.
+    pub(crate) fn has_exes(&self) -> bool {
+        !self.exes.is_empty()
+    }
+
+    /// Makes the listening socket pass the sender of every chunk to the sockets it accepts
+    /// (from their first instant), where a connection may need it checked: executables are
+    /// listed (required: an error on kernels older than Linux 6.5), or session tokens are,
+    /// which may be bound to an executable (where the kernel cannot, such tokens are refused).
+    pub(crate) fn prepare_listener(
+        &self,
+        listener: &impl AsFd,
+        tokens: bool,
+    ) -> Result<(), String> {
+        if !self.has_exes() && !tokens {
+            return Ok(());
+        }
+        match pass_senders(listener, true) {
+            Ok(()) => Ok(()),
+            Err(e) if self.has_exes() => Err(format!(
+                "an executable allowlist needs the sender of every chunk checked, which this \
+                 kernel cannot do: {e}"
+            )),
+            Err(e) => {
+                tracing::warn!("session tokens bound to an executable will be refused: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks a freshly accepted connection. On success, the guard its reads go through, if it
+    /// needs one (see [`AccessPolicy::prepare_listener`]); the error is the reason given to the
+    /// peer.
+    pub(crate) fn check(
+        &self,
+        stream: &UnixStream,
+        peer: &PeerCredentials,
+        tokens: bool,
+    ) -> Result<Option<Arc<SenderGuard>>, String> {
         if !self.admits_identity(stream, peer) {
             return Err(format!(
                 "peer uid {} gid {} is not allowed by the server's access policy",
                 peer.uid, peer.gid
             ));
         }
-        self.check_exe(stream)
+        self.check_exe(stream)?;
+        let passes = (self.has_exes() || tokens) && passes_senders(stream);
+        if self.has_exes() && !passes {
+            return Err(
+                "the server cannot check who sends on this connection (SO_PASSPIDFD, Linux 6.5)"
+                    .into(),
+            );
+        }
+        Ok(passes.then(|| Arc::new(SenderGuard::new(self.exes.clone(), peer.pid))))
     }
 
     /// Whether the peer's uid, or one of its groups, is allowed (executables aside).
