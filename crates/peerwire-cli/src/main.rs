@@ -131,6 +131,10 @@ enum Command {
         /// The group the socket is deliberately opened to, if any (uid/gid number or name).
         #[arg(long, value_name = "GROUP")]
         socket_group: Option<String>,
+        /// The user the server runs as (uid or name; default: you). Root auditing a service
+        /// user's setup passes that user, so the user's own directory is not a problem.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
     },
     /// The demo's display client (run by `peerwire demo` as a child process).
     #[command(name = "__display-client", hide = true)]
@@ -434,7 +438,8 @@ fn run() -> anyhow::Result<()> {
             Command::Audit {
                 socket,
                 socket_group,
-            } => audit(&socket, socket_group.as_deref()),
+                user,
+            } => audit(&socket, socket_group.as_deref(), user.as_deref()),
             Command::Token(TokenCommand::Mint(args)) => {
                 let token = args.mint()?;
                 say!(
@@ -798,9 +803,13 @@ async fn ping(args: PingArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn audit(socket: &std::path::Path, group: Option<&str>) -> anyhow::Result<()> {
+fn audit(socket: &std::path::Path, group: Option<&str>, user: Option<&str>) -> anyhow::Result<()> {
     let group = group.map(resolve_gid).transpose()?;
-    let report = peerwire_security::sockpath::audit(socket, group);
+    let owner = match user {
+        Some(u) => resolve_uid(u)?,
+        None => nix::unistd::geteuid().as_raw(),
+    };
+    let report = peerwire_security::sockpath::audit(socket, group, owner);
     for fact in &report.facts {
         say!("{fact}");
     }
