@@ -430,10 +430,13 @@ fn open_child_dir(
     create: Create,
 ) -> Result<SecureDir, Untrusted> {
     let mut created = false;
+    // Someone creating and removing the name in turn cannot keep us looping.
+    let mut attempts = 0;
     let fd = loop {
+        attempts += 1;
         match openat(parent, name, dir_flags(), Mode::empty()) {
             Ok(fd) => break fd,
-            Err(Errno::ENOENT) if !created => {
+            Err(Errno::ENOENT) if !created && attempts <= 8 => {
                 let Create::Missing(mode) = create else {
                     return Err(untrusted(
                         path,
