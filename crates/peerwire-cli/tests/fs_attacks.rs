@@ -43,27 +43,23 @@ fn open_tempdir() -> tempfile::TempDir {
     dir
 }
 
-/// A copy of this test binary that `nobody` can run, made once.
-fn attacker_exe() -> PathBuf {
-    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    COPY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("peerwire-fs-attacker-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        chmod(&dir, 0o755);
-        let exe = dir.join("attacker");
+/// A copy of this test binary in `dir` (a test's own 0755 temporary directory, removed with
+/// it), where `nobody` can run it.
+fn attacker_exe(dir: &Path) -> PathBuf {
+    let exe = dir.join("attacker-exe");
+    if !exe.exists() {
         std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
         chmod(&exe, 0o755);
-        exe
-    })
-    .clone()
+    }
+    exe
 }
 
-/// Starts this binary as `nobody`, playing `role`; returns once it is ready (it creates
-/// `ready` in `dir` when its watch is in place).
-fn start_attacker(role: &str, dir: &Path) -> Child {
+/// Starts this binary (copied into `top`) as `nobody`, playing `role`; returns once it is
+/// ready (it creates `ready` in `dir` when its watch is in place).
+fn start_attacker(top: &Path, role: &str, dir: &Path) -> Child {
     let (uid, gid) = nobody();
     let child = as_user(uid, gid, &[])
-        .arg(attacker_exe())
+        .arg(attacker_exe(top))
         .args(["--ignored", "--exact", "attacker", "--nocapture"])
         .env(ROLE, role)
         .stdout(Stdio::null())
@@ -189,6 +185,7 @@ fn racing_swapper_never_redirects_root_preparing_a_socket_directory() {
     std::fs::create_dir(&pw).unwrap();
     chown(&pw, uid, gid);
     let attacker = Attacker(start_attacker(
+        top.path(),
         &format!("swap|{}|{}", pw.display(), target.display()),
         &pw,
     ));
@@ -221,6 +218,7 @@ fn racing_swapper_never_redirects_root_preparing_a_socket_directory() {
     std::fs::create_dir(&shared).unwrap();
     chmod(&shared, 0o1777);
     let _attacker = Attacker(start_attacker(
+        top.path(),
         &format!("swap|{}|{}", shared.display(), target_dir.display()),
         &shared,
     ));
@@ -388,6 +386,7 @@ fn config_symlink_flip_never_loads_the_attackers_file() {
     )
     .unwrap();
     let _attacker = Attacker(start_attacker(
+        top.path(),
         &format!(
             "flip|{}|{}|{}",
             link.display(),
