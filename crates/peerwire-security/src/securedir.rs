@@ -194,7 +194,8 @@ impl Trust {
                     self.names()
                 ),
                 format!(
-                    "use a directory owned by root or by the user peerwire runs as (chown root {})",
+                    "run it as {} instead, or use a directory only root can change (chown root {})",
+                    user_name(meta.uid),
                     path.display()
                 ),
             ));
