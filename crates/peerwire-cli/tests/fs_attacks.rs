@@ -56,25 +56,38 @@ fn attacker_exe(dir: &Path) -> PathBuf {
 
 /// Starts this binary (copied into `top`) as `nobody`, playing `role`; returns once it is
 /// ready (it creates `ready` in `dir` when its watch is in place).
+///
+/// A start can fail with "Text file busy": another test's child, forked while the copy was
+/// being written, may briefly hold the copy open. Such a start is retried.
 fn start_attacker(top: &Path, role: &str, dir: &Path) -> Child {
     let (uid, gid) = nobody();
-    let child = as_user(uid, gid, &[])
-        .arg(attacker_exe(top))
-        .args(["--ignored", "--exact", "attacker", "--nocapture"])
-        .env(ROLE, role)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let exe = attacker_exe(top);
     let ready = dir.join("ready");
-    let start = Instant::now();
-    while !ready.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the attacker never got ready"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    for _attempt in 0..10 {
+        let mut child = as_user(uid, gid, &[])
+            .arg(&exe)
+            .args(["--ignored", "--exact", "attacker", "--nocapture"])
+            .env(ROLE, role)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if ready.exists() {
+                return child;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the attacker never got ready"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    panic!("the attacker could not be started");
 }
 
 /// Kills the attacker process started by this test (by its pid) when dropped.
