@@ -204,6 +204,10 @@ struct MintArgs {
     /// Lifetime, e.g. 30s or 2m (at most 10m).
     #[arg(long, default_value = "30s", value_parser = parse_ttl)]
     ttl: Duration,
+    /// The user (uid or name) that owns the identity's server/ directory, when it is not you:
+    /// root minting with the service user's device secret names that user. Default: you.
+    #[arg(long = "server-user", value_name = "USER")]
+    server_user: Option<String>,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -227,7 +231,11 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 impl MintArgs {
     fn mint(&self) -> anyhow::Result<String> {
         let secret_path = self.identity.join("server").join("token.key");
-        let secret = DeviceSecret::read(&secret_path)
+        let owner = match &self.server_user {
+            Some(u) => resolve_uid(u)?,
+            None => nix::unistd::geteuid().as_raw(),
+        };
+        let secret = DeviceSecret::read_owned_by(&secret_path, owner)
             .with_context(|| format!("reading the device secret {}", secret_path.display()))?;
         let socket = std::fs::canonicalize(&self.socket).unwrap_or_else(|_| self.socket.clone());
         let exe = self.exe.as_ref().map(std::fs::canonicalize).transpose()?;

@@ -557,3 +557,57 @@ fn audit_reports_writable_ancestors_and_takes_the_service_user() {
     let (ok, text) = audit(None);
     assert!(!ok && text.contains("owned by uid"), "{text}");
 }
+
+/// Root minting a token reads the device secret of the service user's identity only when told
+/// which user that is (`token mint --server-user`): without it, a `server/token.key` (and
+/// directories) of another user is refused like any file root does not own, so a key planted
+/// by someone else is never used.
+#[test]
+fn root_uses_a_service_users_token_key_only_when_that_user_is_named() {
+    let (uid, gid) = nobody();
+    let top = open_tempdir();
+    let state = top.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    chmod(&state, 0o700);
+    chown(&state, uid, gid);
+    let id = state.join("identity");
+    let out = as_user(uid, gid, &[])
+        .arg(common::shared_bin())
+        .args(["init", "--device", "t", "--dir"])
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mint = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["token", "mint", "--for-uid", "0", "--socket", "/tmp/s.sock"])
+            .arg("--identity")
+            .arg(&id)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = mint(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("owned by nobody") && err.contains("fix:"),
+        "{err}"
+    );
+    let out = mint(&["--server-user", "nobody"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pw1."));
+    // Named or not, the key must still be private.
+    chmod(&id.join("server/token.key"), 0o644);
+    let out = mint(&["--server-user", "nobody"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 0600"));
+}

@@ -110,12 +110,25 @@ impl DeviceSecret {
     /// and closed to group and others, and every directory above trustworthy; the file is
     /// read from the descriptor that was checked ([`crate::securedir`]).
     pub fn read(path: &Path) -> std::io::Result<Self> {
+        Self::read_owned_by(path, nix::unistd::geteuid().as_raw())
+    }
+
+    /// As [`read`](Self::read), for a secret that belongs to user `owner` (root minting tokens
+    /// from the service user's identity names that user): the file, its directory and the
+    /// directories above may be `owner`'s (or root's), nobody else's.
+    pub fn read_owned_by(path: &Path, owner: u32) -> std::io::Result<Self> {
         use crate::securedir::{Rule, Trust, read_path};
+        let rule = |want| Rule {
+            owner,
+            root_may_own: nix::unistd::geteuid().is_root(),
+            forbidden: 0o077,
+            want,
+        };
         let bytes = read_path(
             path,
-            &Trust::me(),
-            Some(&Rule::private(0o700)),
-            &Rule::private(0o600),
+            &Trust::user(owner),
+            Some(&rule(0o700)),
+            &rule(0o600),
             SECRET_LEN,
         )
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
