@@ -303,13 +303,7 @@ fn serve_as_root_refuses_a_socket_path_under_another_users_directory() {
 fn init_refuses_a_directory_prepared_by_another_user() {
     let (uid, gid) = nobody();
     let top = open_tempdir();
-    let init = |dir: &Path| {
-        Command::new(BIN)
-            .args(["init", "--device", "t", "--dir"])
-            .arg(dir)
-            .output()
-            .unwrap()
-    };
+    let init = |dir: &Path| init(Command::new(BIN), dir);
     // The identity directory itself is theirs.
     let theirs = top.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
@@ -359,6 +353,14 @@ fn init_refuses_a_directory_prepared_by_another_user() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs `peerwire init` for `dir` (`cmd` is the binary, or a prefix that runs it).
+fn init(mut cmd: Command, dir: &Path) -> std::process::Output {
+    cmd.args(["init", "--device", "t", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
 }
 
 fn write_config(path: &Path, socket: &str) {
@@ -428,12 +430,12 @@ fn config_symlink_flip_never_loads_the_attackers_file() {
 fn secrets_are_checked_in_every_mode() {
     let top = open_tempdir();
     let id = top.path().join("id");
-    let out = Command::new(BIN)
-        .args(["init", "--device", "t", "--dir"])
-        .arg(&id)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = init(Command::new(BIN), &id);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = |id: &Path| {
         ServerConfig::parse(
             &format!(
@@ -571,12 +573,9 @@ fn root_uses_a_service_users_token_key_only_when_that_user_is_named() {
     chmod(&state, 0o700);
     chown(&state, uid, gid);
     let id = state.join("identity");
-    let out = as_user(uid, gid, &[])
-        .arg(common::shared_bin())
-        .args(["init", "--device", "t", "--dir"])
-        .arg(&id)
-        .output()
-        .unwrap();
+    let mut as_nobody = as_user(uid, gid, &[]);
+    as_nobody.arg(common::shared_bin());
+    let out = init(as_nobody, &id);
     assert!(
         out.status.success(),
         "{}",
