@@ -148,7 +148,7 @@ fn user_name(uid: u32) -> String {
 /// plus the listed users.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trust {
-    users: Vec<u32>,
+    user: u32,
 }
 
 impl Trust {
@@ -159,28 +159,19 @@ impl Trust {
 
     /// Root and `uid`.
     pub fn user(uid: u32) -> Self {
-        Self { users: vec![uid] }
-    }
-
-    /// Root alone.
-    pub fn root() -> Self {
-        Self::user(0)
+        Self { user: uid }
     }
 
     /// Whether `uid` may own a directory on the way.
     pub fn owner_ok(&self, uid: u32) -> bool {
-        uid == 0 || self.users.contains(&uid)
+        uid == 0 || uid == self.user
     }
 
     fn names(&self) -> String {
-        let mut names = vec!["root".to_string()];
-        names.extend(
-            self.users
-                .iter()
-                .filter(|&&u| u != 0)
-                .map(|&u| user_name(u)),
-        );
-        names.join(" or ")
+        match self.user {
+            0 => "root".into(),
+            u => format!("root or {}", user_name(u)),
+        }
     }
 
     /// The problem with a directory on the way to something, if any.
