@@ -131,6 +131,10 @@ enum Command {
         /// The group the socket is deliberately opened to, if any (uid/gid number or name).
         #[arg(long, value_name = "GROUP")]
         socket_group: Option<String>,
+        /// The user the server runs as (uid or name; default: you). Root auditing a service
+        /// user's setup passes that user, so the user's own directory is not a problem.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
     },
     /// The demo's display client (run by `peerwire demo` as a child process).
     #[command(name = "__display-client", hide = true)]
@@ -200,6 +204,10 @@ struct MintArgs {
     /// Lifetime, e.g. 30s or 2m (at most 10m).
     #[arg(long, default_value = "30s", value_parser = parse_ttl)]
     ttl: Duration,
+    /// The user (uid or name) that owns the identity's server/ directory, when it is not you:
+    /// root minting with the service user's device secret names that user. Default: you.
+    #[arg(long = "server-user", value_name = "USER")]
+    server_user: Option<String>,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -223,7 +231,11 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 impl MintArgs {
     fn mint(&self) -> anyhow::Result<String> {
         let secret_path = self.identity.join("server").join("token.key");
-        let secret = DeviceSecret::read(&secret_path)
+        let owner = match &self.server_user {
+            Some(u) => resolve_uid(u)?,
+            None => nix::unistd::geteuid().as_raw(),
+        };
+        let secret = DeviceSecret::read_owned_by(&secret_path, owner)
             .with_context(|| format!("reading the device secret {}", secret_path.display()))?;
         let socket = std::fs::canonicalize(&self.socket).unwrap_or_else(|_| self.socket.clone());
         let exe = self.exe.as_ref().map(std::fs::canonicalize).transpose()?;
@@ -434,7 +446,8 @@ fn run() -> anyhow::Result<()> {
             Command::Audit {
                 socket,
                 socket_group,
-            } => audit(&socket, socket_group.as_deref()),
+                user,
+            } => audit(&socket, socket_group.as_deref(), user.as_deref()),
             Command::Token(TokenCommand::Mint(args)) => {
                 let token = args.mint()?;
                 say!(
@@ -798,9 +811,13 @@ async fn ping(args: PingArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn audit(socket: &std::path::Path, group: Option<&str>) -> anyhow::Result<()> {
+fn audit(socket: &std::path::Path, group: Option<&str>, user: Option<&str>) -> anyhow::Result<()> {
     let group = group.map(resolve_gid).transpose()?;
-    let report = peerwire_security::sockpath::audit(socket, group);
+    let owner = match user {
+        Some(u) => resolve_uid(u)?,
+        None => nix::unistd::geteuid().as_raw(),
+    };
+    let report = peerwire_security::sockpath::audit(socket, group, owner);
     for fact in &report.facts {
         say!("{fact}");
     }

@@ -22,9 +22,7 @@
 //! PEM bytes are zeroized in memory after use.
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use openssl::asn1::Asn1Time;
@@ -38,6 +36,8 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509, X509NameBuilder};
 use zeroize::Zeroizing;
+
+use crate::securedir::{Create, Rule, SecureDir, Trust, Untrusted, read_in};
 
 /// Start of validity of every certificate: before any device can have been powered on.
 pub const NOT_BEFORE: &str = "20000101000000Z";
@@ -166,89 +166,55 @@ pub fn generate(role: Role, device: &str) -> Result<(PKey<Private>, X509), Ident
     Ok((key, b.build()))
 }
 
-fn make_private_dir(dir: &Path, traversable: bool) -> Result<(), IdentityError> {
-    match fs::symlink_metadata(dir) {
-        Ok(meta) => check_private(dir, &meta, true, traversable),
-        Err(_) => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err(dir))?;
-            // Exactly 0700 whatever the umask, which can only have taken bits away (a server
-            // binding its socket in the same process narrows it for a moment, too).
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+/// The directory `dir`, created 0700 if missing, else checked to be ours (root gets no
+/// exemption) and closed to others; opened through [`SecureDir`], so nothing on the way can be
+/// swapped. `traversable`: the top identity directory may be 0711, so that each end's user can
+/// reach its own subdirectory.
+fn private_dir(dir: SecureDir, traversable: bool) -> Result<SecureDir, IdentityError> {
+    if dir.created() {
+        return Ok(dir);
+    }
+    let mut rule = Rule::private(0o700);
+    if traversable {
+        rule.forbidden = 0o066;
+    }
+    match rule.problem(dir.path(), &dir.meta()) {
+        Some(p) => Err(p.into()),
+        None => Ok(dir),
+    }
+}
+
+impl From<Untrusted> for IdentityError {
+    fn from(u: Untrusted) -> Self {
+        IdentityError::Permissions {
+            path: u.path,
+            problem: u.problem,
+            fix: u.fix,
         }
     }
 }
 
-/// Refuses a path that others can read (keys, key directories) or write, or that is not ours.
-/// `traversable`: the top identity directory may be 0711 so that each end's user can reach its
-/// own subdirectory; it must still not be readable or writable by others.
-fn check_private(
-    path: &Path,
-    meta: &fs::Metadata,
-    is_dir: bool,
-    traversable: bool,
+/// Writes `name` in `dir` (`O_CREAT | O_EXCL | O_NOFOLLOW`, exactly `mode`); with `force` an
+/// existing file is removed first.
+fn write_file(
+    dir: &SecureDir,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    force: bool,
 ) -> Result<(), IdentityError> {
-    let bad = |problem: String, fix: String| IdentityError::Permissions {
-        path: path.to_owned(),
-        problem,
-        fix,
-    };
-    if meta.file_type().is_symlink() {
-        return Err(bad(
-            "is a symbolic link".into(),
-            "replace it with the real file or directory".into(),
-        ));
-    }
-    if is_dir != meta.is_dir() {
-        return Err(bad(
-            format!("is not a {}", if is_dir { "directory" } else { "file" }),
-            "remove it".into(),
-        ));
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me && me != 0 {
-        return Err(bad(
-            format!(
-                "is owned by uid {}, not by this user (uid {me})",
-                meta.uid()
-            ),
-            format!("chown {me} {}", path.display()),
-        ));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    let forbidden = if traversable { 0o066 } else { 0o077 };
-    if mode & forbidden != 0 {
-        let want = if is_dir { 0o700 } else { 0o600 };
-        return Err(bad(
-            format!("has mode {mode:04o}: group or others can reach it"),
-            format!("chmod {want:04o} {}", path.display()),
-        ));
-    }
-    Ok(())
-}
-
-fn write_file(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<(), IdentityError> {
+    let path = dir.path().join(name);
     if force {
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(path)(e)),
-        }
+        dir.remove_file(name.as_ref()).map_err(io_err(&path))?;
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
+    let mut file = dir
+        .create_file(name.as_ref(), mode)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => IdentityError::Exists(path.to_owned()),
-            _ => io_err(path)(e),
+            std::io::ErrorKind::AlreadyExists => IdentityError::Exists(path.clone()),
+            _ => io_err(&path)(e),
         })?;
-    file.write_all(bytes).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))
+    file.write_all(bytes).map_err(io_err(&path))?;
+    file.sync_all().map_err(io_err(&path))
 }
 
 /// What [`provision`] created.
@@ -272,35 +238,55 @@ pub fn fingerprint(cert: &X509) -> Result<String, IdentityError> {
 
 /// Creates the device identity in `dir`: a key pair and certificate for each role, and each
 /// role's pinned peer certificate. Refuses to overwrite an existing identity unless `force`.
+///
+/// Every step goes through descriptors ([`SecureDir`]): the directories above `dir` must be
+/// owned by root or this user and writable by nobody else, and `dir` and its subdirectories,
+/// if they exist, must be this user's (root included) and closed to others; a directory
+/// someone else prepared is refused with the reason and the fix, never written into.
 pub fn provision(dir: &Path, device: &str, force: bool) -> Result<Provisioned, IdentityError> {
-    if !force {
-        for role in [Role::Server, Role::Client] {
-            let key = dir.join(role.dir_name()).join("key.pem");
-            if key.exists() {
-                return Err(IdentityError::Exists(key));
-            }
+    let trust = Trust::me();
+    let top = private_dir(SecureDir::open_or_create(dir, &trust, 0o700)?, true)?;
+    let mut subs = vec![];
+    for role in [Role::Server, Role::Client] {
+        let sub = private_dir(
+            top.subdir(role.dir_name().as_ref(), Create::Missing(0o700))?,
+            false,
+        )?;
+        if !force && sub.contains("key.pem".as_ref()) {
+            return Err(IdentityError::Exists(sub.path().join("key.pem")));
         }
+        subs.push(sub);
     }
-    make_private_dir(dir, true)?;
     let server = generate(Role::Server, device)?;
     let client = generate(Role::Client, device)?;
     let mut fingerprints = vec![];
-    for (role, (key, cert), peer) in [
+    for ((role, (key, cert), peer), sub) in [
         (Role::Server, &server, &client.1),
         (Role::Client, &client, &server.1),
-    ] {
-        let sub = dir.join(role.dir_name());
-        make_private_dir(&sub, false)?;
+    ]
+    .into_iter()
+    .zip(&subs)
+    {
         let pem = Zeroizing::new(key.private_key_to_pem_pkcs8()?);
-        write_file(&sub.join("key.pem"), &pem, 0o600, force)?;
-        write_file(&sub.join("cert.pem"), &cert.to_pem()?, 0o644, force)?;
-        write_file(&sub.join("peer.pem"), &peer.to_pem()?, 0o644, force)?;
+        write_file(sub, "key.pem", &pem, 0o600, force)?;
+        write_file(sub, "cert.pem", &cert.to_pem()?, 0o644, force)?;
+        write_file(sub, "peer.pem", &peer.to_pem()?, 0o644, force)?;
         fingerprints.push((role, fingerprint(cert)?));
     }
     // The device secret for session tokens lives with the server's key.
-    crate::token::DeviceSecret::generate()?
-        .write(&dir.join("server").join("token.key"), force)
-        .map_err(io_err(&dir.join("server").join("token.key")))?;
+    if let Some(server_dir) = subs.first() {
+        let secret = crate::token::DeviceSecret::generate()?;
+        let path = server_dir.path().join(crate::token::SECRET_FILE);
+        if force {
+            server_dir
+                .remove_file(crate::token::SECRET_FILE.as_ref())
+                .map_err(io_err(&path))?;
+        }
+        let file = server_dir
+            .create_file(crate::token::SECRET_FILE.as_ref(), 0o600)
+            .map_err(io_err(&path))?;
+        secret.write_to(file).map_err(io_err(&path))?;
+    }
     let mut fp = fingerprints.into_iter();
     let (Some(a), Some(b)) = (fp.next(), fp.next()) else {
         return Err(IdentityError::Openssl(openssl::error::ErrorStack::get()));
@@ -311,26 +297,48 @@ pub fn provision(dir: &Path, device: &str, force: bool) -> Result<Provisioned, I
     })
 }
 
-fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, IdentityError> {
-    fs::read(path).map(Zeroizing::new).map_err(io_err(path))
+/// Largest certificate or key file read.
+const MAX_PEM: usize = 64 * 1024;
+
+/// The directory of `role` in `dir` (the directory given to [`provision`]) or `dir` itself
+/// when it is already the role's subdirectory, opened through [`SecureDir`]: the directories
+/// above are checked, and the top directory, when `dir` is it, too.
+fn role_dir(dir: &Path, role: Role) -> Result<SecureDir, IdentityError> {
+    let trust = Trust::me();
+    let base = SecureDir::open(dir, &trust)?;
+    match base.subdir(role.dir_name().as_ref(), Create::No) {
+        Ok(sub) => {
+            if let Some(p) = trust.ancestor_problem(base.path(), &base.meta()) {
+                return Err(p.into());
+            }
+            Ok(sub)
+        }
+        Err(_) if !base.contains(role.dir_name().as_ref()) => Ok(base),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Identity {
     /// Loads the identity of `role` from `dir` (the directory given to [`provision`]) or from
     /// `dir` itself when it is already the role's subdirectory. The key file and its directory
-    /// must not be accessible to group or others.
+    /// must be this user's (root gets no exemption) and closed to group and others; the
+    /// certificates must be this user's or root's and writable by nobody else; every directory
+    /// above must be trustworthy ([`SecureDir`]). Each file is checked on the descriptor it is
+    /// read from.
     pub fn load(dir: &Path, role: Role) -> Result<Self, IdentityError> {
-        let sub = dir.join(role.dir_name());
-        let dir = if sub.is_dir() { sub } else { dir.to_owned() };
-        let key_path = dir.join("key.pem");
-        for (path, is_dir) in [(&dir, true), (&key_path, false)] {
-            let meta = fs::symlink_metadata(path).map_err(io_err(path))?;
-            check_private(path, &meta, is_dir, false)?;
+        let dir = role_dir(dir, role)?;
+        if let Some(p) = Rule::private(0o700).problem(dir.path(), &dir.meta()) {
+            return Err(p.into());
         }
-        let pem = read(&key_path)?;
+        let pem = read_in(&dir, "key.pem".as_ref(), &Rule::private(0o600), MAX_PEM)?;
         let key = PKey::private_key_from_pem(&pem)?;
-        let cert = X509::from_pem(&read(&dir.join("cert.pem"))?)?;
-        let peer = X509::from_pem(&read(&dir.join("peer.pem"))?)?;
+        let cert = X509::from_pem(&read_in(
+            &dir,
+            "cert.pem".as_ref(),
+            &Rule::unwritable(0o644),
+            MAX_PEM,
+        )?)?;
+        let peer = Self::read_peer(&dir)?;
         Ok(Self {
             role,
             key,
@@ -339,17 +347,32 @@ impl Identity {
         })
     }
 
+    fn read_peer(dir: &SecureDir) -> Result<X509, IdentityError> {
+        Ok(X509::from_pem(&read_in(
+            dir,
+            "peer.pem".as_ref(),
+            &Rule::unwritable(0o644),
+            MAX_PEM,
+        )?)?)
+    }
+
     /// Loads only the pinned peer certificate of `role` (a server-auth client needs no key).
+    /// What is pinned decides whom we trust: the file and its directory must be owned by this
+    /// user or root and writable by nobody else, and so must every directory above.
     pub fn load_peer(dir: &Path, role: Role) -> Result<X509, IdentityError> {
-        let sub = dir.join(role.dir_name());
-        let dir = if sub.is_dir() { sub } else { dir.to_owned() };
-        Ok(X509::from_pem(&read(&dir.join("peer.pem"))?)?)
+        let dir = role_dir(dir, role)?;
+        if let Some(p) = Rule::unwritable(0o700).problem(dir.path(), &dir.meta()) {
+            return Err(p.into());
+        }
+        Self::read_peer(&dir)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn provision_load_and_refuse_to_overwrite() {

@@ -16,6 +16,8 @@
 //! - [`token`]: one-time, time-limited session tokens bound to a peer, with a replay record.
 //!
 //! - [`seal`]: AES-256-GCM sealed files bound to purpose and name, keys and key rotation;
+//! - [`securedir`]: race-free file-system access through verified directory descriptors
+//!   (no path that can change underneath, no symbolic link of someone else followed);
 //! - [`strict`]: "StrictModes" for plain configuration files;
 //! - [`store`]: the persistent state store, each record sealed and written crash-safe.
 //!
@@ -42,6 +44,7 @@ pub mod launch;
 pub mod plain;
 pub mod privilege;
 pub mod seal;
+pub mod securedir;
 pub mod sockpath;
 pub mod store;
 pub mod strict;

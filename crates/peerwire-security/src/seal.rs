@@ -22,12 +22,14 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use openssl::hash::{MessageDigest, hash};
 use openssl::symm::{Cipher, decrypt_aead, encrypt_aead};
 use zeroize::Zeroizing;
+
+use crate::securedir::{Rule, Trust, read_path};
 
 const MAGIC: &[u8; 6] = b"PWSEAL";
 const VERSION: u8 = 1;
@@ -170,37 +172,23 @@ impl KeyProvider {
             path: path.clone(),
             problem,
         };
-        let meta = fs::symlink_metadata(&path).map_err(|e| bad(e.to_string()))?;
-        if !meta.is_file() {
-            return Err(bad("is not a regular file".into()));
-        }
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me && meta.uid() != 0 {
-            return Err(bad(format!(
-                "is owned by uid {}, not by uid {me} or root (fix: chown {me} {})",
-                meta.uid(),
-                path.display()
-            )));
-        }
-        let mode = meta.permissions().mode() & 0o777;
+        // Every check on descriptors, and the key read from the descriptor checked: the
+        // directories above and the one holding the key owned by root or this user and
+        // writable by nobody else, no link of anyone else followed ([`crate::securedir`]).
         // systemd >= 256 grants the service access to a credential through an ACL on tmpfs, so
         // the group bits show the ACL mask (0440): for credentials only others are checked.
-        let forbidden = match self {
-            KeyProvider::File(_) => 0o077,
-            KeyProvider::SystemdCredential(_) => 0o007,
-        };
-        if mode & forbidden != 0 {
-            let who = if forbidden == 0o077 {
-                "group and others"
-            } else {
-                "others"
-            };
-            return Err(bad(format!(
-                "has mode {mode:04o}; {who} must have no access (fix: chmod 0400 {})",
-                path.display()
-            )));
+        let mut rule = Rule::private(0o400);
+        rule.root_may_own = true;
+        if let KeyProvider::SystemdCredential(_) = self {
+            rule.forbidden = 0o007;
         }
-        let bytes = Zeroizing::new(fs::read(&path).map_err(|e| bad(e.to_string()))?);
+        let bytes = read_path(&path, &Trust::me(), None, &rule, 4096).map_err(|u| {
+            let mut problem = u.problem;
+            if u.path != path {
+                problem = format!("{}: {problem}", u.path.display());
+            }
+            bad(format!("{problem} (fix: {})", u.fix))
+        })?;
         Key::from_bytes(&bytes)
             .map_err(|_| bad(format!("holds {} bytes; a key is 32 bytes", bytes.len())))
     }
@@ -343,6 +331,7 @@ pub fn is_sealed(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn ring() -> KeyRing {
         KeyRing::new(Key::generate().unwrap())

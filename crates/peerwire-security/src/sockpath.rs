@@ -14,12 +14,14 @@
 //! reported in plain words by [`audit`].
 
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{Gid, chown, geteuid};
+
+use crate::securedir::{Create, Kind, Meta, SecureDir, Trust, Untrusted};
 
 /// Longest socket path the kernel accepts (`sun_path` is 108 bytes with the final NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -103,19 +105,22 @@ pub fn socket_mode(group: Option<u32>) -> u32 {
 
 /// Checks an existing socket directory; returns every problem found.
 fn directory_problems(dir: &Path, group: Option<u32>, owner: u32) -> Vec<PathError> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta_problems(dir, &Meta::from_std(&meta), group, owner),
+        Err(e) => vec![problem(
+            dir,
+            format!("cannot inspect the directory: {e}"),
+            "check the path",
+        )],
+    }
+}
+
+/// The problems of the socket directory `dir` described by `meta` (from `fstat` of its
+/// descriptor or from `lstat`).
+fn meta_problems(dir: &Path, meta: &Meta, group: Option<u32>, owner: u32) -> Vec<PathError> {
     let want = directory_mode(group);
     let me = owner;
-    let meta = match std::fs::symlink_metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) => {
-            return vec![problem(
-                dir,
-                format!("cannot inspect the directory: {e}"),
-                "check the path",
-            )];
-        }
-    };
-    if meta.file_type().is_symlink() {
+    if meta.kind == Kind::Symlink {
         return vec![problem(
             dir,
             "the socket directory is a symbolic link, which someone could point elsewhere",
@@ -125,7 +130,7 @@ fn directory_problems(dir: &Path, group: Option<u32>, owner: u32) -> Vec<PathErr
             ),
         )];
     }
-    if !meta.is_dir() {
+    if meta.kind != Kind::Dir {
         return vec![problem(
             dir,
             "is not a directory",
@@ -133,12 +138,12 @@ fn directory_problems(dir: &Path, group: Option<u32>, owner: u32) -> Vec<PathErr
         )];
     }
     let mut found = vec![];
-    if meta.uid() != me {
+    if meta.uid != me {
         found.push(problem(
             dir,
             format!(
                 "the socket directory is owned by uid {}, but the server runs as uid {me}",
-                meta.uid()
+                meta.uid
             ),
             format!(
                 "chown {me} {}  (or use a directory of the service user)",
@@ -146,7 +151,7 @@ fn directory_problems(dir: &Path, group: Option<u32>, owner: u32) -> Vec<PathErr
             ),
         ));
     }
-    let mode = mode_of(&meta);
+    let mode = meta.mode;
     if mode & 0o022 != 0 {
         found.push(problem(
             dir,
@@ -156,12 +161,12 @@ fn directory_problems(dir: &Path, group: Option<u32>, owner: u32) -> Vec<PathErr
         ));
     }
     if let Some(g) = group {
-        if meta.gid() != g && mode & 0o050 != 0 {
+        if meta.gid != g && mode & 0o050 != 0 {
             found.push(problem(
                 dir,
                 format!(
                     "the directory is open to group {}, not to the allowed group {g}",
-                    meta.gid()
+                    meta.gid
                 ),
                 format!("chgrp {g} {}", dir.display()),
             ));
@@ -175,62 +180,77 @@ fn directory_problems(dir: &Path, group: Option<u32>, owner: u32) -> Vec<PathErr
 /// service user it is about to become (the directory is then given to that user), and the
 /// service user binds the socket itself after dropping root, so that `SO_PEERCRED` of the
 /// listening socket, which is fixed at `listen` time, names the service user.
+///
+/// Everything goes through descriptors ([`crate::securedir`]): every directory above is
+/// opened without following links of anyone but root and this process's user, and must be
+/// owned by them and writable by nobody else (root-owned sticky directories such as `/tmp`
+/// excepted); when root prepares the directory of a service user, only root counts, so a
+/// directory another user (the service user included) controls is refused before anything is
+/// created in it. The socket directory is made with `mkdirat`, opened with `O_NOFOLLOW`,
+/// checked to be the one just made, and only then given away with `fchown`/`fchmod` on that
+/// descriptor: swapping it for a link cannot redirect either call.
 pub fn prepare_directory(dir: &Path, group: Option<u32>, owner: u32) -> Result<(), PathError> {
     let want = directory_mode(group);
-    match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| {
-                    problem(
-                        dir,
-                        format!("cannot create the socket directory: {e}"),
-                        "check the parent directory's permissions",
-                    )
-                })?;
-            if owner != geteuid().as_raw() {
-                // Root prepares the directory of the service user it is about to become.
-                chown(dir, Some(nix::unistd::Uid::from_raw(owner)), None).map_err(|e| {
-                    problem(
-                        dir,
-                        format!("cannot give the directory to uid {owner}: {e}"),
-                        "run as root or as that user",
-                    )
-                })?;
-            }
-            if let Some(g) = group {
-                chown(dir, None, Some(Gid::from_raw(g))).map_err(|e| {
-                    problem(
-                        dir,
-                        format!("cannot give the directory to group {g}: {e}"),
-                        "check that the server may use that group",
-                    )
-                })?;
-            }
-            // Exactly `want` whatever the umask, which can only have taken bits away (another
-            // thread binding a socket narrows it for a moment, see `bind`).
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want)).map_err(|e| {
-                problem(
-                    dir,
-                    format!("cannot set mode {want:o}: {e}"),
-                    "check the directory",
-                )
-            })?;
-        }
-        Err(e) => {
-            return Err(problem(
-                dir,
-                format!("cannot inspect the directory: {e}"),
-                "check the path",
-            ));
-        }
-        Ok(_) => {}
+    let trust = Trust::me();
+    let name = dir.file_name().ok_or_else(|| {
+        problem(
+            dir,
+            "names no directory",
+            "use a path such as /run/peerwire/sdk.sock",
+        )
+    })?;
+    let parent_path = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = SecureDir::open_or_create(parent_path, &trust, 0o700)?;
+    if let Some(p) = trust.ancestor_problem(parent.path(), &parent.meta()) {
+        return Err(p.into());
     }
-    match directory_problems(dir, group, owner).into_iter().next() {
+    let mut made = parent.subdir(name, Create::Missing(0o700))?;
+    if made.created() {
+        let set = |r: nix::Result<()>, what: String, fix: &str| {
+            r.map_err(|e| problem(dir, format!("{what}: {e}"), fix))
+        };
+        if owner != geteuid().as_raw() {
+            // Root prepares the directory of the service user it is about to become.
+            set(
+                made.chown(Some(owner), None),
+                format!("cannot give the directory to uid {owner}"),
+                "run as root or as that user",
+            )?;
+        }
+        if let Some(g) = group {
+            set(
+                made.chown(None, Some(g)),
+                format!("cannot give the directory to group {g}"),
+                "check that the server may use that group",
+            )?;
+        }
+        // Exactly `want` whatever the umask, which can only have taken bits away (another
+        // thread binding a socket narrows it for a moment, see `bind`).
+        set(
+            made.chmod(want),
+            format!("cannot set mode {want:o}"),
+            "check the directory",
+        )?;
+    }
+    match meta_problems(dir, &made.meta(), group, owner)
+        .into_iter()
+        .next()
+    {
         Some(p) => Err(p),
         None => Ok(()),
+    }
+}
+
+impl From<Untrusted> for PathError {
+    fn from(u: Untrusted) -> Self {
+        PathError {
+            path: u.path,
+            problem: u.problem,
+            fix: u.fix,
+        }
     }
 }
 
@@ -343,10 +363,19 @@ fn socket_mode_problem(
     })
 }
 
-/// Checks a socket someone else created (systemd socket activation): the same directory rules,
-/// and the socket owned by us (or root) with no permission beyond 0600 (0660 with `group`).
+/// Checks a socket someone else created (systemd socket activation): the same directory rules
+/// (the directories above included), and the socket owned by us (or root) with no permission
+/// beyond 0600 (0660 with `group`).
 pub fn check_socket_file(path: &Path, group: Option<u32>) -> Result<(), PathError> {
     validate_socket_path(path)?;
+    // The directories above the socket's: owned by root or us, writable by nobody else.
+    if let Some(p) = path.parent().and_then(|d| {
+        SecureDir::ancestor_report(d, &Trust::me())
+            .into_iter()
+            .next()
+    }) {
+        return Err(p.into());
+    }
     // systemd creates a missing ListenStream= directory as root: a root-owned directory is as
     // trustworthy as our own, so only its other problems count.
     let root_owned = path
@@ -441,8 +470,12 @@ fn describe(path: &Path, what: &str) -> Option<String> {
     ))
 }
 
-/// Inspects a socket path as the server would use it, for an operator.
-pub fn audit(path: &Path, group: Option<u32>) -> Audit {
+/// Inspects a socket path as the server would use it, for an operator: the server runs as
+/// `owner` (root auditing a service user's setup passes that user's uid). Every directory
+/// above the socket directory, and every link on the way, that someone other than root or
+/// `owner` owns, or that group or others can write (root-owned sticky directories such as
+/// `/tmp` excepted), is reported.
+pub fn audit(path: &Path, group: Option<u32>, owner: u32) -> Audit {
     let mut audit = Audit::default();
     if let Err(p) = validate_socket_path(path) {
         audit.problems.push(p);
@@ -459,9 +492,13 @@ pub fn audit(path: &Path, group: Option<u32>) -> Audit {
         ));
         return audit;
     }
-    audit
-        .problems
-        .extend(directory_problems(dir, group, geteuid().as_raw()));
+    let trust = Trust::user(owner);
+    audit.problems.extend(
+        SecureDir::ancestor_report(dir, &trust)
+            .into_iter()
+            .map(PathError::from),
+    );
+    audit.problems.extend(directory_problems(dir, group, owner));
     match std::fs::symlink_metadata(path) {
         Err(_) => audit
             .facts
@@ -476,10 +513,9 @@ pub fn audit(path: &Path, group: Option<u32>) -> Audit {
             audit
                 .problems
                 .extend(socket_mode_problem(path, &meta, group, fix));
-            let me = geteuid().as_raw();
-            if meta.uid() != me && meta.uid() != 0 {
+            if meta.uid() != owner && meta.uid() != 0 {
                 audit.facts.push(format!(
-                    "the socket belongs to uid {}, not to you (uid {me})",
+                    "the socket belongs to uid {}, not to the server's user (uid {owner})",
                     meta.uid()
                 ));
             }
@@ -534,7 +570,7 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!((dir_mode, sock_mode), (0o700, 0o600));
-        assert!(audit(&path, None).problems.is_empty());
+        assert!(audit(&path, None, geteuid().as_raw()).problems.is_empty());
         // A live server is not clobbered.
         let err = bind(&path, None).unwrap_err();
         assert!(err.problem.contains("already running"), "{err}");
@@ -573,7 +609,7 @@ mod tests {
         let err = bind(&file, None).unwrap_err();
         assert!(err.problem.contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&file).unwrap(), b"data");
-        let report = audit(&file, None);
+        let report = audit(&file, None, geteuid().as_raw());
         assert_eq!(report.problems.len(), 1);
     }
 
@@ -583,7 +619,7 @@ mod tests {
         let path = tmp.path().join("d/s.sock");
         drop(bind(&path, None).unwrap()); // closed listener: the file stays, nobody answers
         assert!(path.exists());
-        let report = audit(&path, None);
+        let report = audit(&path, None, geteuid().as_raw());
         assert!(
             report.facts.iter().any(|f| f.contains("stale")),
             "{:?}",

@@ -11,13 +11,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 use zeroize::Zeroizing;
 
 use crate::seal::{self, KeyRing, Purpose, SealError};
+use crate::securedir::{Rule, SecureDir, Trust, Untrusted};
 
 /// Longest record name.
 pub const MAX_NAME: usize = 64;
@@ -104,40 +105,19 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Opens (creating it 0700 if missing) the store in `dir`, sealing with `keys`.
+    /// Opens (creating it 0700 if missing) the store in `dir`, sealing with `keys`. The
+    /// directory is reached through [`SecureDir`]: every directory above owned by root or this
+    /// user and writable by nobody else, no link of anyone else followed; the store directory
+    /// itself must be this user's and closed to group and others.
     pub fn open(dir: impl Into<PathBuf>, keys: KeyRing) -> Result<Self, StoreError> {
         let dir = dir.into();
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(io(&dir))?;
-            // Exactly 0700 whatever the umask, which can only have taken bits away.
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
-        }
-        let meta = fs::symlink_metadata(&dir).map_err(io(&dir))?;
-        let unsafe_dir = |problem: String| StoreError::Unsafe {
-            path: dir.clone(),
-            problem,
+        let unsafe_dir = |u: Untrusted| StoreError::Unsafe {
+            path: u.path,
+            problem: format!("{} (fix: {})", u.problem, u.fix),
         };
-        if !meta.is_dir() {
-            return Err(unsafe_dir("is not a directory".into()));
-        }
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me {
-            return Err(unsafe_dir(format!(
-                "is owned by uid {}, not uid {me} (fix: chown {me} {})",
-                meta.uid(),
-                dir.display()
-            )));
-        }
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(unsafe_dir(format!(
-                "has mode {mode:04o} (fix: chmod 0700 {})",
-                dir.display()
-            )));
+        let opened = SecureDir::open_or_create(&dir, &Trust::me(), 0o700).map_err(unsafe_dir)?;
+        if let Some(p) = Rule::private(0o700).problem(&dir, &opened.meta()) {
+            return Err(unsafe_dir(p));
         }
         Ok(Self { dir, keys })
     }
@@ -278,6 +258,7 @@ impl StateStore {
 mod tests {
     use super::*;
     use crate::seal::Key;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn put_get_delete_list_and_isolated_corruption() {

@@ -4,9 +4,15 @@
 //! The file and every directory above it must be owned by root or by this process's user and
 //! not writable by group or others. The one exception, for ancestors only, is a root-owned
 //! directory with the sticky bit (such as `/tmp`): others cannot rename or remove what is in it.
+//! A symbolic link on the way is followed only if root or this user owns it. The checks are
+//! done on descriptors ([`crate::securedir`]) and the file is read from the descriptor that was
+//! checked, so nothing can be swapped between the check and the read.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::securedir::{self, Rule, Trust};
 
 /// A file or directory that makes a configuration file untrustworthy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,53 +26,41 @@ pub struct Untrusted {
     pub fix: String,
 }
 
-/// Checks `file` and its ancestors.
-pub fn check_file(file: &Path) -> Result<(), Untrusted> {
-    let me = nix::unistd::geteuid().as_raw();
-    let bad = |path: &Path, problem: String, fix: String| Untrusted {
-        path: path.to_owned(),
-        problem,
-        fix,
-    };
-    let file = std::fs::canonicalize(file)
-        .map_err(|e| bad(file, e.to_string(), "check the path".into()))?;
-    // 0: the file; 1: the directory holding it; 2..: the directories above.
-    for (depth, path) in file.ancestors().enumerate() {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| bad(path, e.to_string(), "check the path".into()))?;
-        if meta.uid() != 0 && meta.uid() != me {
-            return Err(bad(
-                path,
-                format!(
-                    "is owned by uid {}, neither root nor this user (uid {me})",
-                    meta.uid()
-                ),
-                format!("chown {me} {}", path.display()),
-            ));
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        // A sticky root directory (like /tmp) is fine further up: others cannot rename or
-        // remove what is in it. The directory holding the file gets no such pass: the file
-        // could have been planted there before it was ours.
-        let sticky_root_ancestor = depth >= 2 && meta.uid() == 0 && mode & 0o1000 != 0;
-        if mode & 0o022 != 0 && !sticky_root_ancestor {
-            let want = if meta.is_dir() { "0755" } else { "0600" };
-            return Err(bad(
-                path,
-                format!(
-                    "is writable by group or others (mode {mode:04o}), so someone else could have changed the configuration"
-                ),
-                format!("chmod {want} {}", path.display()),
-            ));
-        }
+/// Largest configuration file read (plain or sealed).
+pub const MAX_FILE: usize = 16 << 20;
+
+/// Opens `file` for reading with every check done on descriptors (see
+/// [`crate::securedir`]): each directory above it and each link on the way owned by root or
+/// this user and writable by nobody else (root-owned sticky directories such as `/tmp` allowed
+/// above the directory holding the file, never as that directory), and the file itself,
+/// checked with `fstat` on the returned descriptor: owned by root or this user, not writable
+/// by group or others. Read what it returns: there is no window between check and read.
+pub fn open_file(file: &Path) -> Result<(std::fs::File, PathBuf), Untrusted> {
+    let (dir, name) = securedir::parent_and_name(file, &Trust::me())?;
+    let (f, meta) = dir.open_file(&name)?;
+    let path = dir.path().join(&name);
+    if let Some(p) = Rule::unwritable(0o600).problem(&path, &meta) {
+        return Err(p);
     }
-    Ok(())
+    Ok((f, path))
+}
+
+/// Reads `file` after the checks of [`open_file`], from the checked descriptor.
+pub fn read_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, Untrusted> {
+    let (dir, name) = securedir::parent_and_name(file, &Trust::me())?;
+    securedir::read_in(&dir, &name, &Rule::unwritable(0o600), MAX_FILE)
+}
+
+/// Checks `file` and its ancestors (see [`open_file`]).
+pub fn check_file(file: &Path) -> Result<(), Untrusted> {
+    open_file(file).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn strict_modes() {
@@ -82,7 +76,10 @@ mod tests {
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         let err = check_file(&file).unwrap_err();
-        assert_eq!(err.path, fs::canonicalize(&dir).unwrap());
+        assert_eq!(
+            fs::canonicalize(&err.path).unwrap(),
+            fs::canonicalize(&dir).unwrap()
+        );
         // Even a sticky world-writable directory directly holding the file is refused.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(check_file(&file).is_err());

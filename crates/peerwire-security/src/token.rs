@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -94,6 +94,9 @@ impl std::fmt::Debug for DeviceSecret {
     }
 }
 
+/// The device secret's file name in the server's identity directory.
+pub const SECRET_FILE: &str = "token.key";
+
 impl DeviceSecret {
     /// 256 fresh bits from the OS random source (via OpenSSL's DRBG, seeded by getrandom).
     pub fn generate() -> Result<Self, openssl::error::ErrorStack> {
@@ -103,9 +106,32 @@ impl DeviceSecret {
     }
 
     /// Reads a secret file written by [`DeviceSecret::write`]; it must be exactly 32 bytes.
+    /// The file and the directory holding it must be this user's (root gets no exemption)
+    /// and closed to group and others, and every directory above trustworthy; the file is
+    /// read from the descriptor that was checked ([`crate::securedir`]).
     pub fn read(path: &Path) -> std::io::Result<Self> {
-        let mut bytes = Zeroizing::new(Vec::with_capacity(SECRET_LEN));
-        File::open(path)?.read_to_end(&mut bytes)?;
+        Self::read_owned_by(path, nix::unistd::geteuid().as_raw())
+    }
+
+    /// As [`read`](Self::read), for a secret that belongs to user `owner` (root minting tokens
+    /// from the service user's identity names that user): the file, its directory and the
+    /// directories above may be `owner`'s (or root's), nobody else's.
+    pub fn read_owned_by(path: &Path, owner: u32) -> std::io::Result<Self> {
+        use crate::securedir::{Rule, Trust, read_path};
+        let rule = |want| Rule {
+            owner,
+            root_may_own: nix::unistd::geteuid().is_root(),
+            forbidden: 0o077,
+            want,
+        };
+        let bytes = read_path(
+            path,
+            &Trust::user(owner),
+            Some(&rule(0o700)),
+            &rule(0o600),
+            SECRET_LEN,
+        )
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
         if bytes.len() != SECRET_LEN {
             return Err(std::io::Error::other(format!(
                 "{} holds {} bytes, a device secret is {SECRET_LEN}",
@@ -124,13 +150,19 @@ impl DeviceSecret {
                 _ => {}
             }
         }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        f.write_all(&self.0)?;
-        f.sync_all()
+        self.write_to(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?,
+        )
+    }
+
+    /// Writes the secret into `file` (created by the caller, 0600) and syncs it.
+    pub fn write_to(&self, mut file: File) -> std::io::Result<()> {
+        file.write_all(&self.0)?;
+        file.sync_all()
     }
 
     fn mac_key(&self) -> Result<Zeroizing<Vec<u8>>, openssl::error::ErrorStack> {

@@ -251,11 +251,32 @@ impl ServerConfig {
     }
 
     /// Loads a plain (permission-checked) or sealed (key needed) configuration file.
+    ///
+    /// The file is opened once, through descriptors ([`peerwire_security::strict::open_file`]:
+    /// no link of anyone but root or this user followed, every directory on the way checked),
+    /// and its owner and mode are checked with `fstat` on the descriptor that is then read: a
+    /// path flipped between the check and the read changes nothing. A sealed file needs no such
+    /// trust (it is authenticated by the key), so one the checks refuse is still read if sealed.
     pub fn load(path: &Path, keys: Option<&KeyRing>) -> Result<Self, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+        let io = |source| ConfigError::Io {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let (bytes, trusted) = match peerwire_security::strict::read_file(path) {
+            Ok(bytes) => (bytes.to_vec(), Ok(())),
+            Err(untrusted) => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(
+                        std::fs::File::open(path).map_err(io)?,
+                        peerwire_security::strict::MAX_FILE as u64,
+                    ),
+                    &mut bytes,
+                )
+                .map_err(io)?;
+                (bytes, Err(untrusted))
+            }
+        };
         let text = if seal::is_sealed(&bytes) {
             let keys = keys.ok_or_else(|| ConfigError::NeedKey(path.to_owned()))?;
             let plain = seal::open(keys, Purpose::Config, &sealed_name(path), &bytes).map_err(
@@ -267,7 +288,7 @@ impl ServerConfig {
             String::from_utf8(plain.to_vec())
                 .map_err(|_| invalid("(file)", "the sealed configuration is not UTF-8 text"))?
         } else {
-            peerwire_security::strict::check_file(path)?;
+            trusted?;
             String::from_utf8(bytes)
                 .map_err(|_| invalid("(file)", "the configuration is not UTF-8 text"))?
         };
