@@ -4,6 +4,8 @@
 //! without the `peers` feature and measures peerwire against raw and bare tokio only (CI: the
 //! harness cannot rot, and CI does not compile tonic and ttrpc). Results: a table on stdout,
 //! `target/bench/results.json`, `results.md` and the charts `ratios.svg` and `ratios-split.svg`.
+//! Then the renderer's benchmark (`peerwire-renderer bench`: event-to-pixel latency, frame time
+//! with and without an event flood; `target/bench/renderer.json`).
 //! No timing is asserted: figures belong to the benchmark, not to tests.
 
 use std::path::Path;
@@ -42,12 +44,40 @@ pub(crate) fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     if !status.success() {
         bail!("the benchmark failed: {status}");
     }
+    renderer(root, &cargo, &out, quick)?;
     println!(
-        "results: {}\ntable and goals: {}\ncharts: {} and {}",
+        "results: {}\ntable and goals: {}\ncharts: {} and {}\nrenderer: {}",
         out.join("results.json").display(),
         out.join("results.md").display(),
         out.join("ratios.svg").display(),
-        out.join("ratios-split.svg").display()
+        out.join("ratios-split.svg").display(),
+        out.join("renderer.json").display()
     );
+    Ok(())
+}
+
+/// The OpenGL display client's event-to-pixel latency and frame times (headless EGL; see
+/// docs/renderer.md): its own `bench` subcommand, built without the window feature.
+fn renderer(root: &Path, cargo: &str, out: &Path, quick: bool) -> anyhow::Result<()> {
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--release", "--locked", "--no-default-features"])
+        .args(["-p", "peerwire-renderer"])
+        .status()
+        .context("building the renderer")?;
+    if !status.success() {
+        bail!("building the renderer failed: {status}");
+    }
+    let mut cmd = Command::new(root.join("target/release/peerwire-renderer"));
+    cmd.arg("bench")
+        .arg("--json")
+        .arg(out.join("renderer.json"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    let status = cmd.status().context("running the renderer benchmark")?;
+    if !status.success() {
+        bail!("the renderer benchmark failed: {status}");
+    }
     Ok(())
 }

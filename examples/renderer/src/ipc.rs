@@ -290,7 +290,12 @@ async fn session(
         match connect(&opts).await {
             Ok(c) => break c,
             Err(e) => {
-                tracing::warn!(attempt, "connecting to {}: {e:#}", opts.socket.display());
+                // Loud at first and then every tenth attempt: the server may simply start later.
+                if attempt % 10 == 0 {
+                    tracing::warn!(attempt, "connecting to {}: {e}", opts.socket.display());
+                } else {
+                    tracing::debug!(attempt, "connecting to {}: {e}", opts.socket.display());
+                }
                 tokio::select! {
                     _ = stop.changed() => return Ok(()),
                     _ = tokio::time::sleep(backoff.delay(attempt).min(Duration::from_secs(1))) => {}

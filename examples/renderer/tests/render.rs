@@ -70,31 +70,45 @@ struct Renderer {
 }
 
 impl Renderer {
-    fn start(socket: &Path, identity: &Path, out: &Path, script: &str, extra: &[&str]) -> Self {
-        let script_path = out.with_extension("script");
-        std::fs::write(&script_path, script).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_peerwire-renderer"))
-            .arg("run")
+    /// Headless, writing frames under `s.out`.
+    fn start(s: &Setup, script: &str, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_peerwire-renderer"));
+        cmd.arg("run")
             .arg("--headless")
+            .arg("--out")
+            .arg(&s.out)
+            .args(["--seconds", "120"])
+            .args(extra);
+        Self::spawn(cmd, s, script)
+    }
+
+    /// In a window, on a virtual X display (Xvfb).
+    fn start_window(s: &Setup, script: &str) -> Self {
+        let mut cmd = Command::new("xvfb-run");
+        cmd.args(["-a", "-s", "-screen 0 1024x768x24"])
+            .arg(env!("CARGO_BIN_EXE_peerwire-renderer"))
+            .arg("run");
+        Self::spawn(cmd, s, script)
+    }
+
+    fn spawn(mut cmd: Command, s: &Setup, script: &str) -> Self {
+        let script_path = s.out.with_extension("script");
+        std::fs::write(&script_path, script).unwrap();
+        let mut child = cmd
             .arg("--socket")
-            .arg(socket)
+            .arg(&s.socket)
             .arg("--identity")
-            .arg(identity)
+            .arg(&s.identity)
             .arg("--server-uid")
             .arg(nix::unistd::getuid().as_raw().to_string())
             .arg("--size")
             .arg(format!("{WIDTH}x{HEIGHT}"))
-            .arg("--out")
-            .arg(out)
             .arg("--input")
             .arg(&script_path)
-            .arg("--seconds")
-            .arg("120")
-            .args(extra)
             .env("RUST_LOG", "peerwire_renderer=info,warn")
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -273,7 +287,7 @@ fn states_templates_inputs_bad_input_and_a_server_restart() {
          quit\n",
         item.0, item.1
     );
-    let r = Renderer::start(&s.socket, &s.identity, &s.out, &script, &[]);
+    let r = Renderer::start(&s, &script, &[]);
     // The server is not there yet: the connecting overlay, until it starts.
     check_reference("connecting", &r.frame("link=connecting"));
     let server = start_server(&s);
@@ -454,13 +468,7 @@ fn frame_rate_holds_under_an_event_flood_and_the_newest_state_is_shown() {
     let (s, _one) = setup();
     let server = start_server(&s);
     let script = "wait attention=speaking content=title:Final\nsnapshot final\nquit\n";
-    let r = Renderer::start(
-        &s.socket,
-        &s.identity,
-        &s.out,
-        script,
-        &["--write", "snapshots", "--stats-every", "1"],
-    );
+    let r = Renderer::start(&s, script, &["--write", "snapshots", "--stats-every", "1"]);
     session_up(&server, 1);
     // Idle: skip the first interval (start-up), average the next three.
     r.expect("stats ", "fps=");
@@ -520,6 +528,41 @@ fn frame_rate_holds_under_an_event_flood_and_the_newest_state_is_shown() {
     assert!(
         (flooded - idle).abs() <= idle * 0.10,
         "under the flood {flooded:.2} fps, idle {idle:.2} fps: more than 10% apart"
+    );
+    s.rt.block_on(server.stop()).unwrap();
+}
+
+#[test]
+fn window_mode_draws_and_sends_input() {
+    let (s, _one) = setup();
+    let server = start_server(&s);
+    let (dx, dy) = ui::dismiss_center(WIDTH, HEIGHT).unwrap().unwrap();
+    let script = format!(
+        "wait content=title:Window\nframes 10\ntap {dx} {dy}\nkey exit down\nkey exit up\nquit\n"
+    );
+    let r = Renderer::start_window(&s, &script);
+    session_up(&server, 1);
+    server
+        .handle
+        .broadcast(TOPIC_RENDER, &template("TitleTemplate", "w", "Window", &[]))
+        .unwrap();
+    r.wait();
+    wait_for("the window's inputs", || {
+        server.received.inputs().len() >= 3
+    });
+    assert_eq!(
+        server.received.inputs(),
+        vec![
+            format!("touch {dx},{dy} dismiss"),
+            "key EXIT down".to_owned(),
+            "key EXIT up".to_owned()
+        ]
+    );
+    assert!(
+        server
+            .received
+            .all()
+            .contains(&format!("window {WIDTH}x{HEIGHT}"))
     );
     s.rt.block_on(server.stop()).unwrap();
 }
