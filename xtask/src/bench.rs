@@ -27,10 +27,7 @@ pub(crate) fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     if no_peers {
         build.arg("--no-default-features");
     }
-    let status = build.status().context("building the benchmark")?;
-    if !status.success() {
-        bail!("building the benchmark failed: {status}");
-    }
+    succeed(&mut build, "building the benchmark")?;
     let out = root.join("target/bench");
     let mut cmd = Command::new(root.join("target/release/peerwire-bench"));
     cmd.arg("run").arg("--out").arg(&out);
@@ -40,10 +37,7 @@ pub(crate) fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     if no_peers {
         cmd.arg("--no-peers");
     }
-    let status = cmd.status().context("running the benchmark")?;
-    if !status.success() {
-        bail!("the benchmark failed: {status}");
-    }
+    succeed(&mut cmd, "running the benchmark")?;
     renderer(root, &cargo, &out, quick)?;
     println!(
         "results: {}\ntable and goals: {}\ncharts: {} and {}\nrenderer: {}",
@@ -59,15 +53,13 @@ pub(crate) fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
 /// The OpenGL display client's event-to-pixel latency and frame times (headless EGL; see
 /// docs/renderer.md): its own `bench` subcommand, built without the window feature.
 fn renderer(root: &Path, cargo: &str, out: &Path, quick: bool) -> anyhow::Result<()> {
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(["build", "--release", "--locked", "--no-default-features"])
-        .args(["-p", "peerwire-renderer"])
-        .status()
-        .context("building the renderer")?;
-    if !status.success() {
-        bail!("building the renderer failed: {status}");
-    }
+    succeed(
+        Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "--release", "--locked", "--no-default-features"])
+            .args(["-p", "peerwire-renderer"]),
+        "building the renderer",
+    )?;
     let mut cmd = Command::new(root.join("target/release/peerwire-renderer"));
     cmd.arg("bench")
         .arg("--json")
@@ -75,9 +67,14 @@ fn renderer(root: &Path, cargo: &str, out: &Path, quick: bool) -> anyhow::Result
     if quick {
         cmd.arg("--quick");
     }
-    let status = cmd.status().context("running the renderer benchmark")?;
+    succeed(&mut cmd, "running the renderer benchmark")
+}
+
+/// Runs `cmd`; an exit other than success is an error saying `what` failed.
+fn succeed(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| what.to_owned())?;
     if !status.success() {
-        bail!("the renderer benchmark failed: {status}");
+        bail!("{what} failed: {status}");
     }
     Ok(())
 }
