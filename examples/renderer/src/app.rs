@@ -54,13 +54,15 @@ impl Screen {
         })
     }
 
-    /// Applies every queued update (never waits); returns whether the scene changed.
+    /// Applies the queued updates in order (never waits); returns whether the scene changed.
     pub fn begin(&mut self, now: f64) -> bool {
         let mut changed = false;
         let Some(ipc) = self.ipc.as_mut() else {
             return false;
         };
-        loop {
+        // At most one queue's worth per frame, so a producer as fast as the drain cannot hold
+        // the frame: what is left is applied at the start of the next one.
+        for _ in 0..crate::ipc::UPDATE_QUEUE {
             match ipc.updates.try_recv() {
                 Ok(u) => changed |= self.scene.apply(u, now),
                 Err(TryRecvError::Empty) => break,

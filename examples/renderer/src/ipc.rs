@@ -22,6 +22,8 @@ use peerwire_examples::display::{
     ClientInitialized, InitializeRequest, InitializeResponse, KeyCode, KeyEvent, TouchEvent,
     Window, WindowAck, WindowReport,
 };
+use peerwire_proto::METHOD_SUBSCRIBE;
+use peerwire_proto::v1::{SubscribeRequest, SubscribeResponse};
 use tokio::sync::{mpsc, watch};
 
 use crate::scene::{self, Link, Update};
@@ -94,19 +96,19 @@ pub struct Ipc {
 }
 
 impl Ipc {
-    /// Starts the client on two threads of its own.
+    /// Starts the client on a thread of its own.
     pub fn spawn(opts: ConnectOptions) -> anyhow::Result<Self> {
         let (update_tx, updates) = mpsc::channel(UPDATE_QUEUE);
         let (outbound, outbound_rx) = mpsc::channel(INPUT_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("renderer-ipc")
+        // One thread for all of the client's work: whatever the server sends, IPC takes at
+        // most one core from the render thread and the rasteriser.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the client runtime")?;
         let thread = std::thread::Builder::new()
-            .name("renderer-ipc-main".into())
+            .name("renderer-ipc".into())
             .spawn(move || {
                 if let Err(e) = runtime.block_on(session(opts, update_tx, outbound_rx, stop_rx)) {
                     tracing::error!("display client stopped: {e:#}");
@@ -185,29 +187,42 @@ async fn initialize(
             },
         )
         .await?;
-    if events.is_none() {
-        // Only the topics this renderer draws, whatever else the server offers.
-        let topics: Vec<&str> = init
-            .topics
-            .iter()
-            .map(String::as_str)
-            .filter(|t| {
-                [
-                    scene::TOPIC_STATE,
-                    scene::TOPIC_AUTHORIZATION,
-                    scene::TOPIC_RENDER,
-                    scene::TOPIC_CLEAR,
-                ]
-                .contains(t)
-            })
-            .collect();
-        if topics.is_empty() {
-            anyhow::bail!(
-                "the server offers none of the display topics: {:?}",
-                init.topics
-            );
+    // Only the topics this renderer draws, whatever else the server offers.
+    let topics: Vec<&str> = init
+        .topics
+        .iter()
+        .map(String::as_str)
+        .filter(|t| {
+            [
+                scene::TOPIC_STATE,
+                scene::TOPIC_AUTHORIZATION,
+                scene::TOPIC_RENDER,
+                scene::TOPIC_CLEAR,
+            ]
+            .contains(t)
+        })
+        .collect();
+    if topics.is_empty() {
+        anyhow::bail!(
+            "the server offers none of the display topics: {:?}",
+            init.topics
+        );
+    }
+    match events {
+        None => *events = Some(client.subscribe_many(&topics).await?),
+        Some(_) => {
+            // After a reconnection the client crate renews the subscription from its own task,
+            // possibly after this point: subscribe again (idempotent on the server) and wait for
+            // the answer, so no push after `ClientInitialized` is missed.
+            let _: SubscribeResponse = client
+                .call(
+                    METHOD_SUBSCRIBE,
+                    &SubscribeRequest {
+                        topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+                    },
+                )
+                .await?;
         }
-        *events = Some(client.subscribe_many(&topics).await?);
     }
     send(
         client,

@@ -468,39 +468,69 @@ fn frame_rate_holds_under_an_event_flood_and_the_newest_state_is_shown() {
     let (s, _one) = setup();
     let server = start_server(&s);
     let script = "wait attention=speaking content=title:Final\nsnapshot final\nquit\n";
-    let r = Renderer::start(&s, script, &["--write", "snapshots", "--stats-every", "1"]);
+    let r = Renderer::start(
+        &s,
+        script,
+        &["--write", "snapshots", "--stats-every", "0.5"],
+    );
     session_up(&server, 1);
-    // Idle: skip the first interval (start-up), average the next three.
-    r.expect("stats ", "fps=");
-    let idle: Vec<f64> = (0..3)
-        .map(|_| fps_of(&r.expect("stats ", "fps=").1))
-        .collect();
 
-    // Flood: bursts of 50 events every 10 ms (5000 events/s), state changes and templates.
+    // Idle and flood alternate (idle, flood, idle, flood, idle; 3 s each), so a change in
+    // what else runs on the machine weighs on both. Flood: bursts of 20 events every 10 ms
+    // (2000 events/s, about 33 per frame: hundreds of times what an SDK sends), state changes
+    // and templates.
+    let t0 = Instant::now();
     let handle = server.handle.clone();
     let flood = s.rt.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < Duration::from_millis(4500) {
-            tick.tick().await;
-            for _ in 0..25 {
-                n += 1;
-                let _ = handle.broadcast(TOPIC_STATE, &state(1 + (n % 4) as i32));
-                let _ = handle.broadcast(
-                    TOPIC_RENDER,
-                    &template("TitleTemplate", "f", &format!("Flood {n}"), &[]),
-                );
+        let phase = Duration::from_secs(3);
+        let (mut n, mut windows) = (0u64, vec![]);
+        for _ in 0..2 {
+            tokio::time::sleep(phase).await;
+            let start = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while start.elapsed() < phase {
+                tick.tick().await;
+                for _ in 0..10 {
+                    n += 1;
+                    let _ = handle.broadcast(TOPIC_STATE, &state(1 + (n % 4) as i32));
+                    let _ = handle.broadcast(
+                        TOPIC_RENDER,
+                        &template("TitleTemplate", "f", &format!("Flood {n}"), &[]),
+                    );
+                }
             }
+            windows.push((start, Instant::now()));
         }
-        n
+        tokio::time::sleep(phase).await;
+        (n, windows)
     });
-    r.expect("stats ", "fps="); // the interval the flood started in
-    let flooded: Vec<f64> = (0..3)
-        .map(|_| fps_of(&r.expect("stats ", "fps=").1))
-        .collect();
-    let n = s.rt.block_on(flood).unwrap();
-    assert!(n >= 5_000, "only {} events pushed", n * 2);
+    let (n, windows) = s.rt.block_on(flood).unwrap();
+    assert!(n >= 2_000, "only {} events pushed", n * 2);
+
+    // Each `stats` line covers the half second before it arrived: idle when that is clear of
+    // every flood window (and its drain), flooded when it lies inside one.
+    let second = Duration::from_millis(500);
+    let (mut idle, mut flooded) = (vec![], vec![]);
+    for (end, line) in r.lines.try_iter() {
+        if !line.starts_with("stats ") || end < t0 + second {
+            continue;
+        }
+        let start = end - second;
+        if windows.iter().any(|(a, b)| start >= *a && end <= *b) {
+            flooded.push(fps_of(&line));
+        } else if !windows
+            .iter()
+            .any(|(a, b)| start < *b + Duration::from_millis(200) && end > *a)
+        {
+            idle.push(fps_of(&line));
+        }
+    }
+    assert!(
+        idle.len() >= 3 && flooded.len() >= 2,
+        "idle {idle:?}, flooded {flooded:?}"
+    );
+
+    // After the flood, the newest state is what the screen shows.
     server.handle.broadcast(TOPIC_STATE, &state(4)).unwrap();
     server
         .handle
@@ -521,13 +551,19 @@ fn frame_rate_holds_under_an_event_flood_and_the_newest_state_is_shown() {
     );
     r.wait();
 
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (idle, flooded) = (mean(&idle), mean(&flooded));
-    eprintln!("idle {idle:.2} fps, under the flood {flooded:.2} fps");
-    assert!(idle > 20.0, "idle frame rate {idle:.2} fps");
+    // Medians: an interval disturbed by another process on a shared machine does not decide.
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (idle_fps, flood_fps) = (median(&mut idle), median(&mut flooded));
+    eprintln!("idle {idle_fps:.2} fps {idle:?}, under the flood {flood_fps:.2} fps {flooded:?}");
+    assert!(idle_fps > 20.0, "idle frame rate {idle_fps:.2} fps");
+    // The loop is paced, so it cannot draw faster under the flood; it must not draw slower by
+    // more than 10 %.
     assert!(
-        (flooded - idle).abs() <= idle * 0.10,
-        "under the flood {flooded:.2} fps, idle {idle:.2} fps: more than 10% apart"
+        flood_fps >= idle_fps * 0.90,
+        "under the flood {flood_fps:.2} fps, idle {idle_fps:.2} fps: more than 10% slower"
     );
     s.rt.block_on(server.stop()).unwrap();
 }
