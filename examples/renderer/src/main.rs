@@ -47,6 +47,9 @@ enum Command {
         /// Also write the figures as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Frame pacing (a display's refresh rate); 0: unpaced, as fast as the loop goes.
+        #[arg(long, default_value_t = 60.0)]
+        fps: f64,
     },
 }
 
@@ -254,12 +257,13 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args),
         Command::Demo { out, size } => demo(out, size),
-        Command::Bench { quick, json } => {
-            let opts = if quick {
+        Command::Bench { quick, json, fps } => {
+            let mut opts = if quick {
                 BenchOptions::quick()
             } else {
                 BenchOptions::full()
             };
+            opts.fps = fps;
             let r = bench::run(&opts, &mut |l| tracing::info!("{l}"))?;
             print_line(&r.table(&opts));
             if let Some(path) = json {
