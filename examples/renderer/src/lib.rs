@@ -15,7 +15,7 @@
 //! triangles and touch targets), [`text`] (font, atlas, wrapping), [`gpu`] (the only module
 //! with GL/EGL calls, hence `unsafe`), [`app`] (the frame loop), [`input`] (scripted input),
 //! [`ipc`] (the client), [`harness`] (a scriptable display server), [`image`] (PNG, compare),
-//! [`bench`] (event-to-pixel latency).
+//! [`bench`](mod@bench) (event-to-pixel latency).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
