@@ -79,6 +79,11 @@ impl Renderer {
             .arg(&s.out)
             .args(["--seconds", "120"])
             .args(extra);
+        if !extra.contains(&"--server-uid") {
+            // The server runs in this test process: trust exactly our uid.
+            cmd.arg("--server-uid")
+                .arg(nix::unistd::getuid().as_raw().to_string());
+        }
         Self::spawn(cmd, s, script)
     }
 
@@ -87,7 +92,9 @@ impl Renderer {
         let mut cmd = Command::new("xvfb-run");
         cmd.args(["-a", "-s", "-screen 0 1024x768x24"])
             .arg(env!("CARGO_BIN_EXE_peerwire-renderer"))
-            .arg("run");
+            .arg("run")
+            .arg("--server-uid")
+            .arg(nix::unistd::getuid().as_raw().to_string());
         Self::spawn(cmd, s, script)
     }
 
@@ -99,8 +106,6 @@ impl Renderer {
             .arg(&s.socket)
             .arg("--identity")
             .arg(&s.identity)
-            .arg("--server-uid")
-            .arg(nix::unistd::getuid().as_raw().to_string())
             .arg("--size")
             .arg(format!("{WIDTH}x{HEIGHT}"))
             .arg("--input")
@@ -600,5 +605,26 @@ fn window_mode_draws_and_sends_input() {
             .all()
             .contains(&format!("window {WIDTH}x{HEIGHT}"))
     );
+    s.rt.block_on(server.stop()).unwrap();
+}
+
+#[test]
+fn a_server_of_another_uid_is_refused() {
+    let (s, _one) = setup();
+    let server = start_server(&s);
+    // The renderer trusts only `nobody`; the server runs as root (this test's uid).
+    let r = Renderer::start(
+        &s,
+        "frames 120\nsnapshot refused\nquit\n",
+        &["--server-uid", "65534", "--write", "snapshots"],
+    );
+    let (_, line) = r.expect("snapshot refused", "link=connecting");
+    check_reference(
+        "connecting",
+        Path::new(line.split_whitespace().nth(2).unwrap()),
+    );
+    r.wait();
+    // Refused before a byte of the protocol: the server never saw a session.
+    assert_eq!(server.received.all(), Vec::<String>::new());
     s.rt.block_on(server.stop()).unwrap();
 }
