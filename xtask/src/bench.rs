@@ -4,6 +4,8 @@
 //! without the `peers` feature and measures peerwire against raw and bare tokio only (CI: the
 //! harness cannot rot, and CI does not compile tonic and ttrpc). Results: a table on stdout,
 //! `target/bench/results.json`, `results.md` and the charts `ratios.svg` and `ratios-split.svg`.
+//! Then the renderer's benchmark (`peerwire-renderer bench`: event-to-pixel latency, frame time
+//! with and without an event flood; `target/bench/renderer.json`).
 //! No timing is asserted: figures belong to the benchmark, not to tests.
 
 use std::path::Path;
@@ -25,10 +27,7 @@ pub(crate) fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     if no_peers {
         build.arg("--no-default-features");
     }
-    let status = build.status().context("building the benchmark")?;
-    if !status.success() {
-        bail!("building the benchmark failed: {status}");
-    }
+    succeed(&mut build, "building the benchmark")?;
     let out = root.join("target/bench");
     let mut cmd = Command::new(root.join("target/release/peerwire-bench"));
     cmd.arg("run").arg("--out").arg(&out);
@@ -38,16 +37,44 @@ pub(crate) fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     if no_peers {
         cmd.arg("--no-peers");
     }
-    let status = cmd.status().context("running the benchmark")?;
-    if !status.success() {
-        bail!("the benchmark failed: {status}");
-    }
+    succeed(&mut cmd, "running the benchmark")?;
+    renderer(root, &cargo, &out, quick)?;
     println!(
-        "results: {}\ntable and goals: {}\ncharts: {} and {}",
+        "results: {}\ntable and goals: {}\ncharts: {} and {}\nrenderer: {}",
         out.join("results.json").display(),
         out.join("results.md").display(),
         out.join("ratios.svg").display(),
-        out.join("ratios-split.svg").display()
+        out.join("ratios-split.svg").display(),
+        out.join("renderer.json").display()
     );
+    Ok(())
+}
+
+/// The OpenGL display client's event-to-pixel latency and frame times (headless EGL; see
+/// docs/renderer.md): its own `bench` subcommand, built without the window feature.
+fn renderer(root: &Path, cargo: &str, out: &Path, quick: bool) -> anyhow::Result<()> {
+    succeed(
+        Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "--release", "--locked", "--no-default-features"])
+            .args(["-p", "peerwire-renderer"]),
+        "building the renderer",
+    )?;
+    let mut cmd = Command::new(root.join("target/release/peerwire-renderer"));
+    cmd.arg("bench")
+        .arg("--json")
+        .arg(out.join("renderer.json"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    succeed(&mut cmd, "running the renderer benchmark")
+}
+
+/// Runs `cmd`; an exit other than success is an error saying `what` failed.
+fn succeed(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| what.to_owned())?;
+    if !status.success() {
+        bail!("{what} failed: {status}");
+    }
     Ok(())
 }
