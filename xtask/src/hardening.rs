@@ -15,7 +15,12 @@ use object::elf;
 use object::read::elf::{Dyn, ElfFile64, FileHeader, ProgramHeader};
 
 /// The binaries the project ships.
-pub(crate) const BINARIES: &[&str] = &["peerwire", "display-server", "display-client"];
+pub(crate) const BINARIES: &[&str] = &[
+    "peerwire",
+    "display-server",
+    "display-client",
+    "peerwire-renderer",
+];
 
 /// What one ELF file showed.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -39,7 +39,8 @@ fn library_sources() -> Vec<(PathBuf, String)> {
 }
 
 /// Every library crate root forbids unsafe code, except peerwire-security, which denies it
-/// crate-wide and may allow it only in the module that makes raw socket calls.
+/// crate-wide and may allow it only in the module that makes raw socket calls, and the
+/// renderer, which denies it crate-wide and allows it only in `src/gpu/` (GL and EGL are FFI).
 #[test]
 fn unsafe_is_forbidden_outside_the_security_crate() {
     for crate_dir in ["peerwire-proto", "peerwire-server", "peerwire-client"] {
@@ -57,9 +58,26 @@ fn unsafe_is_forbidden_outside_the_security_crate() {
             .unwrap()
             .contains("#![deny(unsafe_code)]")
     );
+    let renderer = root().join("examples/renderer/src/lib.rs");
+    assert!(
+        std::fs::read_to_string(renderer)
+            .unwrap()
+            .contains("#![deny(unsafe_code)]")
+    );
     for (path, text) in library_sources() {
         if path.ends_with("crates/peerwire-security/src/sys.rs") {
             // The one module allowed raw calls: every unsafe block carries a SAFETY comment.
+            assert_eq!(
+                text.matches("unsafe {").count(),
+                text.matches("// SAFETY:").count(),
+                "{}: every unsafe block needs a // SAFETY: comment",
+                path.display()
+            );
+            continue;
+        }
+        if path.starts_with(root().join("examples/renderer/src/gpu")) {
+            // The renderer's GL and EGL calls are FFI (glow, khronos-egl, glutin): allowed in
+            // this module only, every unsafe block with a SAFETY comment.
             assert_eq!(
                 text.matches("unsafe {").count(),
                 text.matches("// SAFETY:").count(),
