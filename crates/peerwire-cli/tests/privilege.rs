@@ -157,7 +157,15 @@ fn same_uid_cannot_trace_the_server_and_it_leaves_no_core_dump() {
         .args(["-c", "ulimit -c unlimited; exec sleep 30"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Signalled once it runs `sleep` (the shell has raised its core limit and exec'd), not
+    // after a fixed pause a loaded machine may not honour.
+    let start = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{}/comm", control.id()))
+        .is_ok_and(|c| c.trim() != "sleep")
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(control.id() as i32),
         Signal::SIGABRT,
