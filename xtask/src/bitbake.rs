@@ -14,9 +14,9 @@
 //!   cargo's cache (`cargo fetch --locked`) and the git source a bare clone of HEAD, then in each
 //!   unpacked tree the md5 of every LIC_FILES_CHKSUM file and `cargo metadata --frozen` over the
 //!   vendored crates;
-//! - configuration `nosystemd` (INIT_MANAGER sysvinit): `bitbake -e` and `bitbake -g` of
-//!   peerwire-display-client (which must not recommend the skipped peerwire), and `bitbake -e
-//!   peerwire`, which must report the skip;
+//! - configuration `nosystemd` (INIT_MANAGER sysvinit): `bitbake -g peerwire-display-client`
+//!   must resolve without the skipped peerwire, and `bitbake -b peerwire_git.bb` must report
+//!   the skip;
 //! - on a release whose Rust is older than the workspace's `rust-version` (scarthgap), the
 //!   recipes must be skipped at parse time with the message that names the fix; the two
 //!   configurations above then stand in for meta-lts-mixins with `PEERWIRE_RUST_VERSION`.
@@ -571,15 +571,11 @@ fn check_release(
         let env = clean(r, &systemd, rd, &format!("bitbake -e {recipe}"), times)?;
         let vars = variables(&env);
         check_variables(setup, release, recipe, &vars, true)?;
-        let graph = clean(r, &systemd, rd, &format!("bitbake -g {recipe}"), times)?;
-        drop(graph);
-        let buildlist = std::fs::read_to_string(systemd.join("pn-buildlist"))
-            .context("bitbake -g wrote no pn-buildlist")?;
-        let pns: Vec<&str> = buildlist.lines().map(str::trim).collect();
-        for needed in [*recipe, "openssl", "cargo-native", "rust-native"] {
+        let pns = task_graph(r, &systemd, rd, recipe, times)?;
+        if *recipe != "peerwire" {
             ensure!(
-                pns.contains(&needed),
-                "{release}: the task graph of {recipe} lacks {needed}"
+                pns.iter().any(|p| p == "peerwire"),
+                "{release}: with systemd, the task graph of {recipe} lacks peerwire (RRECOMMENDS)"
             );
         }
         let s = PathBuf::from(var(&vars, "S")?);
@@ -600,34 +596,65 @@ fn check_release(
         check_unpacked(setup, release, recipe, s, vendor, lic)?;
     }
 
-    // Without systemd: peerwire is skipped, and the display client still resolves.
-    let env = clean(
-        r,
-        &nosystemd,
-        rd,
-        "bitbake -e peerwire-display-client",
-        times,
-    )?;
-    let vars = variables(&env);
+    // Without systemd: peerwire is skipped, and the display client still resolves, without
+    // it. One full parse: the global environment needs none, -b parses one recipe.
+    let env = clean(r, &nosystemd, rd, "bitbake -e", times)?;
     ensure!(
-        !words(var(&vars, "DISTRO_FEATURES")?).contains(&"systemd"),
+        !words(var(&variables(&env), "DISTRO_FEATURES")?).contains(&"systemd"),
         "{release}: the nosystemd configuration has systemd in DISTRO_FEATURES"
     );
-    check_variables(setup, release, "peerwire-display-client", &vars, false)?;
-    clean(
+    let pns = task_graph(r, &nosystemd, rd, "peerwire-display-client", times)?;
+    ensure!(
+        !pns.iter().any(|p| p == "peerwire"),
+        "{release}: without systemd, the task graph of peerwire-display-client holds peerwire"
+    );
+    let file = recipes.join("peerwire_git.bb");
+    let skipped = run_bitbake(
         r,
         &nosystemd,
         rd,
-        "bitbake -g peerwire-display-client",
+        &format!("bitbake -b {} -c listtasks", file.display()),
         times,
     )?;
-    let skipped = run_bitbake(r, &nosystemd, rd, "bitbake -e peerwire", times)?;
     ensure!(
-        !skipped.success && skipped.text.contains("systemd"),
+        !skipped.success
+            && skipped
+                .text
+                .lines()
+                .any(|l| l.contains("was skipped") && l.contains("systemd")),
         "{release}: without systemd, peerwire was not skipped:\n{}",
         skipped.text
     );
     Ok(())
+}
+
+/// `bitbake -g RECIPE`: the recipes of its task graph (`pn-buildlist`), which must hold the
+/// recipe, its build dependencies and the Rust toolchain.
+fn task_graph(
+    r: &Runner,
+    build: &Path,
+    rd: &Path,
+    recipe: &str,
+    times: &mut Vec<(String, f64)>,
+) -> anyhow::Result<Vec<String>> {
+    let list = build.join("pn-buildlist");
+    if list.exists() {
+        std::fs::remove_file(&list)?;
+    }
+    clean(r, build, rd, &format!("bitbake -g {recipe}"), times)?;
+    let pns: Vec<String> = std::fs::read_to_string(&list)
+        .with_context(|| format!("bitbake -g {recipe} wrote no pn-buildlist"))?
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .collect();
+    for needed in [recipe, "openssl", "cargo-native", "rust-native"] {
+        ensure!(
+            pns.iter().any(|p| p == needed),
+            "{}: the task graph of {recipe} lacks {needed}",
+            rd.display()
+        );
+    }
+    Ok(pns)
 }
 
 /// The values of `bitbake -e RECIPE` that matter.

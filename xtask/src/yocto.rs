@@ -671,13 +671,14 @@ HOMEPAGE = "@HOMEPAGE@"
 # openssl-sys links the target's OpenSSL, found with pkg-config.
 DEPENDS += "openssl"
 
+# A git snapshot: the package version gets the revision appended (@VERSION@+git0+<hash>).
+PV = "@VERSION@+git"
+
 # The source: the commit this layer was generated from, by default. In local.conf, point
 # PEERWIRE_GIT_URI at a mirror of the repository when the one of Cargo.toml cannot be reached
 # from the build host, and PEERWIRE_SRCREV at another commit of it (its Cargo.lock must then
 # be the one peerwire-crates.inc was generated from: regenerate the layer from that commit).
 # For a local checkout, use externalsrc instead (README).
-# A git snapshot: the package version gets the revision appended (0.1.0+git...).
-PV = "@VERSION@+git"
 PEERWIRE_GIT_URI ?= "@GIT_URI@"
 PEERWIRE_SRCREV ?= "@SRCREV@"
 SRC_URI = "${PEERWIRE_GIT_URI};destsuffix=${BP}"
@@ -712,7 +713,7 @@ python __anonymous() {
     if rust and bb.utils.vercmp_string_op(rust, "@RUST_VERSION@", "<"):
         raise bb.parse.SkipRecipe(
             "peerwire needs Rust @RUST_VERSION@ or newer (edition 2024) and this build uses Rust %s "
-            "(PREFERRED_VERSION_rust). On scarthgap, add the layer meta-lts-mixins, branch "
+            "(PREFERRED_VERSION_rust or PEERWIRE_RUST_VERSION). On scarthgap, add the layer meta-lts-mixins, branch "
             "scarthgap/rust (https://git.yoctoproject.org/meta-lts-mixins), whose Rust is newer; "
             "or build with Yocto 6.0 (wrynose) or later." % rust)
 }
