@@ -24,6 +24,11 @@
 //!   `deploy/`, ptest) into `DIR` (default `target/yocto`) and its deterministic tarball
 //!   `meta-peerwire.tar.gz`; see docs/yocto.md.
 //!
+//! - `cargo xtask yocto --bitbake [--release scarthgap|wrynose] [--oe-dir DIR]`: checks the
+//!   generated layer with a real BitBake and openembedded-core of each release, offline (the
+//!   tarballs of `DIR`, `$PEERWIRE_OE_DIR` or `../shared/yocto`): parse, environment, task
+//!   graphs, fetch and unpack, a configuration without systemd; see docs/yocto.md.
+//!
 //! Every step uses `--locked`, so a `Cargo.lock` out of step with the manifests fails.
 
 use std::process::Command;
@@ -32,12 +37,14 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 mod bench;
+mod bitbake;
 mod fuzz;
 mod hardening;
 mod soak;
 #[cfg(test)]
 mod tidy;
 mod yocto;
+mod yocto_licences;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,10 +58,14 @@ fn main() -> anyhow::Result<()> {
             soak::run(&root(), seconds(&rest, 60)?, tls)
         }
         Some("bench") => bench::run(&root(), args.iter().any(|a| a == "--quick")),
+        Some("yocto") if args.iter().any(|a| a == "--bitbake") => bitbake::run(
+            &root(),
+            &bitbake::Options::parse(args.get(1..).unwrap_or_default())?,
+        ),
         Some("yocto") => yocto::run(&root(), out_dir(&args)?),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N] [--tls] | bench [--quick] [--no-peers] | yocto [--out DIR]"
+                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N] [--tls] | bench [--quick] [--no-peers] | yocto [--out DIR] | yocto --bitbake [--release R] [--oe-dir DIR]"
             );
             bail!("unknown or missing task: {args:?}");
         }

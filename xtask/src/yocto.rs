@@ -26,10 +26,22 @@ use std::process::Command;
 use anyhow::{Context, bail, ensure};
 use md5::{Digest, Md5};
 
+use crate::yocto_licences::{self, Licences};
+
 /// The layer's directory name, its collection name and the directory of its recipes.
 pub(crate) const LAYER: &str = "meta-peerwire";
 const COLLECTION: &str = "peerwire";
 const RECIPES: &str = "recipes-peerwire/peerwire";
+
+/// The recipes: their name, and the Cargo package and binary each builds.
+pub(crate) const RECIPE_PACKAGES: &[(&str, &str, &str)] = &[
+    ("peerwire", "peerwire-cli", "peerwire"),
+    (
+        "peerwire-display-client",
+        "peerwire-examples",
+        "display-client",
+    ),
+];
 
 /// The Yocto releases the layer is for: the current LTS releases, 5.0 and 6.0.
 pub(crate) const RELEASES: &[&str] = &["scarthgap", "wrynose"];
@@ -94,6 +106,7 @@ struct Crate {
 #[derive(Debug)]
 struct Inputs {
     version: String,
+    rust_version: String,
     license: String,
     homepage: String,
     git_uri: String,
@@ -102,6 +115,8 @@ struct Inputs {
     rustflags: Vec<String>,
     service_user: String,
     crates: Vec<Crate>,
+    /// The licences of each recipe of `RECIPE_PACKAGES`, in its order.
+    licences: Vec<Licences>,
     /// The `DEPLOY_FILES`, with their content.
     deploy: Vec<(String, Vec<u8>)>,
 }
@@ -145,7 +160,7 @@ fn string_at(table: &toml::Table, keys: &[&str], file: &str) -> anyhow::Result<S
 }
 
 /// A word that goes into bitbake metadata as is: no white space, quotes, `$` or `\`.
-fn plain(what: &str, s: &str) -> anyhow::Result<()> {
+pub(crate) fn plain(what: &str, s: &str) -> anyhow::Result<()> {
     ensure!(
         !s.is_empty()
             && !s
@@ -185,6 +200,14 @@ fn git_uri(repository: &str) -> anyhow::Result<String> {
     let rest = rest.trim_end_matches('/');
     plain("repository", rest)?;
     Ok(format!("git://{rest};protocol={protocol};branch={BRANCH}"))
+}
+
+/// The name and version of every crates.io package of the repository's `Cargo.lock`.
+pub(crate) fn lock_crates(root: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(crates_io_packages(&read_toml(&root.join("Cargo.lock"))?)?
+        .into_iter()
+        .map(|c| (c.name, c.version))
+        .collect())
 }
 
 /// The crates.io packages of `Cargo.lock`, sorted by name and version.
@@ -276,7 +299,7 @@ fn service_user(unit: &str, sysusers: &str) -> anyhow::Result<String> {
     Ok(user.to_owned())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
@@ -290,7 +313,9 @@ impl Inputs {
         let version = field("version")?;
         let license = field("license")?;
         let repository = field("repository")?;
+        let rust_version = field("rust-version")?;
         plain("version", &version)?;
+        plain("rust-version", &rust_version)?;
         // OE-core's names for SPDX identifiers are the SPDX identifiers themselves.
         plain("license", &license)?;
 
@@ -323,6 +348,13 @@ impl Inputs {
             );
         }
 
+        // The licence files are read from the crates as published.
+        yocto_licences::cargo_fetch(root)?;
+        let mut licences = vec![];
+        for (_, package, _) in RECIPE_PACKAGES {
+            licences.push(yocto_licences::licences(root, package)?);
+        }
+
         let mut deploy = vec![];
         for (path, _) in DEPLOY_FILES {
             deploy.push((path.to_string(), read(&root.join("deploy").join(path))?));
@@ -341,6 +373,7 @@ impl Inputs {
 
         Ok(Self {
             version,
+            rust_version,
             license,
             git_uri: git_uri(&repository)?,
             homepage: repository,
@@ -349,6 +382,7 @@ impl Inputs {
             rustflags,
             service_user,
             crates,
+            licences,
             deploy,
         })
     }
@@ -360,13 +394,10 @@ impl Inputs {
         add("README".into(), self.readme()?);
         add(format!("{RECIPES}/peerwire.inc"), self.common_inc()?);
         add(format!("{RECIPES}/peerwire-crates.inc"), self.crates_inc());
+        add(format!("{RECIPES}/peerwire_git.bb"), self.server_recipe()?);
         add(
-            format!("{RECIPES}/peerwire_{}.bb", self.version),
-            self.server_recipe()?,
-        );
-        add(
-            format!("{RECIPES}/peerwire-display-client_{}.bb", self.version),
-            fill(DISPLAY_CLIENT_BB, &[])?,
+            format!("{RECIPES}/peerwire-display-client_git.bb"),
+            fill(DISPLAY_CLIENT_BB, &[("LICENCES", &self.licence_block(1)?)])?,
         );
         for (path, content) in &self.deploy {
             files.insert(format!("{RECIPES}/files/{path}"), content.clone());
@@ -423,8 +454,8 @@ impl Inputs {
             COMMON_INC,
             &[
                 ("HOMEPAGE", &self.homepage),
-                ("LICENSE", &self.license),
-                ("LICENSE_MD5", &self.license_md5),
+                ("VERSION", &self.version),
+                ("RUST_VERSION", &self.rust_version),
                 ("GIT_URI", &self.git_uri),
                 ("SRCREV", &self.srcrev),
                 ("RUSTFLAGS", &self.rustflags.join(" ")),
@@ -447,7 +478,7 @@ impl Inputs {
             let name = path.rsplit('/').next().unwrap_or(path);
             let _ = writeln!(
                 install,
-                "    install -m 0644 ${{UNPACKDIR}}/{path} ${{D}}{dir}/{name}"
+                "    install -m 0644 ${{PEERWIRE_FILES_DIR}}/{path} ${{D}}{dir}/{name}"
             );
         }
         let files: Vec<String> = DEPLOY_FILES
@@ -467,8 +498,45 @@ impl Inputs {
                 ("FILES", &files.join(" ")),
                 ("PTEST_PACKAGES", &ptest.join(" ")),
                 ("USER", &self.service_user),
+                ("LICENCES", &self.licence_block(0)?),
             ],
         )
+    }
+
+    /// `LICENSE` and `LIC_FILES_CHKSUM` of recipe `index` of `RECIPE_PACKAGES`: the
+    /// repository's `LICENSE`, then the licence files of the crates its binary links.
+    fn licence_block(&self, index: usize) -> anyhow::Result<String> {
+        let (_, package, binary) = RECIPE_PACKAGES.get(index).context("no such recipe")?;
+        let licences = self.licences.get(index).context("no licences")?;
+        let crates = licences.linked.iter().filter(|l| !l.member).count();
+        let mut s = format!(
+            "\n# Generated from the {crates} crates that `{binary}` (package {package}) links on Linux,\n\
+             # besides peerwire's own ({}): the licence of each crate's Cargo.toml, and the\n\
+             # licence files each publishes, where the crate fetcher unpacks them.\n",
+            self.license
+        );
+        if !licences.without_files.is_empty() {
+            let _ = writeln!(
+                s,
+                "# No licence file of their own (OE-core's generic texts cover them): {}.",
+                licences.without_files.join(" ")
+            );
+        }
+        let _ = writeln!(s, "LICENSE = \"{}\"", licences.expression);
+        let _ = write!(
+            s,
+            "LIC_FILES_CHKSUM = \"file://LICENSE;md5={}",
+            self.license_md5
+        );
+        for file in &licences.files {
+            let _ = write!(
+                s,
+                " \\\n                    file://${{CARGO_VENDORING_DIRECTORY}}/{};md5={}",
+                file.path, file.md5
+            );
+        }
+        s.push_str("\"\n");
+        Ok(s)
     }
 
     fn readme(&self) -> anyhow::Result<String> {
@@ -478,6 +546,15 @@ impl Inputs {
                 ("SRCREV", &self.srcrev),
                 ("RELEASES", &RELEASES.join(" ")),
                 ("VERSION", &self.version),
+                ("RUST_VERSION", &self.rust_version),
+                (
+                    "OFFLINE_WARNINGS",
+                    &crate::bitbake::OFFLINE_WARNINGS
+                        .iter()
+                        .map(|w| format!("    WARNING: {w}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
             ],
         )
     }
@@ -585,28 +662,31 @@ impl Layer {
     }
 }
 
-const COMMON_INC: &str = r#"# What both peerwire recipes share: the source, its licence, the crates and the build flags.
+const COMMON_INC: &str = r#"# What both peerwire recipes share: the source, the crates, the toolchain and the build flags.
 # Generated by `cargo xtask yocto` from the peerwire repository: do not edit, regenerate.
 
 # nooelint: oelint.vars.homepageping
 HOMEPAGE = "@HOMEPAGE@"
-LICENSE = "@LICENSE@"
-LIC_FILES_CHKSUM = "file://LICENSE;md5=@LICENSE_MD5@"
 
 # openssl-sys links the target's OpenSSL, found with pkg-config.
 DEPENDS += "openssl"
 
-# The commit this layer was generated from. Point PEERWIRE_GIT_URI at a mirror of the
-# repository (local.conf) when the one of Cargo.toml cannot be reached from the build host.
+# A git snapshot: the package version gets the revision appended (@VERSION@+git0+<hash>).
+PV = "@VERSION@+git"
+
+# The source: the commit this layer was generated from, by default. In local.conf, point
+# PEERWIRE_GIT_URI at a mirror of the repository when the one of Cargo.toml cannot be reached
+# from the build host, and PEERWIRE_SRCREV at another commit of it (its Cargo.lock must then
+# be the one peerwire-crates.inc was generated from: regenerate the layer from that commit).
+# For a local checkout, use externalsrc instead (README).
 PEERWIRE_GIT_URI ?= "@GIT_URI@"
+PEERWIRE_SRCREV ?= "@SRCREV@"
 SRC_URI = "${PEERWIRE_GIT_URI};destsuffix=${BP}"
-SRCREV = "@SRCREV@"
+SRCREV = "${PEERWIRE_SRCREV}"
+# S is the release's default, ${WORKDIR}/${BP} (scarthgap) or ${UNPACKDIR}/${BP} (wrynose),
+# where destsuffix puts the git source; externalsrc replaces it with the local checkout.
 
 require peerwire-crates.inc
-
-# scarthgap (5.0) has no UNPACKDIR and unpacks into WORKDIR; wrynose (6.0) sets UNPACKDIR.
-UNPACKDIR ??= "${WORKDIR}"
-S = "${UNPACKDIR}/${BP}"
 
 inherit cargo pkgconfig
 
@@ -620,6 +700,23 @@ CARGO_BUILD_FLAGS += "${PEERWIRE_CARGO_PACKAGES}"
 # non-executable stack) and the overflow checks of its [profile.release]: cargo ignores the
 # project's rustflags here because the cargo class sets RUSTFLAGS. rustc links PIE by default.
 RUSTFLAGS += "@RUSTFLAGS@"
+
+# The workspace needs Rust @RUST_VERSION@ or newer (its rust-version; edition 2024). The Rust
+# OE-core builds is PREFERRED_VERSION_rust (RUSTVERSION): scarthgap's 1.75 would fail only at
+# do_compile, after the toolchain is built, so the recipes are skipped at parse time instead.
+# Set PEERWIRE_RUST_VERSION when the Rust comes from a layer that does not set
+# PREFERRED_VERSION_rust (a prebuilt toolchain, for instance).
+PEERWIRE_RUST_VERSION ??= "${PREFERRED_VERSION_rust}"
+# nooelint: oelint.task.noanonpython
+python __anonymous() {
+    rust = (d.getVar("PEERWIRE_RUST_VERSION") or "").rstrip("%")
+    if rust and bb.utils.vercmp_string_op(rust, "@RUST_VERSION@", "<"):
+        raise bb.parse.SkipRecipe(
+            "peerwire needs Rust @RUST_VERSION@ or newer (edition 2024) and this build uses Rust %s "
+            "(PREFERRED_VERSION_rust or PEERWIRE_RUST_VERSION). On scarthgap, add the layer meta-lts-mixins, branch "
+            "scarthgap/rust (https://git.yoctoproject.org/meta-lts-mixins), whose Rust is newer; "
+            "or build with Yocto 6.0 (wrynose) or later." % rust)
+}
 "#;
 
 const SERVER_BB: &str = r#"# nooelint: oelint.var.bbclassextend,oelint.var.suggestedvar.BUGTRACKER
@@ -629,11 +726,13 @@ DESCRIPTION = "The peerwire command: the SDK-side IPC server over a Unix domain 
                tokens), run as the hardened systemd service peerwire.service, and the tools \
                that provision the device identity and the sealed configuration."
 SECTION = "net"
-
+@LICENCES@
 require peerwire.inc
 
 SRC_URI += "\
 @SRC_URI_FILES@"
+# Where the files of SRC_URI are: UNPACKDIR on wrynose, WORKDIR on scarthgap (no UNPACKDIR).
+PEERWIRE_FILES_DIR = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
 
 inherit features_check ptest-cargo systemd useradd
 
@@ -672,13 +771,14 @@ DESCRIPTION = "display-client, the renderer side of peerwire's example display p
                updates and sends input events, with mutual TLS and session tokens when the \
                server asks for them."
 SECTION = "net"
-
+@LICENCES@
 require peerwire.inc
 
 PEERWIRE_CARGO_PACKAGES = "-p peerwire-examples --bin display-client"
 
-# The server it talks to, and the tool that provisions the client's identity.
-RRECOMMENDS:${PN} += "peerwire"
+# The server it talks to, and the tool that provisions the client's identity. peerwire needs
+# systemd: without it in DISTRO_FEATURES, it is skipped and not recommended.
+RRECOMMENDS:${PN} += "${@bb.utils.contains('DISTRO_FEATURES', 'systemd', 'peerwire', '', d)}"
 "#;
 
 const README: &str = r#"meta-peerwire
@@ -686,8 +786,8 @@ const README: &str = r#"meta-peerwire
 
 The Yocto/OpenEmbedded layer of peerwire @VERSION@, secure local IPC between the SDK process
 and the display client of a device. It was generated by `cargo xtask yocto` from commit
-@SRCREV@ of the peerwire repository, which is also the SRCREV of its recipes: do not edit
-it, regenerate it. docs/yocto.md in the repository has the details.
+@SRCREV@ of the peerwire repository, which is also the default revision of its recipes
+(PEERWIRE_SRCREV): do not edit it, regenerate it. docs/yocto.md in the repository has the details.
 
 Recipes
 -------
@@ -697,16 +797,33 @@ Recipes
   ptest package peerwire-ptest (the libraries' unit tests).
 - peerwire-display-client: the example display client `display-client`.
 
-Both build the Cargo workspace at SRCREV with OE-core's cargo class; every crate comes from
-peerwire-crates.inc (generated from Cargo.lock), so the build needs no network after do_fetch.
+Both (peerwire_git.bb, peerwire-display-client_git.bb) build the Cargo workspace at SRCREV
+with OE-core's cargo class; every crate comes from peerwire-crates.inc (generated from
+Cargo.lock), so the build needs no network after do_fetch. PV is "@VERSION@+git": the
+package version gets the revision appended (@VERSION@+git0+<hash>), so each revision is a
+new package version.
+
+LICENSE and LIC_FILES_CHKSUM of each recipe are generated from the crates its binary links
+on Linux (cargo tree, normal dependencies, no build scripts or procedural macros): the SPDX
+expression of every crate in BitBake's syntax, joined with `&`, and the licence files each
+crate publishes (LICENSE*, COPYING*, ...) at the path where the crate fetcher unpacks them,
+${CARGO_VENDORING_DIRECTORY}/NAME-VERSION/FILE. do_populate_lic checks their md5 and ships
+them with the image's licences; a crate without a licence file of its own is covered by
+OE-core's generic text of its licences (listed in a comment of the recipe).
 
 Dependencies
 ------------
 
 - openembedded-core (layer `core`), branch scarthgap or wrynose (LAYERSERIES_COMPAT: @RELEASES@).
-- Rust >= 1.85 (edition 2024). wrynose ships it. scarthgap ships 1.75: add meta-lts-mixins,
-  branch scarthgap/rust (https://git.yoctoproject.org/meta-lts-mixins), which replaces it.
-- DISTRO_FEATURES systemd (INIT_MANAGER = "systemd"); ptest for peerwire-ptest.
+- Rust >= @RUST_VERSION@ (edition 2024). wrynose ships 1.94. scarthgap ships 1.75: add
+  meta-lts-mixins, branch scarthgap/rust (https://git.yoctoproject.org/meta-lts-mixins),
+  which replaces it. The recipes compare PREFERRED_VERSION_rust (RUSTVERSION) with
+  @RUST_VERSION@ at parse time and skip themselves, naming this fix, when it is older. If your
+  Rust comes from a layer that does not set PREFERRED_VERSION_rust, set
+  PEERWIRE_RUST_VERSION to its version.
+- peerwire: DISTRO_FEATURES systemd (INIT_MANAGER = "systemd"), otherwise it is skipped;
+  ptest for peerwire-ptest. peerwire-display-client builds without systemd too (it then does
+  not recommend peerwire).
 
 Adding the layer
 ----------------
@@ -721,8 +838,21 @@ or add the path to BBLAYERS in conf/bblayers.conf. Then, in conf/local.conf (or 
     DISTRO_FEATURES:append = " ptest"
     IMAGE_INSTALL:append = " peerwire-ptest ptest-runner"
 
-If the repository URL of the recipes cannot be reached from the build host, set
-PEERWIRE_GIT_URI = "git://your.mirror/peerwire;protocol=https;branch=main" in local.conf.
+The source
+----------
+
+    # a mirror, when the repository URL of the recipes cannot be reached from the build host
+    PEERWIRE_GIT_URI = "git://your.mirror/peerwire;protocol=https;branch=main"
+    # another commit of that branch (its Cargo.lock must be the one peerwire-crates.inc was
+    # generated from: better, regenerate the layer from that commit)
+    PEERWIRE_SRCREV = "<40-hex commit>"
+
+Developers building from a local checkout use externalsrc (the crates still come from
+peerwire-crates.inc; S is the checkout):
+
+    INHERIT += "externalsrc"
+    EXTERNALSRC:pn-peerwire = "/path/to/peerwire"
+    EXTERNALSRC:pn-peerwire-display-client = "/path/to/peerwire"
 
 First boot: provisioning the device
 -----------------------------------
@@ -763,6 +893,18 @@ Rules suppressed, each with a `# nooelint:` comment on the line before the one i
   device only; no -native or nativesdk variant of them is of use.
 - oelint.var.suggestedvar.BUGTRACKER (both recipes, information): peerwire has no public
   bug tracker whose address could be given.
+- oelint.task.noanonpython (peerwire.inc, warning): the Rust version check must run at parse
+  time to skip the recipes (SkipRecipe), which only anonymous python can do.
+
+The project's CI also runs `cargo xtask yocto --bitbake`: for scarthgap and wrynose, BitBake
+and openembedded-core (MACHINE qemux86-64, DISTRO nodistro, systemd and ptest; and a
+configuration without systemd), offline (BB_NO_NETWORK = "1", DL_DIR filled beforehand):
+show-layers, show-recipes, bitbake -p, bitbake -e and bitbake -g of each recipe, do_fetch and
+do_unpack, the md5 of every licence file in the unpacked tree, and cargo metadata --frozen
+over the unpacked crates. Any BitBake ERROR or WARNING fails it except these, which only the
+missing network causes (uninative's tarball cannot be downloaded):
+
+@OFFLINE_WARNINGS@
 
 License
 -------
@@ -927,26 +1069,71 @@ mod tests {
         assert_eq!(files, on_disk, "the tarball and the directory differ");
     }
 
-    /// LIC_FILES_CHKSUM is the md5 of LICENSE, which is the Apache-2.0 text of Cargo.toml's
-    /// licence.
+    /// Each recipe's LIC_FILES_CHKSUM starts with the md5 of LICENSE (the Apache-2.0 text of
+    /// Cargo.toml's licence), then lists licence files of crates of Cargo.lock, and LICENSE
+    /// names the licences of the crates the binary links; the server links more than the
+    /// client.
     #[test]
-    fn lic_files_chksum_is_the_md5_of_license() {
+    fn licences_come_from_the_linked_crates() {
         let (_tmp, layer) = generate();
-        let text = recipes_text(&layer);
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("LIC_FILES_CHKSUM = "))
-            .unwrap();
-        let md5 = line
-            .split("file://LICENSE;md5=")
-            .nth(1)
-            .unwrap()
-            .trim_end_matches('"');
         let license = std::fs::read(root().join("LICENSE")).unwrap();
-        assert_eq!(md5, hex(&Md5::digest(&license)));
+        let md5 = hex(&Md5::digest(&license));
         let license = String::from_utf8(license).unwrap();
         assert!(license.contains("Apache License") && license.contains("Version 2.0"));
-        assert!(text.contains("LICENSE = \"Apache-2.0\""));
+        let lock: toml::Table = std::fs::read_to_string(root().join("Cargo.lock"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let locked: Vec<String> = lock["package"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}-{}",
+                    p["name"].as_str().unwrap(),
+                    p["version"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let mut counts = vec![];
+        for (recipe, _, _) in RECIPE_PACKAGES {
+            let text =
+                std::fs::read_to_string(layer.join(RECIPES).join(format!("{recipe}_git.bb")))
+                    .unwrap();
+            let start = text.find("LIC_FILES_CHKSUM = \"").unwrap();
+            let value = &text[start..];
+            let value = &value[..value[20..].find('"').unwrap() + 20];
+            let entries: Vec<&str> = value
+                .split_whitespace()
+                .filter(|w| w.starts_with("file://") || w.starts_with("\"file://"))
+                .collect();
+            assert_eq!(
+                entries[0].trim_start_matches('"'),
+                format!("file://LICENSE;md5={md5}")
+            );
+            for entry in &entries[1..] {
+                let path = entry
+                    .strip_prefix("file://${CARGO_VENDORING_DIRECTORY}/")
+                    .unwrap();
+                let (dir, rest) = path.split_once('/').unwrap();
+                let (_, sum) = rest.split_once(";md5=").unwrap();
+                assert_eq!(sum.len(), 32, "{entry}");
+                assert!(
+                    locked.iter().any(|l| l == dir),
+                    "{dir} is not in Cargo.lock"
+                );
+            }
+            let licence = text
+                .lines()
+                .find_map(|l| l.strip_prefix("LICENSE = "))
+                .unwrap();
+            for id in ["Apache-2.0", "MIT", "Apache-2.0 | MIT"] {
+                assert!(licence.contains(id), "{recipe}: {licence} lacks {id}");
+            }
+            counts.push(entries.len());
+        }
+        assert!(counts[0] > counts[1] && counts[1] > 50, "{counts:?}");
     }
 
     /// The server recipe fetches each deploy/ file from files/, whose content is deploy/'s,
@@ -955,7 +1142,7 @@ mod tests {
     fn server_recipe_installs_the_deploy_files() {
         let (_tmp, layer) = generate();
         let dir = layer.join(RECIPES);
-        let recipe = std::fs::read_to_string(dir.join("peerwire_0.1.0.bb")).unwrap();
+        let recipe = std::fs::read_to_string(dir.join("peerwire_git.bb")).unwrap();
         for (path, install_dir) in DEPLOY_FILES {
             assert_eq!(
                 std::fs::read(dir.join("files").join(path)).unwrap(),
@@ -967,8 +1154,9 @@ mod tests {
                 "{path} not fetched"
             );
             let name = path.rsplit('/').next().unwrap();
-            let install =
-                format!("install -m 0644 ${{UNPACKDIR}}/{path} ${{D}}{install_dir}/{name}");
+            let install = format!(
+                "install -m 0644 ${{PEERWIRE_FILES_DIR}}/{path} ${{D}}{install_dir}/{name}"
+            );
             assert!(recipe.contains(&install), "no `{install}`");
         }
         assert!(recipe.contains("${systemd_system_unitdir}"));
@@ -994,7 +1182,9 @@ mod tests {
         let (_tmp, layer) = generate();
         let text = recipes_text(&layer);
         let head = git(&root(), &["rev-parse", "HEAD"]).unwrap();
-        assert!(text.contains(&format!("SRCREV = \"{head}\"")));
+        assert!(text.contains(&format!("PEERWIRE_SRCREV ?= \"{head}\"")));
+        assert!(text.contains("SRCREV = \"${PEERWIRE_SRCREV}\""));
+        assert!(text.contains("PV = \"0.1.0+git\""));
         let rustflags = text
             .lines()
             .find(|l| l.starts_with("RUSTFLAGS += "))
