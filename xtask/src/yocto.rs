@@ -862,8 +862,8 @@ configuration and its sealing key, which are made on the device, once, as root (
 credential is bound to the device's host key and TPM2). In short (deploy/README.md in the
 repository has every step and why):
 
-    peerwire init --dir /var/lib/peerwire/identity --device "$SERIAL_NUMBER"
-    chown -R peerwire:peerwire /var/lib/peerwire/identity/server
+    setpriv --reuid=peerwire --regid=peerwire --init-groups \
+        peerwire init --dir /var/lib/peerwire/identity --device "$SERIAL_NUMBER"
     # move identity/client to the display client's user (deploy/README.md)
     umask 077
     peerwire config example > /run/peerwire-server.toml   # then edit it

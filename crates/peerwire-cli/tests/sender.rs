@@ -264,14 +264,14 @@ fn pass_fd(dir: &Path, socket: &Path, payload: &[u8], mode: &str) -> (Vec<Frame>
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let at = dir.join(format!("take-{n}"));
-    let taker = Command::new(other_python(dir))
-        .env("PYTHONHOME", "/usr")
-        .args(["-c", TAKE_FD])
-        .arg(&at)
-        .arg(hex(payload))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let taker = common::spawn_copied(
+        Command::new(other_python(dir))
+            .env("PYTHONHOME", "/usr")
+            .args(["-c", TAKE_FD])
+            .arg(&at)
+            .arg(hex(payload))
+            .stdout(Stdio::piped()),
+    );
     assert!(
         common_eventually(|| at.exists()),
         "the taker did not listen"

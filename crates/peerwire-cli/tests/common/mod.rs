@@ -374,3 +374,21 @@ pub fn init_identity(dir: &Path, device: &str) {
             .arg(dir),
     );
 }
+
+/// Spawns `cmd`, retrying while its program is "busy" (ETXTBSY): a program this test process
+/// has just copied can be held open for writing for a moment by a child another test forked
+/// meanwhile (the descriptor is close-on-exec, but open between that child's fork and exec).
+pub fn spawn_copied(cmd: &mut Command) -> Child {
+    let start = Instant::now();
+    loop {
+        match cmd.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && start.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
