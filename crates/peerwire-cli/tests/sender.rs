@@ -236,15 +236,10 @@ fn fork_then_exec_cannot_borrow_an_allowed_executable() {
         );
     }
     // The genuine client, the allowed executable itself, is served.
-    let out = Command::new(&bin)
-        .args(["ping", "--count", "3", "--tls", "off", "--socket"])
-        .arg(&socket)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeed(
+        Command::new(&bin)
+            .args(["ping", "--count", "3", "--tls", "off", "--socket"])
+            .arg(&socket),
     );
 }
 
@@ -417,22 +412,17 @@ fn over_tls_a_passed_socket_is_refused_by_sender_not_by_record() {
         .args(&args);
     let _server = ServeProcess::spawn(cmd, &socket);
     let stats = |what: &str| -> u64 {
-        let out = Command::new(&bin)
-            .args([
-                "stats",
-                "--tls",
-                "server-auth",
-                "--identity",
-                &id_arg,
-                "--socket",
-            ])
-            .arg(&socket)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = common::succeed(
+            Command::new(&bin)
+                .args([
+                    "stats",
+                    "--tls",
+                    "server-auth",
+                    "--identity",
+                    &id_arg,
+                    "--socket",
+                ])
+                .arg(&socket),
         );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.lines()
