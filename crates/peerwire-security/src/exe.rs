@@ -9,8 +9,13 @@
 //!
 //! Executables are compared by device and inode, not by path, so a renamed or replaced file is
 //! not mistaken for the allowed one. Note that the check sees the executable the peer runs *now*:
-//! a peer that called `execve` after connecting is judged by its new program, which is the one
-//! that would talk on the socket.
+//! a peer that called `execve` after connecting is judged by its new program.
+//!
+//! The process that connected need not be the one that speaks: it can fork, or pass the socket
+//! on. So where the executable matters, [`SenderGuard`] judges the sender of every chunk read
+//! (`SO_PASSCRED` + `SO_PASSPIDFD`: the kernel hands a pidfd of each chunk's sender and never
+//! merges chunks of different senders), through the same pidfd check
+//! ([`executable_of_pidfd`]).
 
 use std::fs;
 use std::io;
