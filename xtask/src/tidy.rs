@@ -273,3 +273,74 @@ fn systemd_unit_keeps_its_hardening() {
         "SocketMode must be explicit (systemd's default is 0666)"
     );
 }
+
+/// The crate graph in `docs/architecture.md` (its `mermaid` block, one `a --> b` per arrow) is
+/// the graph the manifests declare: every workspace member's normal and build dependencies on
+/// other members, no more and no fewer, so the picture cannot drift from `Cargo.toml`.
+#[test]
+fn architecture_diagram_matches_the_crate_graph() {
+    use std::collections::BTreeSet;
+    let manifest = |path: &Path| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let workspace = manifest(&root().join("Cargo.toml"));
+    let members: Vec<toml::Table> = workspace["workspace"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| manifest(&root().join(m.as_str().unwrap()).join("Cargo.toml")))
+        .collect();
+    let name = |m: &toml::Table| m["package"]["name"].as_str().unwrap().to_owned();
+    let names: BTreeSet<String> = members.iter().map(name).collect();
+    let mut declared = BTreeSet::new();
+    for m in &members {
+        let tables = ["dependencies", "build-dependencies"]
+            .into_iter()
+            .filter_map(|k| m.get(k))
+            .chain(
+                m.get("target")
+                    .and_then(|t| t.as_table())
+                    .into_iter()
+                    .flat_map(|t| t.values())
+                    .flat_map(|t| ["dependencies", "build-dependencies"].map(|k| t.get(k)))
+                    .flatten(),
+            );
+        for table in tables.filter_map(|t| t.as_table()) {
+            for (key, spec) in table {
+                let dep = spec.get("package").and_then(|p| p.as_str()).unwrap_or(key);
+                if names.contains(dep) {
+                    declared.insert((name(m), dep.to_owned()));
+                }
+            }
+        }
+    }
+    let doc = std::fs::read_to_string(root().join("docs/architecture.md")).unwrap();
+    let block = doc
+        .split("```mermaid")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/architecture.md has a ```mermaid block with the crate graph");
+    let mut drawn = BTreeSet::new();
+    for line in block.lines() {
+        if let Some((from, to)) = line.split_once("-->") {
+            let node = |s: &str| {
+                let s = s.trim();
+                s.split(['[', '(']).next().unwrap_or(s).trim().to_owned()
+            };
+            drawn.insert((node(from), node(to)));
+        }
+    }
+    let missing: Vec<_> = declared.difference(&drawn).collect();
+    let extra: Vec<_> = drawn.difference(&declared).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "docs/architecture.md's crate graph differs from Cargo.toml:\n  arrows in Cargo.toml, not drawn: {missing:?}\n  arrows drawn, not in Cargo.toml: {extra:?}"
+    );
+    for n in &names {
+        assert!(
+            block.contains(n.as_str()),
+            "the crate graph does not show the workspace member {n}"
+        );
+    }
+}
