@@ -35,6 +35,7 @@ use clap::{Parser, Subcommand};
 use peerwire_client::{Client, ClientTls};
 use peerwire_security::seal::{self, KeyProvider, KeyRing, Purpose};
 use peerwire_security::{identity, privilege};
+use peerwire_server::daemon::{self, Daemon, DaemonError, RunningAs};
 use peerwire_server::settings::{self, AccessSection, LimitsSection, ServerConfig, TlsSection};
 use peerwire_server::{
     Binding, DeviceSecret, Minter, ServerTls, Status, TlsMode, spawn_with_token,
@@ -568,9 +569,11 @@ async fn demo(mode: TlsMode) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `peerwire serve`: privileged setup, privilege drop, then the runtime and the server.
+/// `peerwire serve`: the privileged start-up of [`peerwire_server::daemon`] (harden, refuse root,
+/// socket directory, privilege drop, harden again, verify), then the runtime and the server.
 fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
-    privilege::harden_process()?;
+    // Hardened before the configuration (and a sealed configuration's key) is read.
+    let hardened = daemon::harden()?;
     let ServeArgs {
         config,
         key,
@@ -609,52 +612,29 @@ fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
             },
         },
     };
-    let root = nix::unistd::geteuid().is_root();
-    let spec = match &user {
-        Some(name) => {
-            let mut spec = privilege::DropSpec::for_user(name)?;
-            spec.groups = groups
-                .iter()
-                .map(|g| resolve_gid(g))
-                .collect::<anyhow::Result<_>>()?;
-            spec.keep = keep_caps
-                .iter()
-                .map(|c| privilege::parse_capability(c))
-                .collect::<Result<_, _>>()?;
-            Some(spec)
-        }
-        None if root && !allow_root => bail!(
+    let mut start = Daemon::new(&config.socket);
+    if let Some(user) = &user {
+        start.user(user);
+    }
+    for group in groups {
+        start.group(group);
+    }
+    for cap in keep_caps {
+        start.keep_capability(cap);
+    }
+    if let Some(group) = &config.socket_group {
+        start.socket_group(group);
+    }
+    start.allow_root(allow_root);
+    let ready = match start.start_hardened(hardened) {
+        Err(DaemonError::RootRefused) => bail!(
             "refusing to run as root: give --user NAME (the service user to become after binding \
              the socket), or --allow-root for a test setup"
         ),
-        None if root => {
-            tracing::warn!(
-                "RUNNING AS ROOT (--allow-root): every capability is kept; use --user in production"
-            );
-            eprintln!(
-                "peerwire serve: WARNING: running as root (--allow-root); use --user NAME in production"
-            );
-            None
-        }
-        None => None,
+        other => other?,
     };
-    // Privileged setup: the socket directory, owned by the service user; then become that
-    // user for good. The socket itself is bound afterwards, by the service user: SO_PEERCRED of
-    // a listening socket is fixed at listen(), and clients check it.
-    if let Some(spec) = &spec {
-        if root {
-            let group = config
-                .socket_group
-                .as_deref()
-                .map(|g| settings::resolve_gid("socket_group", g))
-                .transpose()?;
-            if let Some(dir) = config.socket.parent() {
-                peerwire_security::sockpath::prepare_directory(dir, group, spec.uid)?;
-            }
-        }
-        privilege::drop_privileges(spec)?;
-        privilege::harden_process()?;
-        eprintln!(
+    match ready.running_as() {
+        RunningAs::ServiceUser(spec) => eprintln!(
             "peerwire serve: running as uid {} gid {} with {} capabilities, no_new_privs set",
             spec.uid,
             spec.gid,
@@ -663,10 +643,15 @@ fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
             } else {
                 format!("{:?}", spec.keep)
             }
-        );
+        ),
+        RunningAs::Root => eprintln!(
+            "peerwire serve: WARNING: running as root (--allow-root); use --user NAME in production"
+        ),
+        _ => {}
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(serve(config, tick_ms, tick_message))
+    ready
+        .runtime()?
+        .block_on(serve(config, tick_ms, tick_message))
 }
 
 async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyhow::Result<()> {
@@ -683,6 +668,9 @@ async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyh
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok::<_, Status>(ms)
         });
+    // Before the socket answers: a SIGTERM sent as soon as it does must find the handler.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let server = builder.bind()?;
     let handle = server.handle();
     eprintln!(
@@ -700,11 +688,10 @@ async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyh
             let _ = ticker.broadcast("echo.Tick", &format!("{tick_message} {n}"));
         }
     });
-    let mut term = signal(SignalKind::terminate())?;
     let stopper = handle.clone();
     tokio::spawn(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         eprintln!("peerwire serve: shutting down");
