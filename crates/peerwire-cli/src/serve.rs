@@ -107,6 +107,8 @@ async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyh
             Ok::<_, Status>(req)
         })
         .method("echo.Sleep", |_ctx, ms: u64| async move {
+            // What a test waits for to know the call is in flight (RUST_LOG=echo=info).
+            tracing::info!(target: "echo", "echo.Sleep started: {ms} ms");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok::<_, Status>(ms)
         });
