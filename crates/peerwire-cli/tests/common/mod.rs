@@ -38,9 +38,14 @@ pub fn root_or_skip(test: &str) -> bool {
         std::env::var(REQUIRE_ROOT_ENV).as_deref() != Ok("1"),
         "{test} needs root, and {REQUIRE_ROOT_ENV}=1 says it must not be skipped"
     );
-    eprintln!(
-        "SKIPPED {test}: it needs root (real users, setuid, chown); run the tests as root, \
-         as CI does"
+    // Straight to the process's stderr: the harness captures eprintln! of passing tests.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "SKIPPED {test}: it needs root (real users, setuid, chown); run the tests as root, \
+             as CI does\n"
+        )
+        .as_bytes(),
     );
     false
 }
