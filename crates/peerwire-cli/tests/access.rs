@@ -13,7 +13,7 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     ServeProcess, as_user, ensure_group, ensure_user, init_logs, open_tempdir, shared_bin,
@@ -45,6 +45,9 @@ fn ping(cmd: &mut Command, socket: &Path) -> std::process::Output {
 
 #[test]
 fn policy_admits_allowed_uids_and_groups_and_denies_others() {
+    if !common::root_or_skip("policy_admits_allowed_uids_and_groups_and_denies_others") {
+        return;
+    }
     init_logs();
     let display = ensure_group(DISPLAY_GROUP);
     let render = ensure_group(RENDER_GROUP);
@@ -163,41 +166,59 @@ async fn executable_allowlist_rejects_another_binary_of_the_same_uid() {
 }
 
 /// Watches `path` from another thread while `create` runs and returns every mode observed.
+/// The watcher has looked at least once before `create` starts and once after it returned, and
+/// the test fails if it never saw `path` at all (then it would prove nothing).
 fn observe_modes(path: &Path, create: impl FnOnce()) -> Vec<u32> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let sightings = std::sync::Arc::new(AtomicUsize::new(0));
+    let looks = std::sync::Arc::new(AtomicUsize::new(0));
     let watcher = {
-        let (path, stop, sightings) = (path.to_owned(), stop.clone(), sightings.clone());
+        let (path, stop, looks) = (path.to_owned(), stop.clone(), looks.clone());
         std::thread::spawn(move || {
             let mut seen = vec![];
             while !stop.load(Ordering::SeqCst) {
                 if let Ok(m) = std::fs::symlink_metadata(&path) {
-                    sightings.fetch_add(1, Ordering::SeqCst);
                     let m = m.permissions().mode() & 0o777;
                     if seen.last() != Some(&m) {
                         seen.push(m);
                     }
                 }
+                looks.fetch_add(1, Ordering::SeqCst);
             }
             seen
         })
     };
-    std::thread::sleep(Duration::from_millis(20));
+    // Until the watcher runs (on a loaded machine its thread may not for a while) ...
+    let wait_for_look = |after: usize| {
+        let start = Instant::now();
+        while looks.load(Ordering::SeqCst) <= after {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the mode watcher of {} did not run within 10 s",
+                path.display()
+            );
+            std::thread::yield_now();
+        }
+    };
+    wait_for_look(0);
     create();
-    // Until the watcher has seen what was created (on a loaded machine its thread may not run
-    // for a while), then a little longer; it fails below if it never did.
-    let start = std::time::Instant::now();
-    while sightings.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(20));
+    // ... and until a whole look began after `create` returned: it saw the final state.
+    wait_for_look(looks.load(Ordering::SeqCst) + 1);
     stop.store(true, Ordering::SeqCst);
-    watcher.join().unwrap()
+    let seen = watcher.join().unwrap();
+    assert!(
+        !seen.is_empty(),
+        "the mode watcher never saw {}: the test would prove nothing",
+        path.display()
+    );
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_and_directory_are_never_more_open_than_configured() {
+    if !common::root_or_skip("socket_and_directory_are_never_more_open_than_configured") {
+        return;
+    }
     let display = ensure_group(DISPLAY_GROUP);
     for group in [None, Some(display)] {
         let dir = tempfile::tempdir().unwrap();
@@ -251,6 +272,9 @@ fn serve_fails(socket: &Path) -> String {
 
 #[test]
 fn startup_refuses_unsafe_paths_and_never_deletes_what_is_not_its_own() {
+    if !common::root_or_skip("startup_refuses_unsafe_paths_and_never_deletes_what_is_not_its_own") {
+        return;
+    }
     let bob = ensure_user("pwt-bob", DISPLAY_GROUP);
     let dir = tempfile::tempdir().unwrap();
     let mk = |name: &str, m: u32| {
@@ -313,12 +337,18 @@ fn startup_refuses_unsafe_paths_and_never_deletes_what_is_not_its_own() {
     );
     assert!(matches!(
         Server::builder("\0peerwire").bind(),
-        Err(peerwire_server::ServerError::Config(_))
+        Err(peerwire_server::ServerError::Config {
+            problem: peerwire_server::ConfigProblem::SocketPath(_),
+            ..
+        })
     ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_refuses_a_server_running_as_another_uid() {
+    if !common::root_or_skip("client_refuses_a_server_running_as_another_uid") {
+        return;
+    }
     init_logs();
     let bob = ensure_user("pwt-bob", DISPLAY_GROUP);
     let bob_gid = ensure_group(DISPLAY_GROUP);
@@ -449,7 +479,17 @@ async fn systemd_socket_activation_is_checked_like_a_bound_socket() {
     let mut activator = activate(&log).spawn().unwrap();
     wait_for(&socket);
     assert_eq!(mode(&socket), 0o644);
-    let _ = std::os::unix::net::UnixStream::connect(&socket); // starts the service
+    // The first connection starts the service. The file exists from bind(), a moment before
+    // systemd-socket-activate listens: until then a connect is refused and starts nothing.
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "systemd-socket-activate never listened on {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let status = loop {
         if let Some(status) = activator.try_wait().unwrap() {
             break status;

@@ -254,6 +254,9 @@ async fn peer_text_in_every_field_is_logged_escaped_on_one_line() {
 /// every refusal exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_flood_gives_bounded_log_lines_and_exact_counters() {
+    if !common::root_or_skip("a_refusal_flood_gives_bounded_log_lines_and_exact_counters") {
+        return;
+    }
     let tmp = common::open_tempdir();
     let socket = tmp.path().join("run/s.sock");
     let log_path = tmp.path().join("server.log");
@@ -344,6 +347,9 @@ print(done, refused)
 /// never runs out of descriptors.
 #[test]
 fn connect_floods_of_a_denied_and_an_admitted_uid_lock_nobody_out() {
+    if !common::root_or_skip("connect_floods_of_a_denied_and_an_admitted_uid_lock_nobody_out") {
+        return;
+    }
     let group = "pwt-fd";
     let gid = common::ensure_group(group);
     let denied = common::ensure_user("pwt-fd-denied", group);

@@ -179,6 +179,9 @@ fn stat(path: &Path) -> (u32, u32, u32) {
 /// user, mode 0700, and the attacker's target untouched.
 #[test]
 fn racing_swapper_never_redirects_root_preparing_a_socket_directory() {
+    if !common::root_or_skip("racing_swapper_never_redirects_root_preparing_a_socket_directory") {
+        return;
+    }
     let (uid, gid) = nobody();
     let top = open_tempdir();
     // The root-owned file (and directory) the attacker wants: outside the attacker's reach.
@@ -259,6 +262,9 @@ fn racing_swapper_never_redirects_root_preparing_a_socket_directory() {
 /// anything is created, naming the directory, its owner and the fix.
 #[test]
 fn serve_as_root_refuses_a_socket_path_under_another_users_directory() {
+    if !common::root_or_skip("serve_as_root_refuses_a_socket_path_under_another_users_directory") {
+        return;
+    }
     let (uid, gid) = nobody();
     let top = open_tempdir();
     let pw = top.path().join("pw");
@@ -301,6 +307,9 @@ fn serve_as_root_refuses_a_socket_path_under_another_users_directory() {
 /// they know.
 #[test]
 fn init_refuses_a_directory_prepared_by_another_user() {
+    if !common::root_or_skip("init_refuses_a_directory_prepared_by_another_user") {
+        return;
+    }
     let (uid, gid) = nobody();
     let top = open_tempdir();
     let init = |dir: &Path| init(Command::new(BIN), dir);
@@ -373,6 +382,9 @@ fn write_config(path: &Path, socket: &str) {
 /// descriptors, and the same descriptor is judged and read: their file is never loaded.
 #[test]
 fn config_symlink_flip_never_loads_the_attackers_file() {
+    if !common::root_or_skip("config_symlink_flip_never_loads_the_attackers_file") {
+        return;
+    }
     let (uid, gid) = nobody();
     let top = open_tempdir();
     let etc = top.path().join("etc");
@@ -428,6 +440,9 @@ fn config_symlink_flip_never_loads_the_attackers_file() {
 /// are checked in every mode, TLS off included.
 #[test]
 fn secrets_are_checked_in_every_mode() {
+    if !common::root_or_skip("secrets_are_checked_in_every_mode") {
+        return;
+    }
     let top = open_tempdir();
     let id = top.path().join("id");
     let out = init(Command::new(BIN), &id);
@@ -521,6 +536,9 @@ fn secrets_are_checked_in_every_mode() {
 /// `--user` root audits a service user's correct setup without a problem.
 #[test]
 fn audit_reports_writable_ancestors_and_takes_the_service_user() {
+    if !common::root_or_skip("audit_reports_writable_ancestors_and_takes_the_service_user") {
+        return;
+    }
     let (uid, gid) = nobody();
     let top = open_tempdir();
     let shared = top.path().join("shared");
@@ -566,6 +584,9 @@ fn audit_reports_writable_ancestors_and_takes_the_service_user() {
 /// by someone else is never used.
 #[test]
 fn root_uses_a_service_users_token_key_only_when_that_user_is_named() {
+    if !common::root_or_skip("root_uses_a_service_users_token_key_only_when_that_user_is_named") {
+        return;
+    }
     let (uid, gid) = nobody();
     let top = open_tempdir();
     let state = top.path().join("state");

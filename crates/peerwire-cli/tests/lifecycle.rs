@@ -30,7 +30,8 @@ async fn graceful_shutdown_with_calls_in_flight() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
-    let mut server = ServeProcess::start(&path, &["--grace-ms", "2000"]);
+    let log = dir.path().join("serve.log");
+    let mut server = ServeProcess::start_logged(&path, &["--grace-ms", "2000"], &log);
 
     // Library clients with calls in flight that finish within the grace period.
     let mut calls = vec![];
@@ -55,7 +56,8 @@ async fn graceful_shutdown_with_calls_in_flight() {
     ));
     raw.send(sleep_request(1, 400)).await;
     raw.send(sleep_request(2, 30_000)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // All six calls (four library clients, two raw) are in flight once their handlers started.
+    ServeProcess::wait_started(&log, 6).await;
 
     let start = Instant::now();
     server.signal(Signal::SIGTERM);
@@ -158,7 +160,8 @@ async fn pending_calls_fail_promptly_when_the_server_dies() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
-    let server = ServeProcess::start(&path, &[]);
+    let log = dir.path().join("serve.log");
+    let server = ServeProcess::start_logged(&path, &[], &log);
     let client = Client::builder(&path)
         .namespace("echo", &[1])
         .connect()
@@ -173,7 +176,7 @@ async fn pending_calls_fail_promptly_when_the_server_dies() {
                 .await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    ServeProcess::wait_started(&log, 8).await;
     let start = Instant::now();
     server.signal(Signal::SIGKILL);
     for p in pending {

@@ -124,6 +124,9 @@ async fn slowloris_is_dropped_at_the_handshake_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_silent_connections_do_not_lock_out_other_users() {
+    if !common::root_or_skip("a_thousand_silent_connections_do_not_lock_out_other_users") {
+        return;
+    }
     raise_fd_limit();
     ensure_user("pwt-alice", "pwt-display");
     let tmp = open_tempdir();
@@ -187,6 +190,9 @@ async fn a_thousand_silent_connections_do_not_lock_out_other_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_its_responses_is_cut_off() {
+    if !common::root_or_skip("a_peer_that_never_reads_its_responses_is_cut_off") {
+        return;
+    }
     let tmp = open_tempdir();
     ensure_user("pwt-alice", "pwt-display");
     let (server, socket) = server(tmp.path());
@@ -262,6 +268,9 @@ async fn a_peer_that_never_reads_its_responses_is_cut_off() {
 
 #[test]
 fn stats_command_reports_denials_and_limit_hits() {
+    if !common::root_or_skip("stats_command_reports_denials_and_limit_hits") {
+        return;
+    }
     let tmp = open_tempdir();
     let bob = ensure_user("pwt-bob", "pwt-display");
     let display = ensure_group("pwt-display");

@@ -541,11 +541,17 @@ async fn per_connection_limits_answer_with_the_limit_and_its_value() {
     let mut limits = Limits::default();
     limits.max_in_flight = 2;
     limits.max_subscriptions = 1;
+    // Each handler says when it has started: then its call is in flight.
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
     let (handle, _run) = start(&path, move |b| {
         b.limits(limits);
-        b.method("slow.Sleep", |_ctx, ms: u64| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, Status>(ms)
+        b.method("slow.Sleep", move |_ctx, ms: u64| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(ms);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, Status>(ms)
+            }
         });
     });
     let client = Client::builder(&path)
@@ -561,7 +567,11 @@ async fn per_connection_limits_answer_with_the_limit_and_its_value() {
         let c = client.clone();
         async move { c.call::<u64, u64>("slow.Sleep", &500).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(10), started.recv())
+            .await
+            .expect("the two calls' handlers did not start within 10 s");
+    }
     let err = client.call::<u64, u64>("slow.Sleep", &1).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(
@@ -644,6 +654,7 @@ async fn calls_to_a_silent_server_fail_at_their_deadlines_and_are_cancelled() {
     let path = dir.path().join("silent.sock");
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
     let (cancels_tx, mut cancels) = tokio::sync::mpsc::unbounded_channel();
+    let (requests_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         let mut codec = FrameCodec::new(1 << 20);
@@ -676,10 +687,16 @@ async fn calls_to_a_silent_server_fail_at_their_deadlines_and_are_cancelled() {
         let mut out = bytes::BytesMut::new();
         FrameCodec::new(1 << 20).encode(&welcome, &mut out).unwrap();
         stream.write_all(&out).await.unwrap();
-        // Requests are read and never answered; cancels are reported.
+        // Requests are read and never answered; requests and cancels are reported.
         while let Some(frame) = next(&mut stream).await {
-            if let Some(Kind::Cancel(c)) = frame.kind {
-                let _ = cancels_tx.send(c.id);
+            match frame.kind {
+                Some(Kind::Cancel(c)) => {
+                    let _ = cancels_tx.send(c.id);
+                }
+                Some(Kind::Request(r)) => {
+                    let _ = requests_tx.send(r.id);
+                }
+                _ => {}
             }
         }
     });
@@ -701,7 +718,9 @@ async fn calls_to_a_silent_server_fail_at_their_deadlines_and_are_cancelled() {
     };
     // The long call first: the short ones, due earlier, must re-arm the timer.
     let long = call(1500);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(Duration::from_secs(10), requests.recv())
+        .await
+        .expect("the long call's request did not reach the server within 10 s");
     let short = call(100);
     let middle = call(400);
     let mut done = vec![];

@@ -131,6 +131,9 @@ fn ping(s: &Setup, token: &str) -> Result<(), String> {
 
 #[test]
 fn token_is_accepted_once_even_across_a_restart() {
+    if !common::root_or_skip("token_is_accepted_once_even_across_a_restart") {
+        return;
+    }
     let s = setup(false);
     let mut server = serve(&s, &["--tls", "server-auth"]);
     let token = mint(&s, "0");
@@ -155,6 +158,9 @@ fn token_is_accepted_once_even_across_a_restart() {
 
 #[test]
 fn expired_forged_and_foreign_tokens_are_refused() {
+    if !common::root_or_skip("expired_forged_and_foreign_tokens_are_refused") {
+        return;
+    }
     let s = setup(false);
     let _server = serve(&s, &["--tls", "server-auth"]);
     let secret = DeviceSecret::read(&s.id.join("server/token.key")).unwrap();
@@ -212,6 +218,9 @@ fn expired_forged_and_foreign_tokens_are_refused() {
 
 #[test]
 fn token_for_another_uid_is_refused() {
+    if !common::root_or_skip("token_for_another_uid_is_refused") {
+        return;
+    }
     let display = ensure_group("pwt-display");
     let alice = ensure_user("pwt-alice", "pwt-display");
     let bob = ensure_user("pwt-bob", "pwt-display");
@@ -285,7 +294,16 @@ fn launched_client_gets_its_token_through_an_inherited_pipe() {
         );
         std::thread::sleep(Duration::from_millis(10));
     };
-    std::thread::sleep(Duration::from_millis(200));
+    // Read once the child runs the client (`peerwire launch` forked it: until the exec, its
+    // argv and environment are the launcher's).
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&proc_file(child, "cmdline")).contains("--wait-tick") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the launched child did not exec the client"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let cmdline = proc_file(child, "cmdline");
     let environ = proc_file(child, "environ");
     assert!(!cmdline.is_empty() && !environ.is_empty());
@@ -363,6 +381,9 @@ async fn flood(path: &Path, from: u64, to: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_of_bad_tokens_neither_grows_memory_nor_blocks_valid_clients() {
+    if !common::root_or_skip("flood_of_bad_tokens_neither_grows_memory_nor_blocks_valid_clients") {
+        return;
+    }
     let total: u64 = std::env::var("PEERWIRE_FLOOD")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -404,6 +425,7 @@ async fn flood_of_bad_tokens_neither_grows_memory_nor_blocks_valid_clients() {
             t0.elapsed()
         );
         valid += 1;
+        // Pacing, not synchronisation: a valid client every 200 ms while the flood runs.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut refused = 0;

@@ -124,9 +124,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
 /// In TLS 1.3 a server that refuses our certificate says so after our side of the handshake
 /// completed: the alert, or the closed socket, shows on the first write or read.
 fn server_ended_tls(e: std::io::Error) -> ConnectError {
-    ConnectError::Tls(TlsError::Handshake(format!(
-        "the server ended the TLS session ({e}); it does not accept this client's certificate"
-    )))
+    ConnectError::Tls(TlsError::EndedByServer(e))
 }
 
 /// A plain-text `Reject` the server sent instead of starting TLS (for example: access denied).

@@ -72,9 +72,21 @@ pub enum TlsError {
     /// The peer presented no certificate, or not the pinned one.
     #[error("the peer's certificate is not the pinned {0} certificate")]
     NotPinned(&'static str),
-    /// The TLS handshake failed (protocol version, alert from the peer, I/O...).
+    /// The TLS handshake failed (protocol version, alert from the peer, I/O...): OpenSSL's error.
     #[error("TLS handshake failed: {0}")]
-    Handshake(String),
+    Handshake(#[source] openssl::ssl::Error),
+    /// The socket could not carry the handshake (it could not be split for TLS, or its write
+    /// side is gone).
+    #[error("TLS handshake failed: {0}")]
+    Socket(#[source] std::io::Error),
+    /// The server ended the session once this client's side of the handshake completed: in
+    /// TLS 1.3 that is how a server refuses the client's certificate (the alert, or the closed
+    /// socket, shows on the first read or write).
+    #[error(
+        "TLS handshake failed: the server ended the TLS session ({0}); it does not accept this \
+         client's certificate"
+    )]
+    EndedByServer(#[source] std::io::Error),
     /// OpenSSL could not be configured.
     #[error("openssl: {0}")]
     Openssl(#[from] openssl::error::ErrorStack),
@@ -338,9 +350,10 @@ async fn handshake<R: AsyncRead + Unpin>(
             },
             writer,
         )),
-        None => Err(TlsError::Handshake(
-            "the socket's write side is gone".into(),
-        )),
+        None => Err(TlsError::Socket(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "the socket's write side is gone",
+        ))),
     }
 }
 
@@ -352,7 +365,7 @@ fn handshake_error(
     if e.ssl().verify_result() == X509VerifyResult::APPLICATION_VERIFICATION {
         return TlsError::NotPinned(what);
     }
-    TlsError::Handshake(err.to_string())
+    TlsError::Handshake(err)
 }
 
 /// The server side: our identity, and in mutual mode the pinned client certificate.

@@ -59,7 +59,7 @@ const TOKEN_LEN: usize = BODY_LEN + 32;
 const KDF_LABEL: &[u8] = b"peerwire session token v1";
 
 /// Why a token was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
     /// Not a token of a version this build knows, or not well formed.
@@ -80,9 +80,26 @@ pub enum TokenError {
     /// Too many tokens in their lifetime are already recorded; try again when some expire.
     #[error("too many unexpired tokens in use ({0}); refusing new ones until some expire")]
     StoreFull(usize),
-    /// The replay record could not be written, so the token cannot be accepted safely.
-    #[error("cannot record the token's use: {0}")]
-    Store(String),
+    /// The replay record could not be read or written, so the token cannot be accepted safely.
+    #[error("cannot record the token's use: {}: {source}", path.display())]
+    Store {
+        /// The replay record.
+        path: PathBuf,
+        /// The failed file operation.
+        #[source]
+        source: std::io::Error,
+    },
+    /// OpenSSL could not derive the MAC key or compute a MAC or digest: nothing can be checked.
+    #[error("token cryptography failed: {0}")]
+    Crypto(#[source] openssl::error::ErrorStack),
+}
+
+/// A failed operation on the replay record at `path`.
+fn store_error(path: &Path) -> impl Fn(std::io::Error) -> TokenError + Copy + '_ {
+    move |source| TokenError::Store {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// The device secret, zeroized when dropped.
@@ -310,9 +327,7 @@ impl Durable {
     /// Makes the record durable (`fdatasync` of the replay record; blocking). If the record was
     /// compacted meanwhile, the compacted file, already synced, holds it too.
     pub fn sync(self) -> Result<(), TokenError> {
-        self.file
-            .sync_data()
-            .map_err(|e| TokenError::Store(format!("{}: {e}", self.path.display())))
+        self.file.sync_data().map_err(store_error(&self.path))
     }
 }
 
@@ -328,9 +343,7 @@ impl Verifier {
     /// missing), remembering at most `capacity` unexpired tokens.
     pub fn new(secret: &DeviceSecret, store: &Path, capacity: usize) -> Result<Self, TokenError> {
         Ok(Self {
-            key: secret
-                .mac_key()
-                .map_err(|e| TokenError::Store(e.to_string()))?,
+            key: secret.mac_key().map_err(TokenError::Crypto)?,
             used: NonceStore::open(store, capacity)?,
         })
     }
@@ -397,7 +410,7 @@ impl Verifier {
             )));
         }
         let (body, mac) = bytes.split_at(BODY_LEN);
-        let expected = hmac(&self.key, &[body]).map_err(|e| TokenError::Store(e.to_string()))?;
+        let expected = hmac(&self.key, &[body]).map_err(TokenError::Crypto)?;
         if !openssl::memcmp::eq(&expected, mac) {
             return Err(TokenError::BadMac);
         }
@@ -427,7 +440,7 @@ impl Verifier {
         let socket: [u8; 32] = field(body, 70);
         if !openssl::memcmp::eq(
             &socket,
-            &path_digest(&by.socket).map_err(|e| TokenError::Store(e.to_string()))?,
+            &path_digest(&by.socket).map_err(TokenError::Crypto)?,
         ) {
             return Err(TokenError::WrongPeer(
                 "minted for another server socket".into(),
@@ -497,7 +510,7 @@ const RECORD: usize = 24;
 
 impl NonceStore {
     fn open(path: &Path, capacity: usize) -> Result<Self, TokenError> {
-        let err = |e: std::io::Error| TokenError::Store(format!("{}: {e}", path.display()));
+        let err = store_error(path);
         let mut map = HashMap::new();
         match fs::read(path) {
             Ok(bytes) => {
@@ -524,7 +537,7 @@ impl NonceStore {
 
     /// Rewrites the file with only the unexpired records (temporary file, fsync, rename).
     fn compact(&mut self) -> Result<(), TokenError> {
-        let err = |e: std::io::Error| TokenError::Store(format!("{}: {e}", self.path.display()));
+        let err = store_error(&self.path);
         let tmp = self.path.with_extension("tmp");
         let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
@@ -572,7 +585,7 @@ impl NonceStore {
         rec[16..].copy_from_slice(&expires.to_be_bytes());
         // Durable before the token is honoured (the caller syncs, see `Durable`): a crash
         // right after cannot forget it.
-        let err = |e: std::io::Error| TokenError::Store(format!("{}: {e}", self.path.display()));
+        let err = store_error(&self.path);
         self.file.write_all(&rec).map_err(err)?;
         let file = self.file.try_clone().map_err(err)?;
         self.map.insert(nonce, expires);
@@ -614,10 +627,16 @@ mod tests {
         assert!(token.starts_with("pw1.") && token.len() < 200);
         let mut v = Verifier::new(&secret, &store, 16).unwrap();
         assert_eq!(v.verify(token.as_bytes(), &by).unwrap().uid, 1000);
-        assert_eq!(v.verify(token.as_bytes(), &by), Err(TokenError::Replayed));
+        assert!(matches!(
+            v.verify(token.as_bytes(), &by),
+            Err(TokenError::Replayed)
+        ));
         drop(v);
         let mut v = Verifier::new(&secret, &store, 16).unwrap();
-        assert_eq!(v.verify(token.as_bytes(), &by), Err(TokenError::Replayed));
+        assert!(matches!(
+            v.verify(token.as_bytes(), &by),
+            Err(TokenError::Replayed)
+        ));
     }
 
     #[test]
@@ -655,10 +674,10 @@ mod tests {
         let old = minter
             .mint_at(&binding, t - 100, Duration::from_secs(30))
             .unwrap();
-        assert_eq!(
+        assert!(matches!(
             v.verify_at(old.as_bytes(), &by, t),
             Err(TokenError::Expired(70))
-        );
+        ));
         // Within the clock-skew allowance it is still accepted.
         let just = minter
             .mint_at(&binding, t - 33, Duration::from_secs(30))
@@ -675,7 +694,10 @@ mod tests {
             .unwrap()
             .mint(&binding, DEFAULT_TTL)
             .unwrap();
-        assert_eq!(v.verify(other.as_bytes(), &by), Err(TokenError::BadMac));
+        assert!(matches!(
+            v.verify(other.as_bytes(), &by),
+            Err(TokenError::BadMac)
+        ));
         let wrong_uid = Presenter {
             uid: 1001,
             ..by.clone()
@@ -714,6 +736,19 @@ mod tests {
     }
 
     #[test]
+    fn a_record_that_cannot_be_written_is_a_store_error_naming_it() {
+        let (dir, secret, _, _) = setup();
+        let path = dir.path().join("missing-dir").join("used");
+        let err = Verifier::new(&secret, &path, 3).unwrap_err();
+        assert!(
+            matches!(&err, TokenError::Store { path: p, source }
+                if *p == path && source.kind() == std::io::ErrorKind::NotFound),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
     fn the_record_is_bounded() {
         let (dir, secret, binding, by) = setup();
         let minter = Minter::new(&secret).unwrap();
@@ -723,10 +758,10 @@ mod tests {
                 .unwrap();
         }
         let fourth = minter.mint(&binding, DEFAULT_TTL).unwrap();
-        assert_eq!(
+        assert!(matches!(
             v.verify(fourth.as_bytes(), &by),
             Err(TokenError::StoreFull(3))
-        );
+        ));
         // Once they expire, room is made again.
         let later = now() + MAX_TTL.as_secs() + 60;
         let fresh = minter.mint_at(&binding, later, DEFAULT_TTL).unwrap();

@@ -93,3 +93,101 @@ impl Limits {
         }
     }
 }
+
+/// One thing wrong with a server's configuration, found by the builder's setters or by
+/// [`ServerBuilder::bind`](crate::ServerBuilder::bind); see [`ServerError::Config`](crate::ServerError::Config).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigProblem {
+    /// A method or topic name that is not `namespace.Name`.
+    #[error("{name:?}: {source}")]
+    Name {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: peerwire_proto::names::NameError,
+    },
+    /// A namespace that is not a valid name, or the reserved one.
+    #[error("invalid namespace {0:?}")]
+    Namespace(String),
+    /// A namespace declared with no version, or version 0.
+    #[error("namespace {0:?} needs versions >= 1")]
+    Versions(String),
+    /// A handler in the reserved namespace `peerwire`.
+    #[error("{0}: the namespace \"peerwire\" is reserved")]
+    Reserved(String),
+    /// Two handlers for one method.
+    #[error("method {0} registered twice")]
+    DuplicateMethod(String),
+    /// Two handlers for one event topic.
+    #[error("event handler {0} registered twice")]
+    DuplicateEvent(String),
+    /// The socket path cannot be used.
+    #[error("{0}")]
+    SocketPath(#[source] peerwire_security::sockpath::PathError),
+    /// A limit is zero, inconsistent with another, or longer than 24 h.
+    #[error(
+        "limits out of range (frame size >= {min} bytes, queues and counts >= 1, idle timeout > \
+         keepalive interval > 0, default deadline <= max deadline, durations <= 24 h): {limits:?}",
+        min = peerwire_proto::handshake::MIN_FRAME_SIZE
+    )]
+    Limits {
+        /// The limits given.
+        limits: Box<Limits>,
+    },
+    /// An executable allowlist needs the kernel to name the sender of every chunk.
+    #[error(
+        "an executable allowlist needs the sender of every chunk checked, which this kernel \
+         cannot do: {0}"
+    )]
+    SenderCheck(#[source] std::sync::Arc<peerwire_security::exe::ExeError>),
+    /// A token verifier moves into the first server built from a builder.
+    #[error("the token verifier was already used by another server")]
+    VerifierUsed,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use std::error::Error as _;
+
+    use crate::{ConfigProblem, Server, ServerError, Status};
+
+    #[tokio::test]
+    async fn every_problem_is_typed_and_the_first_is_the_source() {
+        let mut b = Server::builder("/nonexistent-peerwire-test/s.sock");
+        b.namespace("peerwire", &[1])
+            .method(
+                "echo.Echo",
+                |_ctx, r: String| async move { Ok::<_, Status>(r) },
+            )
+            .method(
+                "echo.Echo",
+                |_ctx, r: String| async move { Ok::<_, Status>(r) },
+            )
+            .method(
+                "no-dot",
+                |_ctx, r: String| async move { Ok::<_, Status>(r) },
+            );
+        let err = b.bind().unwrap_err();
+        let ServerError::Config { problem, others } = &err else {
+            panic!("{err}");
+        };
+        assert!(matches!(problem, ConfigProblem::Namespace(n) if n == "peerwire"));
+        assert!(matches!(
+            others.as_slice(),
+            [
+                ConfigProblem::DuplicateMethod(m),
+                ConfigProblem::Name { name, .. },
+            ] if m == "echo.Echo" && name == "no-dot"
+        ));
+        let source = err.source().unwrap().to_string();
+        assert_eq!(source, "invalid namespace \"peerwire\"");
+        assert!(
+            err.to_string()
+                .contains("; method echo.Echo registered twice"),
+            "{err}"
+        );
+    }
+}

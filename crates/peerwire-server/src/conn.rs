@@ -172,9 +172,7 @@ pub(crate) async fn serve(
                             return Err(TlsSetup::Closed);
                         }
                         let (rd, wr) = split_guarded(stream, guard.clone()).map_err(|e| {
-                            TlsSetup::Failed(peerwire_security::tls::TlsError::Handshake(
-                                e.to_string(),
-                            ))
+                            TlsSetup::Failed(peerwire_security::tls::TlsError::Socket(e))
                         })?;
                         tls.accept(rd, wr).await.map_err(TlsSetup::Failed)
                     } => done,

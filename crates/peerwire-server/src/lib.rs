@@ -46,6 +46,7 @@
 
 mod config;
 mod conn;
+pub mod daemon;
 mod fds;
 mod logs;
 mod notify;
@@ -71,7 +72,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use bytes::Bytes;
-pub use config::Limits;
+pub use config::{ConfigProblem, Limits};
 pub use fds::DescriptorLimit;
 pub use outbound::SlowConsumerPolicy;
 pub use peerwire_proto::Status;
@@ -91,9 +92,19 @@ use router::Router;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// The builder was given something invalid (a bad method name, a reserved namespace...).
-    #[error("invalid server configuration: {0}")]
-    Config(String),
+    /// The builder was given something invalid (a bad method name, a reserved namespace...):
+    /// the first problem found, and any others.
+    #[error(
+        "invalid server configuration: {problem}{}",
+        others.iter().map(|p| format!("; {p}")).collect::<String>()
+    )]
+    Config {
+        /// The first problem.
+        #[source]
+        problem: ConfigProblem,
+        /// Further problems, in the order they were found.
+        others: Vec<ConfigProblem>,
+    },
     /// The socket could not be set up at this path.
     #[error("cannot listen on {path}: {reason}")]
     Socket {
@@ -115,6 +126,15 @@ pub enum ServerError {
     NoRuntime,
 }
 
+impl From<ConfigProblem> for ServerError {
+    fn from(problem: ConfigProblem) -> Self {
+        Self::Config {
+            problem,
+            others: vec![],
+        }
+    }
+}
+
 /// Collects what a [`Server`] needs. Setters take `&mut self`; [`bind`](Self::bind) validates.
 #[derive(Debug)]
 pub struct ServerBuilder {
@@ -128,7 +148,7 @@ pub struct ServerBuilder {
     tokens: Option<Arc<std::sync::Mutex<Option<Verifier>>>>,
     namespaces: BTreeMap<String, Vec<u32>>,
     router: Router,
-    errors: Vec<String>,
+    errors: Vec<ConfigProblem>,
 }
 
 impl ServerBuilder {
@@ -170,8 +190,11 @@ impl ServerBuilder {
     /// Declares what happens to `topic`'s events when a subscriber does not read: see
     /// [`SlowConsumerPolicy`]. Default `Disconnect`. Whatever the policy, a push never waits.
     pub fn topic_policy(&mut self, topic: &str, policy: SlowConsumerPolicy) -> &mut Self {
-        if let Err(e) = names::namespace_of(topic) {
-            self.errors.push(e.to_string());
+        if let Err(source) = names::namespace_of(topic) {
+            self.errors.push(ConfigProblem::Name {
+                name: topic.to_owned(),
+                source,
+            });
         }
         self.topic_policies.insert(topic.to_owned(), policy);
         self
@@ -190,10 +213,11 @@ impl ServerBuilder {
     pub fn namespace(&mut self, namespace: &str, versions: &[u32]) -> &mut Self {
         if !names::validate_namespace(namespace) || namespace == peerwire_proto::RESERVED_NAMESPACE
         {
-            self.errors.push(format!("invalid namespace {namespace:?}"));
+            self.errors
+                .push(ConfigProblem::Namespace(namespace.to_owned()));
         } else if versions.is_empty() || versions.contains(&0) {
             self.errors
-                .push(format!("namespace {namespace:?} needs versions >= 1"));
+                .push(ConfigProblem::Versions(namespace.to_owned()));
         } else {
             self.namespaces
                 .insert(namespace.to_owned(), versions.to_vec());
@@ -204,8 +228,7 @@ impl ServerBuilder {
     fn check_name(&mut self, name: &str) -> bool {
         match names::namespace_of(name) {
             Ok(peerwire_proto::RESERVED_NAMESPACE) => {
-                self.errors
-                    .push(format!("{name}: the namespace \"peerwire\" is reserved"));
+                self.errors.push(ConfigProblem::Reserved(name.to_owned()));
                 false
             }
             Ok(ns) => {
@@ -214,8 +237,11 @@ impl ServerBuilder {
                     .or_insert_with(|| vec![1]);
                 true
             }
-            Err(e) => {
-                self.errors.push(e.to_string());
+            Err(source) => {
+                self.errors.push(ConfigProblem::Name {
+                    name: name.to_owned(),
+                    source,
+                });
                 false
             }
         }
@@ -250,7 +276,8 @@ impl ServerBuilder {
 
     fn add_method(&mut self, name: &str, f: router::MethodFn) -> &mut Self {
         if self.check_name(name) && self.router.methods.insert(name.to_owned(), f).is_some() {
-            self.errors.push(format!("method {name} registered twice"));
+            self.errors
+                .push(ConfigProblem::DuplicateMethod(name.to_owned()));
         }
         self
     }
@@ -267,7 +294,7 @@ impl ServerBuilder {
             let f = router::event_fn(handler);
             if self.router.events.insert(topic.to_owned(), f).is_some() {
                 self.errors
-                    .push(format!("event handler {topic} registered twice"));
+                    .push(ConfigProblem::DuplicateEvent(topic.to_owned()));
             }
         }
         self
@@ -301,10 +328,14 @@ impl ServerBuilder {
     fn validate(&self) -> Result<(), ServerError> {
         let mut errors = self.errors.clone();
         if let Err(e) = peerwire_security::sockpath::validate_socket_path(&self.path) {
-            errors.push(e.to_string());
+            errors.push(ConfigProblem::SocketPath(e));
         }
-        if !errors.is_empty() {
-            return Err(ServerError::Config(errors.join("; ")));
+        let mut errors = errors.into_iter();
+        if let Some(problem) = errors.next() {
+            return Err(ServerError::Config {
+                problem,
+                others: errors.collect(),
+            });
         }
         let l = &self.limits;
         if l.max_frame_size < peerwire_proto::handshake::MIN_FRAME_SIZE
@@ -328,12 +359,10 @@ impl ServerBuilder {
             .iter()
             .any(|d| *d > config::MAX_DURATION)
         {
-            return Err(ServerError::Config(format!(
-                "limits out of range (frame size >= {} bytes, queues and counts >= 1, \
-                 idle timeout > keepalive interval > 0, default deadline <= max deadline, \
-                 durations <= 24 h): {l:?}",
-                peerwire_proto::handshake::MIN_FRAME_SIZE
-            )));
+            return Err(ConfigProblem::Limits {
+                limits: Box::new(*l),
+            }
+            .into());
         }
         Ok(())
     }
@@ -345,7 +374,7 @@ impl ServerBuilder {
     ) -> Result<Server, ServerError> {
         self.policy
             .prepare_listener(&listener, self.tokens.is_some())
-            .map_err(ServerError::Config)?;
+            .map_err(|e| ConfigProblem::SenderCheck(Arc::new(e)))?;
         let shared = Arc::new(Shared {
             name: self.name.clone(),
             limits: self.limits,
@@ -363,9 +392,7 @@ impl ServerBuilder {
                 Some(slot) => match slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
                     Some(v) => Some(std::sync::Mutex::new(v)),
                     None => {
-                        return Err(ServerError::Config(
-                            "the token verifier was already used by another server".into(),
-                        ));
+                        return Err(ConfigProblem::VerifierUsed.into());
                     }
                 },
                 None => None,

@@ -98,16 +98,13 @@ impl AccessPolicy {
         &self,
         listener: &impl AsFd,
         tokens: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), peerwire_security::exe::ExeError> {
         if !self.has_exes() && !tokens {
             return Ok(());
         }
         match pass_senders(listener, true) {
             Ok(()) => Ok(()),
-            Err(e) if self.has_exes() => Err(format!(
-                "an executable allowlist needs the sender of every chunk checked, which this \
-                 kernel cannot do: {e}"
-            )),
+            Err(e) if self.has_exes() => Err(e),
             Err(e) => {
                 tracing::warn!("session tokens bound to an executable will be refused: {e}");
                 Ok(())

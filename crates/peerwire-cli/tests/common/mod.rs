@@ -20,6 +20,35 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Decoder, Encoder};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
+/// The test-support binary (never shipped): helper processes such as an embedding SDK process.
+pub const TESTKIT: &str = env!("CARGO_BIN_EXE_peerwire-testkit");
+
+/// The variable that makes skipping a root-only test a failure (CI sets it: `.ci/run`).
+pub const REQUIRE_ROOT_ENV: &str = "PEERWIRE_TESTS_REQUIRE_ROOT";
+
+/// Whether the root-only test `test` (real users, setuid, chown, core patterns) can run: true
+/// as root. Otherwise it prints why it skips and returns false, unless
+/// `PEERWIRE_TESTS_REQUIRE_ROOT=1`, where a skip is a failure. Every root-only test starts
+/// with `if !common::root_or_skip("name") { return; }`.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var(REQUIRE_ROOT_ENV).as_deref() != Ok("1"),
+        "{test} needs root, and {REQUIRE_ROOT_ENV}=1 says it must not be skipped"
+    );
+    // Straight to the process's stderr: the harness captures eprintln! of passing tests.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "SKIPPED {test}: it needs root (real users, setuid, chown); run the tests as root, \
+             as CI does\n"
+        )
+        .as_bytes(),
+    );
+    false
+}
 
 /// Logs of the test process go to the test output (shown on failure), filtered by RUST_LOG.
 pub fn init_logs() {
@@ -45,6 +74,35 @@ impl ServeProcess {
             .arg(path)
             .args(extra);
         Self::spawn(cmd, path)
+    }
+
+    /// `start`, with the server's log in `log` and a line `echo.Sleep started` each time an
+    /// echo.Sleep handler starts: see [`ServeProcess::wait_started`].
+    pub fn start_logged(path: &Path, extra: &[&str], log: &Path) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--allow-root"])
+            .arg("--socket")
+            .arg(path)
+            .args(extra)
+            .env("RUST_LOG", "warn,echo=info")
+            .stderr(std::fs::File::create(log).unwrap());
+        Self::spawn(cmd, path)
+    }
+
+    /// Waits until `count` echo.Sleep handlers have started in a server of
+    /// [`ServeProcess::start_logged`] (their calls are in flight), at most 20 s.
+    pub async fn wait_started(log: &Path, count: usize) {
+        let started = || {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .matches("echo.Sleep started")
+                .count()
+        };
+        assert!(
+            eventually(Duration::from_secs(20), || started() >= count).await,
+            "{} of {count} echo.Sleep calls started within 20 s",
+            started()
+        );
     }
 
     /// Takes charge of an already started server process and waits until `path` answers.
