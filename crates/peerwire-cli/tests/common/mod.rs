@@ -365,6 +365,27 @@ pub fn shared_bin() -> PathBuf {
     BIN_COPY
         .get_or_init(|| {
             use std::os::unix::fs::PermissionsExt;
+            // Each test process makes its own copy (another's may be running); remove the
+            // copies of test processes that have ended, or every run leaves one behind.
+            for entry in std::fs::read_dir(std::env::temp_dir())
+                .into_iter()
+                .flatten()
+            {
+                let Ok(entry) = entry else { continue };
+                let name = entry.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("peerwire-test-bin-"))
+                    .and_then(|p| p.parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    == Err(nix::errno::Errno::ESRCH);
+                if gone {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
             let dir =
                 std::env::temp_dir().join(format!("peerwire-test-bin-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
