@@ -11,7 +11,9 @@ use peerwire_security::token::Presenter;
 use crate::logs::Untrusted;
 use crate::registry::{Shared, bump};
 
-use super::accept::{Reader, Wr, reject_frame};
+use peerwire_transport::stream::{FrameReader, Writer};
+
+use super::accept::reject_frame;
 use super::admission::Admission;
 use super::{codec_status, sender_refused_status};
 
@@ -60,8 +62,8 @@ pub(super) async fn handshake(
     deadline: tokio::time::Instant,
     presenter: Option<&Presenter>,
     guard: Option<&SenderGuard>,
-    reader: &mut Reader,
-    wr: &mut Wr,
+    reader: &mut FrameReader,
+    wr: &mut Writer,
 ) -> Option<(Session, String, Frame)> {
     let limits = &shared.limits;
     let uid = admission.uid;
@@ -75,12 +77,12 @@ pub(super) async fn handshake(
         first = tokio::time::timeout_at(deadline, reader.next()) => first,
         () = admission.evicted.cancelled() => {
             bump(&shared.counters.limit_refusals);
-            wr.send_last(refuse(admission.eviction()), limits.handshake_timeout).await;
+            wr.send_last(&refuse(admission.eviction()), limits.handshake_timeout).await;
             return None;
         }
         _ = shared.shutdown.cancelled() => {
             let status = Status::new(Code::ShuttingDown, "the server is shutting down");
-            wr.send_last(refuse(status), limits.handshake_timeout).await;
+            wr.send_last(&refuse(status), limits.handshake_timeout).await;
             return None;
         }
     };
@@ -97,7 +99,8 @@ pub(super) async fn handshake(
                 Some(status) => status,
                 None => codec_status(&e),
             };
-            wr.send_last(refuse(status), limits.handshake_timeout).await;
+            wr.send_last(&refuse(status), limits.handshake_timeout)
+                .await;
             return None;
         }
         Err(_) => {
@@ -108,7 +111,8 @@ pub(super) async fn handshake(
                     limits.handshake_timeout
                 ),
             );
-            wr.send_last(refuse(status), limits.handshake_timeout).await;
+            wr.send_last(&refuse(status), limits.handshake_timeout)
+                .await;
             return None;
         }
     };
@@ -126,7 +130,8 @@ pub(super) async fn handshake(
             match check_token(shared, presenter.as_ref(), &hello.session_token).await {
                 Err(status) => {
                     bump(&shared.counters.token_failures);
-                    wr.send_last(refuse(status), limits.handshake_timeout).await;
+                    wr.send_last(&refuse(status), limits.handshake_timeout)
+                        .await;
                     return None;
                 }
                 // Nothing binds the connection to a program any more: stop checking senders.
@@ -143,7 +148,7 @@ pub(super) async fn handshake(
             shared.log_limit.log(uid, || {
                 tracing::warn!("handshake refused: {}", Untrusted(&status.to_string()));
             });
-            wr.send_last(reject, limits.handshake_timeout).await;
+            wr.send_last(&reject, limits.handshake_timeout).await;
             None
         }
     }

@@ -4,15 +4,16 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use peerwire_proto::Status;
-use peerwire_proto::codec::{CodecError, FrameCodec};
-use peerwire_proto::io::FrameSink;
+use peerwire_proto::codec::CodecError;
 use peerwire_proto::v1::{Code, Frame, Goodbye, Ping, Response, frame::Kind};
-use peerwire_security::plain::PlainWriter;
+use peerwire_transport::FrameSink;
+use peerwire_transport::plain::PlainWriter;
+use peerwire_transport::stream::{FrameReader, Liveness, Writer};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -23,7 +24,6 @@ use crate::logs::Untrusted;
 use crate::registry::{ConnEntry, Full, Outbox, PushTarget, Shared, bump};
 use crate::router::{ConnInfo, ConnectionContext, EventFn};
 
-use super::accept::{Reader, Wr};
 use super::dispatch::run_event_handlers;
 use super::{codec_status, sender_refused_status};
 
@@ -39,7 +39,7 @@ pub(super) struct Connection {
     pub(super) shared: Arc<Shared>,
     pub(super) info: Arc<ConnInfo>,
     pub(super) ctx: ConnectionContext,
-    pub(super) reader: Reader,
+    pub(super) reader: FrameReader,
     pub(super) writer: Option<Arc<FrameSink<PlainWriter>>>,
     pub(super) tx: Outbox,
     pub(super) events_out: Arc<crate::outbound::EventQueue>,
@@ -64,29 +64,19 @@ impl Connection {
     pub(super) fn new(
         shared: Arc<Shared>,
         info: Arc<ConnInfo>,
-        mut reader: Reader,
-        wr: Wr,
+        mut reader: FrameReader,
+        wr: Writer,
     ) -> Self {
-        reader
-            .decoder_mut()
-            .set_max_frame_size(info.session.max_frame_size());
         let events_out = Arc::new(crate::outbound::EventQueue::new(
             shared.limits.outbound_queue,
             shared.limits.outbound_queue_bytes,
         ));
-        let max = info.session.max_frame_size();
-        let sink = match wr {
-            Wr::Plain(wr) => Arc::new(FrameSink::new(
-                wr,
-                FrameCodec::new(max),
-                shared.limits.outbound_queue_bytes,
-                shared.limits.outbound_queue,
-            )),
-            Wr::Sealed(sink) => {
-                sink.set_max_frame_size(max);
-                sink
-            }
-        };
+        let sink = wr.into_session(
+            &mut reader,
+            info.session.max_frame_size(),
+            shared.limits.outbound_queue_bytes,
+            shared.limits.outbound_queue,
+        );
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let ctx = ConnectionContext {
             inner: info.clone(),
@@ -200,14 +190,7 @@ impl Connection {
     /// The serving loop. Returns the reason the connection closes, if it is worth a log line.
     pub(super) async fn serve(&mut self) -> Option<Status> {
         let limits = self.shared.limits;
-        let mut last_rx = Instant::now();
-        let mut ticker = tokio::time::interval(
-            limits
-                .keepalive_interval
-                .min(limits.idle_timeout / 4)
-                .max(Duration::from_millis(1)),
-        );
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut liveness = Liveness::new(limits.keepalive_interval.min(limits.idle_timeout / 4));
         // Registered once, not on every turn of the loop.
         let kicked = self.kick.clone().cancelled_owned();
         let shutdown = self.shared.shutdown.clone().cancelled_owned();
@@ -245,7 +228,7 @@ impl Connection {
                 }
                 frame = self.reader.next(), if self.reading => match frame {
                     Some(Ok(frame)) => {
-                        last_rx = Instant::now();
+                        liveness.received();
                         // Answers to requests that arrived together leave together: one
                         // write once the last complete frame of the read is handled.
                         self.tx.cork();
@@ -265,7 +248,7 @@ impl Connection {
                             return Some(status);
                         }
                         if let CodecError::Io(e) = &e {
-                            if let Some(full) = peerwire_proto::io::OutboundFull::of(e) {
+                            if let Some(full) = peerwire_transport::OutboundFull::of(e) {
                                 // Reading made the connection write more than its bound
                                 // while the peer does not read (e.g. TLS key updates).
                                 bump(&self.shared.counters.slow_consumers);
@@ -297,8 +280,7 @@ impl Connection {
                         self.draining.get_or_insert(later(limits.shutdown_grace));
                     }
                 },
-                _ = ticker.tick() => {
-                    let quiet = last_rx.elapsed();
+                quiet = liveness.tick() => {
                     if quiet >= limits.idle_timeout {
                         let status = Status::new(Code::IdleTimeout, format!(
                             "no frame for {quiet:?}; the idle timeout is {:?}", limits.idle_timeout));
