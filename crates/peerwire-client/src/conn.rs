@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::{CallError, Config, ConnectError, Inner, lock};
+use crate::{CallError, Config, ConnectError, DisconnectReason, Inner, lock};
 
 /// A connection's outbound bounds: `outbound_queue` frames, or as many 4 KiB frames' bytes.
 fn sink_bounds(config: &Config) -> (usize, usize) {
@@ -149,7 +149,7 @@ pub(crate) struct Conn {
     rearm: tokio::sync::Notify,
     goodbye: Mutex<Option<Status>>,
     closed: CancellationToken,
-    close_reason: Mutex<Option<String>>,
+    close_reason: Mutex<Option<DisconnectReason>>,
     event_seq: Mutex<HashMap<String, u64>>,
 }
 
@@ -180,10 +180,10 @@ impl Conn {
     }
 
     /// Why the connection closed (once it has).
-    pub(crate) fn close_reason(&self) -> String {
+    pub(crate) fn close_reason(&self) -> DisconnectReason {
         lock(&self.close_reason)
             .clone()
-            .unwrap_or_else(|| "connection closed".into())
+            .unwrap_or(DisconnectReason::Closed)
     }
 
     pub(crate) fn goodbye(&self) -> Option<Status> {
@@ -259,7 +259,7 @@ impl Conn {
 
     /// Queues a frame; waits while the outbound queue is full, but not past the connection's end.
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), CallError> {
-        let closed = || CallError::Disconnected("connection closed".into());
+        let closed = || CallError::Disconnected(DisconnectReason::Closed);
         match self.tx.0.send(&frame).await {
             Ok(()) => Ok(()),
             Err(SinkError::Codec(CodecError::OutgoingTooLarge { len, max })) => {
@@ -270,10 +270,10 @@ impl Conn {
     }
 
     /// Fails every pending call at once.
-    fn fail_pending(&self, why: &str) {
+    fn fail_pending(&self, why: &DisconnectReason) {
         let pending: Vec<_> = lock(&self.pending).calls.drain().collect();
         for (_, (reply, _)) in pending {
-            let _ = reply.send(Err(Some(CallError::Disconnected(why.to_owned()))));
+            let _ = reply.send(Err(Some(CallError::Disconnected(why.clone()))));
         }
     }
 }
@@ -462,13 +462,13 @@ async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>)
             biased;
             next = reader.next() => match next {
                 None => break match conn.goodbye() {
-                    Some(status) => format!("the server closed the session: {status}"),
-                    None => "the server closed the connection".to_owned(),
+                    Some(status) => DisconnectReason::ServerClosedSession(status),
+                    None => DisconnectReason::ServerClosed,
                 },
-                Some(Err(e)) => break format!("bad frame from the server: {e}"),
+                Some(Err(e)) => break DisconnectReason::BadFrame(Arc::new(e)),
                 Some(Ok(frame)) => frame,
             },
-            () = &mut closed => break "connection closed".to_owned(),
+            () = &mut closed => break DisconnectReason::Closed,
             () = &mut deadlines => {
                 let next = conn.expire(tokio::time::Instant::now());
                 deadlines.as_mut().reset(next.unwrap_or_else(never));
@@ -481,7 +481,7 @@ async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>)
             }
             quiet = liveness.tick() => {
                 if quiet >= idle {
-                    break format!("nothing received from the server for {quiet:?}");
+                    break DisconnectReason::Idle(quiet);
                 }
                 continue;
             }
@@ -517,7 +517,7 @@ async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>)
                 tracing::info!("server says goodbye: {status}");
                 *lock(&conn.goodbye) = Some(status);
             }
-            _ => break format!("unexpected {} frame from the server", frame.kind_name()),
+            _ => break DisconnectReason::UnexpectedFrame(frame.kind_name()),
         }
         if corked && !peerwire_proto::codec::frame_ready(reader.read_buffer()) {
             // Let the woken calls run (and append their requests), then write them at once.

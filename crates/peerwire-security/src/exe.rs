@@ -179,7 +179,8 @@ pub fn sender_refused(e: &io::Error) -> Option<&SenderRefused> {
     e.get_ref()?.downcast_ref::<SenderRefused>()
 }
 
-/// Checks who sent each chunk read from one connection (see [`crate::plain::split_guarded`]).
+/// Checks who sent each chunk read from one connection (see [`SenderGuard::read_checked`], and
+/// `peerwire_transport::plain::split_guarded`).
 ///
 /// The first chunk's sender is pinned: it must run one of the allowed executables (any, when
 /// none are listed: the guard then only tracks), and every later chunk must come from a process

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ServerHandle;
 use crate::logs::Untrusted;
-use crate::registry::{ConnEntry, Full, Outbox, PushTarget, Shared, bump};
+use crate::outbound::{Full, Outbox};
+use crate::registry::{ConnEntry, PushTarget, Shared, bump};
 use crate::router::{ConnInfo, ConnectionContext, EventFn};
 
 use super::dispatch::run_event_handlers;
