@@ -7,6 +7,9 @@ fn main() {
     let out = std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into());
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
+    // The shared library's SONAME: a distribution installs libpeerwire.so.0 and the
+    // development symlink libpeerwire.so (xtask ffi, the Yocto recipe).
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libpeerwire.so.0");
     let config = match cbindgen::Config::from_file(format!("{dir}/cbindgen.toml")) {
         Ok(c) => c,
         Err(e) => {
