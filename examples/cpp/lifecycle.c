@@ -50,6 +50,8 @@ int main(int argc, char **argv) {
         CHECK("start", peerwire_server_start(so, &server));
         peerwire_client_options *co = NULL;
         CHECK("client options", peerwire_client_options_new(path, &co));
+        const uint32_t v1 = 1;
+        CHECK("namespace", peerwire_client_options_namespace(co, "life", &v1, 1, true));
         peerwire_client *client = NULL;
         CHECK("connect", peerwire_client_connect(co, &client));
         int pushed = 0;
