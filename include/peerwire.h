@@ -220,9 +220,10 @@ typedef struct peerwire_subscription peerwire_subscription;
  * The answer to `peerwire_client_call_async`: `status` is `PEERWIRE_OK` with the response
  * (`len` bytes), or the failure with `error` (a message) and `remote_code` (the protocol code
  * for `PEERWIRE_REMOTE_STATUS`). `response` and `error` are valid during the call only.
- * Called exactly once per accepted call: on a library thread, or, for calls still pending
- * when the client is freed, with `PEERWIRE_CLOSED` on the thread calling
- * `peerwire_client_free`. The rules of `peerwire_method_fn` apply (no blocking functions, no
+ * Called exactly once per accepted call, on a library thread; calls still pending when the
+ * client is closed or freed are answered `PEERWIRE_DISCONNECTED` (or `PEERWIRE_CLOSED`, on the
+ * thread calling `peerwire_client_free`, if their task had not started), always before
+ * `peerwire_client_free` returns. The rules of `peerwire_method_fn` apply (no blocking functions, no
  * unwinding).
  */
 typedef void (*peerwire_call_fn)(void *user_data,
@@ -245,6 +246,33 @@ typedef void (*peerwire_event_callback)(void *user_data,
                                         uint64_t seq,
                                         const uint8_t *event,
                                         size_t len);
+
+/**
+ * Where the process stands after `peerwire_daemon_start`.
+ */
+typedef struct {
+  /**
+   * The uid the process now runs as.
+   */
+  uint32_t uid;
+  /**
+   * The gid the process now runs as.
+   */
+  uint32_t gid;
+  /**
+   * True when it dropped to a service user; false when it stayed (root allowed, or it was
+   * started unprivileged).
+   */
+  bool dropped;
+  /**
+   * True when it runs as root (only with `allow_root`).
+   */
+  bool root;
+  /**
+   * True when memory is locked (no swapping of secrets).
+   */
+  bool memory_locked;
+} peerwire_daemon_info;
 
 /**
  * Who sent a request or an event, passed to the callbacks. Valid during the callback only:
@@ -689,14 +717,38 @@ peerwire_status peerwire_client_close(const peerwire_client *client);
 
 /**
  * Closes the client (as `peerwire_client_close`), stops its runtime thread and frees it.
- * Pending `peerwire_client_call_async` callbacks are called with `PEERWIRE_CLOSED` before it
- * returns; no other callback runs after. NULL does nothing. Not from a callback
+ * Pending `peerwire_client_call_async` callbacks are called (`PEERWIRE_DISCONNECTED` or
+ * `PEERWIRE_CLOSED`) before it returns; no callback runs after. NULL does nothing. Not from a callback
  * (`PEERWIRE_WRONG_THREAD`, and nothing is freed).
  *
  * # Safety
  * `client` is NULL or a live client, not used afterwards by any thread.
  */
 peerwire_status peerwire_client_free(peerwire_client *client);
+
+/**
+ * The privileged start-up of a serving process, in one call, before any other peerwire call
+ * that starts threads (the drop needs a single-threaded process: call it first thing in
+ * `main`, before the program starts threads of its own too): hardens the process; refuses root
+ * unless `user` is given or `allow_root`; as root, prepares the directory of `socket_path`
+ * for the service user (0700, or 0750 with `socket_group`); drops to `user` (name or uid) with
+ * exactly the `group_count` supplementary `groups` (names or gids) and no capability,
+ * `no_new_privs` set; hardens again and verifies. `user`, `groups` and `socket_group` may be
+ * NULL (with count 0). `*info` (may be NULL) says what the process now runs as.
+ * `PEERWIRE_PERMISSION` when a step fails (nothing after it was done), `PEERWIRE_CONFIG` for an
+ * unknown user or group.
+ *
+ * # Safety
+ * `socket_path` is a NUL-terminated string; `user` and `socket_group` NULL or such strings;
+ * `groups` points to `group_count` such strings; `info` NULL or writable.
+ */
+peerwire_status peerwire_daemon_start(const char *socket_path,
+                                      const char *user,
+                                      const char *const *groups,
+                                      size_t group_count,
+                                      const char *socket_group,
+                                      bool allow_root,
+                                      peerwire_daemon_info *info);
 
 /**
  * Starts `argv[0]` (a path; `PATH` is not searched) with the arguments `argv[1..argc]`, passing

@@ -456,9 +456,10 @@ pub unsafe extern "C" fn peerwire_client_call(
 /// The answer to `peerwire_client_call_async`: `status` is `PEERWIRE_OK` with the response
 /// (`len` bytes), or the failure with `error` (a message) and `remote_code` (the protocol code
 /// for `PEERWIRE_REMOTE_STATUS`). `response` and `error` are valid during the call only.
-/// Called exactly once per accepted call: on a library thread, or, for calls still pending
-/// when the client is freed, with `PEERWIRE_CLOSED` on the thread calling
-/// `peerwire_client_free`. The rules of `peerwire_method_fn` apply (no blocking functions, no
+/// Called exactly once per accepted call, on a library thread; calls still pending when the
+/// client is closed or freed are answered `PEERWIRE_DISCONNECTED` (or `PEERWIRE_CLOSED`, on the
+/// thread calling `peerwire_client_free`, if their task had not started), always before
+/// `peerwire_client_free` returns. The rules of `peerwire_method_fn` apply (no blocking functions, no
 /// unwinding).
 pub type peerwire_call_fn = Option<
     unsafe extern "C" fn(
@@ -816,8 +817,8 @@ pub unsafe extern "C" fn peerwire_client_close(client: *const peerwire_client) -
 }
 
 /// Closes the client (as `peerwire_client_close`), stops its runtime thread and frees it.
-/// Pending `peerwire_client_call_async` callbacks are called with `PEERWIRE_CLOSED` before it
-/// returns; no other callback runs after. NULL does nothing. Not from a callback
+/// Pending `peerwire_client_call_async` callbacks are called (`PEERWIRE_DISCONNECTED` or
+/// `PEERWIRE_CLOSED`) before it returns; no callback runs after. NULL does nothing. Not from a callback
 /// (`PEERWIRE_WRONG_THREAD`, and nothing is freed).
 ///
 /// # Safety

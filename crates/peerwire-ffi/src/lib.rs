@@ -29,6 +29,7 @@ use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 mod client;
+mod daemon;
 mod handle;
 mod launch;
 mod raw;
@@ -36,6 +37,7 @@ mod raw_message;
 mod server;
 
 pub use client::*;
+pub use daemon::*;
 pub use launch::*;
 pub use server::*;
 
@@ -367,4 +369,31 @@ pub unsafe extern "C" fn peerwire_buffer_free(buffer: *mut peerwire_buffer) -> p
         // SAFETY: the caller passes a live buffer it will not use again (this function's contract).
         unsafe { handle::take(buffer) }.map(drop)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn last() -> String {
+        // SAFETY: the library's own thread-local string, valid until the next call here.
+        unsafe { CStr::from_ptr(peerwire_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_stops_at_the_boundary_as_internal_with_its_message() {
+        let s = boundary("peerwire_test", || panic!("a bug, reached"));
+        assert_eq!(s, PEERWIRE_INTERNAL);
+        assert_eq!(last(), "peerwire_test: internal error: a bug, reached");
+        // The next success clears it.
+        assert_eq!(boundary("peerwire_test", || Ok(())), PEERWIRE_OK);
+        assert_eq!(last(), "");
+        // A NUL in a message (a peer's reason) cuts it rather than losing it.
+        let s = boundary("peerwire_test", || Err(Error::invalid("before\0after")));
+        assert_eq!(s, PEERWIRE_INVALID_ARGUMENT);
+        assert_eq!(last(), "peerwire_test: before");
+    }
 }

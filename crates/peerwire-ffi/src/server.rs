@@ -653,12 +653,20 @@ pub unsafe extern "C" fn peerwire_server_start(
                 async {}
             });
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(o.threads)
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(o.threads)
             .thread_name("peerwire-server")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::new(PEERWIRE_IO, format!("starting the runtime: {e}")))?;
+            .enable_all();
+        // After peerwire_daemon_start, through the verified start-up: every new thread is
+        // checked to show the main thread's (dropped) credentials.
+        let runtime = match crate::daemon::take_ready() {
+            Some(ready) => ready
+                .runtime_from(&mut rt)
+                .map_err(|e| Error::new(PEERWIRE_PERMISSION, e.to_string()))?,
+            None => rt
+                .build()
+                .map_err(|e| Error::new(PEERWIRE_IO, format!("starting the runtime: {e}")))?,
+        };
         let server = {
             let _entered = runtime.enter();
             builder.bind().map_err(|e| {
