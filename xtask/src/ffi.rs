@@ -262,7 +262,7 @@ pub(crate) fn fill(template: &str, prefix: &str, libdir: &str) -> String {
 }
 
 /// Installs the library, header, pkg-config file and CMake package under `prefix`.
-fn install(root: &Path, release: &Path, prefix: &Path) -> anyhow::Result<()> {
+pub(crate) fn install(root: &Path, release: &Path, prefix: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(prefix);
     let lib = prefix.join(LIBDIR);
     for dir in [
