@@ -6,9 +6,11 @@
 //! length prefix: the limit), `tokio` (bare tokio + tokio-util `LengthDelimitedCodec`: what an
 //! async Rust stack costs before any protocol or security), `peerwire`, `peerwire-exe` (an
 //! `--allow-exe` rule: the sender of every chunk read is checked), `peerwire-tls` (mutual TLS 1.3), `peerwire-tls-token`
-//! (server TLS + one-time session tokens: connection set-up only) and, with the `peers` feature,
+//! (server TLS + one-time session tokens: connection set-up only), `peerwire-c` (the C client
+//! over the C API against the plain server: 64 B round trips only) and, with the `peers` feature,
 //! `tonic` (gRPC) and `ttrpc`. Scenarios and figures: see `measure.rs`; output: `report.rs`.
 
+mod c_client;
 mod measure;
 mod pw;
 mod raw;
@@ -40,18 +42,20 @@ pub(crate) enum System {
     PeerwireExe,
     PeerwireTls,
     PeerwireTlsToken,
+    PeerwireC,
     Tonic,
     Ttrpc,
 }
 
 impl System {
-    const ALL: [System; 8] = [
+    const ALL: [System; 9] = [
         System::Raw,
         System::Tokio,
         System::Peerwire,
         System::PeerwireExe,
         System::PeerwireTls,
         System::PeerwireTlsToken,
+        System::PeerwireC,
         System::Tonic,
         System::Ttrpc,
     ];
@@ -64,6 +68,7 @@ impl System {
             System::PeerwireExe => "peerwire-exe",
             System::PeerwireTls => "peerwire-tls",
             System::PeerwireTlsToken => "peerwire-tls-token",
+            System::PeerwireC => "peerwire-c",
             System::Tonic => "tonic",
             System::Ttrpc => "ttrpc",
         }
@@ -100,7 +105,7 @@ fn serve(system: System, socket: &Path, identity: &Path) -> anyhow::Result<()> {
     match system {
         System::Raw => raw::serve(socket),
         System::Tokio => tokio_framing::serve(socket),
-        System::Peerwire => pw::serve(socket, identity, pw::ServerMode::Plain),
+        System::Peerwire | System::PeerwireC => pw::serve(socket, identity, pw::ServerMode::Plain),
         System::PeerwireExe => pw::serve(socket, identity, pw::ServerMode::PlainExe),
         System::PeerwireTls => pw::serve(socket, identity, pw::ServerMode::MutualTls),
         System::PeerwireTlsToken => pw::serve(socket, identity, pw::ServerMode::ServerTlsToken),
@@ -241,6 +246,7 @@ async fn measure_system(
                 .run("connect", measure::connect::<pw::Pw>(t, p))
                 .await?;
         }
+        System::PeerwireC => steps.run("rtt-64B", c_client::rtt(t, 64, p)).await?,
         #[cfg(feature = "peers")]
         System::Tonic => steps.peer::<grpc::Grpc>(t, server_pid, p, memory).await?,
         #[cfg(feature = "peers")]
@@ -277,6 +283,7 @@ fn run(quick: bool, peers: bool, out: &Path) -> anyhow::Result<()> {
     let systems: Vec<System> = System::ALL
         .into_iter()
         .filter(|s| peers && cfg!(feature = "peers") || !s.is_peer())
+        .filter(|s| *s != System::PeerwireC || c_client::program().is_some())
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -321,6 +328,7 @@ fn run(quick: bool, peers: bool, out: &Path) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     report::write(&rows, out)?;
+    report::c_client_ratio(&rows);
     eprintln!("run took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -281,6 +281,7 @@ fn color(system: System) -> &'static str {
         System::PeerwireExe => "#aec7e8",
         System::PeerwireTls => "#2ca02c",
         System::PeerwireTlsToken => "#98df8a",
+        System::PeerwireC => "#17becf",
         System::Tonic => "#ff7f0e",
         System::Ttrpc => "#9467bd",
     }
@@ -476,4 +477,26 @@ pub(crate) fn write(rows: &[Row], out: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The C client's 64 B round trip beside the Rust client's, per placement, from the same run
+/// (issue 18: within 1.1x).
+pub(crate) fn c_client_ratio(rows: &[Row]) {
+    let p50 = |system: System, placement: &str| {
+        rows.iter()
+            .find(|r| r.system == system && r.scenario == "rtt-64B" && r.placement == placement)
+            .and_then(|r| r.f.p50_us)
+    };
+    for placement in ["same-cpu", "split"] {
+        if let (Some(c), Some(rust)) = (
+            p50(System::PeerwireC, placement),
+            p50(System::Peerwire, placement),
+        ) {
+            println!(
+                "C client (blocking call, 64 B echo), {placement}: p50 {c:.1} us beside the Rust \
+                 client's {rust:.1} us: {:.2}x",
+                c / rust
+            );
+        }
+    }
 }

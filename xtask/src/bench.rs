@@ -4,6 +4,9 @@
 //! without the `peers` feature and measures peerwire against raw and bare tokio only (CI: the
 //! harness cannot rot, and CI does not compile tonic and ttrpc). Results: a table on stdout,
 //! `target/bench/results.json`, `results.md` and the charts `ratios.svg` and `ratios-split.svg`.
+//! The C client row (`peerwire-c`): `bench/c/echo_client.c` built against the release
+//! `libpeerwire.so` and `include/peerwire.h`, its 64 B round trip printed beside the Rust
+//! client's with the ratio.
 //! Then the renderer's benchmark (`peerwire-renderer bench`: event-to-pixel latency, frame time
 //! with and without an event flood; `target/bench/renderer.json`).
 //! No timing is asserted: figures belong to the benchmark, not to tests.
@@ -29,7 +32,9 @@ pub(crate) fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     }
     succeed(&mut build, "building the benchmark")?;
     let out = root.join("target/bench");
+    let c_client = c_client(root, &cargo, &out)?;
     let mut cmd = Command::new(root.join("target/release/peerwire-bench"));
+    cmd.env("PEERWIRE_BENCH_C_CLIENT", &c_client);
     cmd.arg("run").arg("--out").arg(&out);
     if quick {
         cmd.arg("--quick");
@@ -48,6 +53,39 @@ pub(crate) fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         out.join("renderer.json").display()
     );
     Ok(())
+}
+
+/// Builds the C client of the benchmark against the release C library; its path.
+fn c_client(root: &Path, cargo: &str, out: &Path) -> anyhow::Result<std::path::PathBuf> {
+    succeed(
+        Command::new(cargo).current_dir(root).args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "peerwire-ffi",
+        ]),
+        "building the C library",
+    )?;
+    // Installed as for a distribution (the SONAME libpeerwire.so.0 and its link).
+    let prefix = out.join("c-prefix");
+    crate::ffi::install(root, &root.join("target/release"), &prefix)?;
+    let program = out.join("c-echo-client");
+    let lib = prefix.join("lib");
+    succeed(
+        Command::new("cc")
+            .args(["-O2", "-std=c11", "-Wall", "-Werror", "-o"])
+            .arg(&program)
+            .arg(root.join("bench/c/echo_client.c"))
+            .arg("-I")
+            .arg(prefix.join("include"))
+            .arg("-L")
+            .arg(&lib)
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-lpeerwire"),
+        "building the C client",
+    )?;
+    Ok(program)
 }
 
 /// The OpenGL display client's event-to-pixel latency and frame times (headless EGL; see

@@ -29,6 +29,12 @@
 //!   tarballs of `DIR`, `$PEERWIRE_OE_DIR` or `../shared/yocto`): parse, environment, task
 //!   graphs, fetch and unpack, a configuration without systemd; see docs/yocto.md.
 //!
+//! - `cargo xtask ffi [--bless]`: the C ABI (`crates/peerwire-ffi`): builds and installs
+//!   `libpeerwire` into `target/ffi/prefix`, builds `examples/cpp` with CMake against it (and
+//!   with ASan/UBSan), runs the C++ display server against the Rust client and the Rust server
+//!   against the C client in mutual TLS, then the sanitizer and leak runs; see docs/c-api.md.
+//!   `--bless` rewrites `include/peerwire.h` from the code first.
+//!
 //! Every step uses `--locked`, so a `Cargo.lock` out of step with the manifests fails.
 
 use std::process::Command;
@@ -38,6 +44,7 @@ use anyhow::{Context, bail};
 
 mod bench;
 mod bitbake;
+mod ffi;
 mod fuzz;
 mod hardening;
 mod soak;
@@ -57,6 +64,7 @@ fn main() -> anyhow::Result<()> {
             let rest: Vec<String> = args.iter().filter(|a| *a != "--tls").cloned().collect();
             soak::run(&root(), seconds(&rest, 60)?, tls)
         }
+        Some("ffi") => ffi::run(&root(), args.iter().any(|a| a == "--bless")),
         Some("bench") => bench::run(&root(), args.iter().any(|a| a == "--quick")),
         Some("yocto") if args.iter().any(|a| a == "--bitbake") => bitbake::run(
             &root(),
@@ -65,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         Some("yocto") => yocto::run(&root(), out_dir(&args)?),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | hardening | fuzz [--seconds N] | soak [--seconds N] [--tls] | bench [--quick] [--no-peers] | yocto [--out DIR] | yocto --bitbake [--release R] [--oe-dir DIR]"
+                "usage: cargo xtask ci | hardening | ffi [--bless] | fuzz [--seconds N] | soak [--seconds N] [--tls] | bench [--quick] [--no-peers] | yocto [--out DIR] | yocto --bitbake [--release R] [--oe-dir DIR]"
             );
             bail!("unknown or missing task: {args:?}");
         }

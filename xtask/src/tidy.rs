@@ -39,8 +39,9 @@ fn library_sources() -> Vec<(PathBuf, String)> {
 }
 
 /// Every library crate root forbids unsafe code, except peerwire-security, which denies it
-/// crate-wide and may allow it only in the module that makes raw socket calls, and the
-/// renderer, which denies it crate-wide and allows it only in `src/gpu/` (GL and EGL are FFI).
+/// crate-wide and may allow it only in the module that makes raw socket calls, the
+/// renderer, which denies it crate-wide and allows it only in `src/gpu/` (GL and EGL are FFI),
+/// and peerwire-ffi, the C ABI, which is the boundary itself.
 #[test]
 fn unsafe_is_forbidden_outside_the_security_crate() {
     for crate_dir in [
@@ -71,13 +72,14 @@ fn unsafe_is_forbidden_outside_the_security_crate() {
     );
     for (path, text) in library_sources() {
         // The modules allowed unsafe: the security crate's raw socket calls, and the renderer's
-        // GL and EGL calls (FFI: glow, khronos-egl, glutin). Every unsafe block carries a
-        // SAFETY comment.
+        // GL and EGL calls (FFI: glow, khronos-egl, glutin), and the C ABI. Every unsafe block
+        // (and `unsafe impl`) carries a SAFETY comment.
         if path.ends_with("crates/peerwire-security/src/sys.rs")
             || path.starts_with(root().join("examples/renderer/src/gpu"))
+            || path.starts_with(root().join("crates/peerwire-ffi/src"))
         {
             assert_eq!(
-                text.matches("unsafe {").count(),
+                text.matches("unsafe {").count() + text.matches("unsafe impl").count(),
                 text.matches("// SAFETY:").count(),
                 "{}: every unsafe block needs a // SAFETY: comment",
                 path.display()

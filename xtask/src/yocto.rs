@@ -43,6 +43,11 @@ pub(crate) const RECIPE_PACKAGES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Cargo packages a recipe builds besides its binary's: the server recipe also builds the C
+/// library of `peerwire-ffi` (`libpeerwire.so.0` in `peerwire`, the header, pkg-config and CMake
+/// files in `peerwire-dev`, `libpeerwire.a` in `peerwire-staticdev`).
+pub(crate) const RECIPE_EXTRA_PACKAGES: &[(&str, &str)] = &[("peerwire", "peerwire-ffi")];
+
 /// The Yocto releases the layer is for: the current LTS releases, 5.0 and 6.0.
 pub(crate) const RELEASES: &[&str] = &["scarthgap", "wrynose"];
 
@@ -351,8 +356,15 @@ impl Inputs {
         // The licence files are read from the crates as published.
         yocto_licences::cargo_fetch(root)?;
         let mut licences = vec![];
-        for (_, package, _) in RECIPE_PACKAGES {
-            licences.push(yocto_licences::licences(root, package)?);
+        for (recipe, package, _) in RECIPE_PACKAGES {
+            let mut packages = vec![*package];
+            packages.extend(
+                RECIPE_EXTRA_PACKAGES
+                    .iter()
+                    .filter(|(r, _)| r == recipe)
+                    .map(|(_, p)| *p),
+            );
+            licences.push(yocto_licences::licences(root, &packages)?);
         }
 
         let mut deploy = vec![];
@@ -499,6 +511,15 @@ impl Inputs {
                 ("PTEST_PACKAGES", &ptest.join(" ")),
                 ("USER", &self.service_user),
                 ("LICENCES", &self.licence_block(0)?),
+                ("PEERWIRE_VERSION", &self.version),
+                (
+                    "PEERWIRE_VERSION_MAJOR",
+                    self.version.split('.').next().unwrap_or("0"),
+                ),
+                (
+                    "PEERWIRE_VERSION_MINOR",
+                    self.version.split('.').nth(1).unwrap_or("0"),
+                ),
             ],
         )
     }
@@ -509,8 +530,14 @@ impl Inputs {
         let (_, package, binary) = RECIPE_PACKAGES.get(index).context("no such recipe")?;
         let licences = self.licences.get(index).context("no licences")?;
         let crates = licences.linked.iter().filter(|l| !l.member).count();
+        let recipe = RECIPE_PACKAGES.get(index).map_or("", |r| r.0);
+        let extra: String = RECIPE_EXTRA_PACKAGES
+            .iter()
+            .filter(|(r, _)| *r == recipe)
+            .map(|(_, p)| format!(" and the library of {p}"))
+            .collect();
         let mut s = format!(
-            "\n# Generated from the {crates} crates that `{binary}` (package {package}) links on Linux,\n\
+            "\n# Generated from the {crates} crates that `{binary}` (package {package}){extra} links on Linux,\n\
              # besides peerwire's own ({}): the licence of each crate's Cargo.toml, and the\n\
              # licence files each publishes, where the crate fetcher unpacks them.\n",
             self.license
@@ -739,7 +766,7 @@ inherit features_check ptest-cargo systemd useradd
 # The unit, the socket, sysusers.d, tmpfiles.d and LoadCredentialEncrypted= are systemd's.
 REQUIRED_DISTRO_FEATURES = "systemd"
 
-PEERWIRE_CARGO_PACKAGES = "-p peerwire-cli --bin peerwire"
+PEERWIRE_CARGO_PACKAGES = "-p peerwire-cli --bin peerwire -p peerwire-ffi --lib"
 # ptest: the unit tests of the libraries the server is made of. The integration tests of
 # crates/peerwire-cli run the peerwire binary at its path in the build tree and need host
 # tools, so they stay in the project's CI.
@@ -755,13 +782,31 @@ SYSTEMD_SERVICE:${PN} = "peerwire.socket peerwire.service"
 # then enables it: systemctl enable --now peerwire.socket peerwire.service
 SYSTEMD_AUTO_ENABLE:${PN} = "disable"
 
+# The C library (docs/c-api.md): its SONAME is libpeerwire.so.0; the header, the pkg-config
+# file and the CMake package are filled in for this prefix and libdir.
+PEERWIRE_LIBDIR_REL = "${@os.path.relpath(d.getVar('libdir'), d.getVar('prefix'))}"
+PEERWIRE_POINTER_BYTES = "${@'8' if d.getVar('SITEINFO_BITS') == '64' else '4'}"
+
 do_install:append() {
-@INSTALL@    # The sealed configuration and the encrypted key go here (tmpfiles.d sets the same).
+@INSTALL@    install -d ${D}${libdir}/pkgconfig ${D}${libdir}/cmake/peerwire ${D}${includedir}
+    install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/libpeerwire.so ${D}${libdir}/libpeerwire.so.0
+    ln -sf libpeerwire.so.0 ${D}${libdir}/libpeerwire.so
+    install -m 0644 ${B}/target/${CARGO_TARGET_SUBDIR}/libpeerwire.a ${D}${libdir}/libpeerwire.a
+    install -m 0644 ${S}/include/peerwire.h ${D}${includedir}/peerwire.h
+    for f in peerwire.pc:pkgconfig peerwireConfig.cmake:cmake/peerwire peerwireConfigVersion.cmake:cmake/peerwire; do
+        sed -e 's|@[P]REFIX@|${prefix}|g' -e 's|@[L]IBDIR@|${PEERWIRE_LIBDIR_REL}|g' \
+            -e 's|@[V]ERSION@|@PEERWIRE_VERSION@|g' -e 's|@[V]ERSION_MAJOR@|@PEERWIRE_VERSION_MAJOR@|g' \
+            -e 's|@[V]ERSION_MINOR@|@PEERWIRE_VERSION_MINOR@|g' -e 's|@[S]IZEOF_VOID_P@|${PEERWIRE_POINTER_BYTES}|g' \
+            ${S}/crates/peerwire-ffi/pkg/${f%%:*}.in > ${D}${libdir}/${f#*:}/${f%%:*}
+    done
+    # The sealed configuration and the encrypted key go here (tmpfiles.d sets the same).
     install -d -m 0750 ${D}${sysconfdir}/peerwire
     chown root:@USER@ ${D}${sysconfdir}/peerwire
 }
 
-FILES:${PN} += "@FILES@"
+FILES:${PN} += "@FILES@ ${libdir}/libpeerwire.so.0"
+FILES:${PN}-dev += "${includedir}/peerwire.h ${libdir}/libpeerwire.so ${libdir}/pkgconfig/peerwire.pc ${libdir}/cmake/peerwire"
+FILES:${PN}-staticdev += "${libdir}/libpeerwire.a"
 "#;
 
 const DISPLAY_CLIENT_BB: &str = r#"# nooelint: oelint.var.bbclassextend,oelint.var.suggestedvar.BUGTRACKER
@@ -1202,6 +1247,52 @@ mod tests {
     }
 
     /// What Cargo.lock may not contain for the layer, and what may not reach a recipe.
+    #[test]
+    fn server_recipe_packages_the_c_library() {
+        let (_tmp, layer) = generate();
+        let recipe = std::fs::read_to_string(layer.join(RECIPES).join("peerwire_git.bb")).unwrap();
+        for line in [
+            "PEERWIRE_CARGO_PACKAGES = \"-p peerwire-cli --bin peerwire -p peerwire-ffi --lib\"",
+            "${D}${libdir}/libpeerwire.so.0",
+            "ln -sf libpeerwire.so.0 ${D}${libdir}/libpeerwire.so",
+            "${S}/include/peerwire.h ${D}${includedir}/peerwire.h",
+            "FILES:${PN}-dev += \"${includedir}/peerwire.h ${libdir}/libpeerwire.so \
+             ${libdir}/pkgconfig/peerwire.pc ${libdir}/cmake/peerwire\"",
+            "FILES:${PN}-staticdev += \"${libdir}/libpeerwire.a\"",
+            "and the library of peerwire-ffi links on Linux",
+        ] {
+            assert!(recipe.contains(line), "missing {line:?} in\n{recipe}");
+        }
+        assert!(
+            recipe.contains(" ${libdir}/libpeerwire.so.0\"\n"),
+            "{recipe}"
+        );
+        // The templates it fills exist, and each placeholder the sed lines replace is in them.
+        for t in [
+            "peerwire.pc.in",
+            "peerwireConfig.cmake.in",
+            "peerwireConfigVersion.cmake.in",
+        ] {
+            let text =
+                std::fs::read_to_string(root().join("crates/peerwire-ffi/pkg").join(t)).unwrap();
+            assert!(text.contains('@'), "{t}");
+            for (start, _) in text.match_indices('@') {
+                let key: String = text[start + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                if text[start..].starts_with(&format!("@{key}@")) && !key.is_empty() {
+                    let first = key.chars().next().unwrap();
+                    let pattern = format!("@[{first}]{}@", &key[1..]);
+                    assert!(
+                        recipe.contains(&pattern),
+                        "{t}: @{key}@ is not filled by the recipe"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn refuses_inputs_the_layer_cannot_express() {
         let package = |source: &str| -> toml::Table {

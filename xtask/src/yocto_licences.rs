@@ -293,10 +293,16 @@ fn licence_files(archive: &Path, name: &str, version: &str) -> anyhow::Result<Ve
     Ok(files)
 }
 
-/// The licences of what `package` links. `own` is the workspace's licence, whose file is the
-/// repository's `LICENSE`.
-pub(crate) fn licences(root: &Path, package: &str) -> anyhow::Result<Licences> {
-    let linked = linked(root, package)?;
+/// The licences of what `packages` link (a recipe may build several: the server recipe builds
+/// the `peerwire` binary and the C library). `own` is the workspace's licence, whose file is
+/// the repository's `LICENSE`.
+pub(crate) fn licences(root: &Path, packages: &[&str]) -> anyhow::Result<Licences> {
+    let mut linked: Vec<Linked> = vec![];
+    for package in packages {
+        linked.extend(self::linked(root, package)?);
+    }
+    linked.sort();
+    linked.dedup();
     let mut expressions = BTreeSet::new();
     let mut files = vec![];
     let mut without_files = vec![];
