@@ -671,7 +671,7 @@ pub unsafe extern "C" fn peerwire_server_start(
             let _entered = runtime.enter();
             builder.bind().map_err(|e| {
                 let status = match e {
-                    ::peerwire_server::ServerError::Config(_) => PEERWIRE_CONFIG,
+                    ::peerwire_server::ServerError::Config { .. } => PEERWIRE_CONFIG,
                     _ => PEERWIRE_IO,
                 };
                 Error::new(status, e.to_string())
