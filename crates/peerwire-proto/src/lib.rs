@@ -8,6 +8,8 @@
 //!   limit in force *before* it allocates anything;
 //! - [`handshake`]: the `Hello` / `Welcome` / `Reject` state machines of both ends, including
 //!   protocol version and per-namespace version negotiation;
+//! - [`session`]: the session state machines of both ends (states, frame rules, request ids,
+//!   deadlines, keepalive, `Goodbye`), driven by the server and the client alike;
 //! - [`Status`] and [`names`]: status codes and `namespace.Name` validation shared by both ends;
 //! - `io` (feature `io`, off by default): the one tokio adapter both ends share, a frame writer.
 //!
@@ -38,6 +40,7 @@ pub mod handshake;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod names;
+pub mod session;
 mod status;
 
 pub use status::{Status, code_name};
