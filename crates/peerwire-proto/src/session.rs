@@ -555,6 +555,7 @@ pub struct ClientSession<R> {
     last_rx: Instant,
     idle: Duration,
     goodbye: Option<Status>,
+    said_goodbye: bool,
     expired: VecDeque<(u64, R)>,
     transmit: VecDeque<Frame>,
 }
@@ -574,6 +575,7 @@ impl<R> ClientSession<R> {
             last_rx: now,
             idle: Duration::from_secs(1),
             goodbye: None,
+            said_goodbye: false,
             expired: VecDeque::new(),
             transmit,
         }
@@ -705,13 +707,14 @@ impl<R> ClientSession<R> {
         true
     }
 
-    /// Closes the session from this side with `status`, queueing its `Goodbye` (if open), and
-    /// takes every pending call (to fail them).
-    pub fn close(&mut self, status: &Status) -> impl Iterator<Item = (u64, R)> + '_ {
-        if matches!(self.state, State::Open | State::Closing) {
+    /// Says `Goodbye` with `status` (queued, if open): no new call starts; pending calls may
+    /// still be answered until the connection is [`lost`](Self::lost).
+    pub fn close(&mut self, status: &Status) {
+        if matches!(self.state, State::Open | State::Closing) && !self.said_goodbye {
+            self.said_goodbye = true;
             self.transmit.push_back(goodbye_frame(status));
+            self.state = State::Closing;
         }
-        self.lost()
     }
 
     /// The connection is gone: closed, and every pending call taken (to fail them).

@@ -632,10 +632,11 @@ fn the_clients_goodbye_lets_calls_in_flight_finish() {
     let mut pair = Pair::open();
     let id = pair.call("display.Slow", Duration::from_secs(5), "slow");
     let status = Status::new(Code::Ok, "client closed");
-    // The client closes; its pending call is handed back to be failed.
-    let failed: Vec<_> = pair.client.close(&status).collect();
-    assert_eq!(failed, [(id, "slow")]);
-    assert_eq!(pair.client.state(), State::Closed);
+    // The client says Goodbye: it starts nothing new, its pending call still waits.
+    pair.client.close(&status);
+    assert_eq!(pair.client.state(), State::Closing);
+    assert_eq!(pair.client.start_call("x", pair.now), Err(NotOpen::Closed));
+    assert_eq!(pair.client.pending(), 1);
     pair.drive();
     match pair.server_saw.last() {
         Some(ServerInput::Goodbye(g)) => assert_eq!(g.reason, "client closed"),
@@ -643,8 +644,16 @@ fn the_clients_goodbye_lets_calls_in_flight_finish() {
     }
     assert_eq!(pair.server.state(), State::Closing);
     assert!(!pair.server.reading());
-    // The server's call may still finish within the grace period ...
-    assert_eq!(pair.server.finish(id), Some(Task(id)));
+    // The server's call may still finish within the grace period, and its answer arrives ...
+    pair.finish(id);
+    assert!(matches!(
+        pair.client_saw.last(),
+        Some(Ok(ClientInput::Response { call: "slow", .. }))
+    ));
+    // ... and once the connection is gone, whatever still waits is handed back to be failed.
+    pair.client.start_call("never", pair.now).unwrap_err();
+    assert_eq!(pair.client.lost().count(), 0);
+    assert_eq!(pair.client.state(), State::Closed);
     // ... after which whatever is left is abandoned.
     pair.server.track(9, Task(9));
     let (server, _) = pair.advance(GRACE);

@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use peerwire_proto::codec::FrameCodec;
 use peerwire_proto::io::{FrameSink, Opened};
-use peerwire_proto::v1::{Code, Frame, frame::Kind};
+use peerwire_proto::session::reject_frame;
+use peerwire_proto::v1::{Code, Frame};
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
 use peerwire_security::plain::{PlainWriter, split_guarded};
@@ -23,7 +24,7 @@ use crate::registry::{Shared, bump};
 use crate::router::ConnInfo;
 
 use super::admission::Admission;
-use super::handshake::handshake;
+use super::handshake::{handshake, send_refusal};
 use super::session::Connection;
 
 /// Unread input a refused connection may send while it lingers (see [`linger`]).
@@ -217,7 +218,7 @@ pub(crate) async fn serve(
             },
         };
         let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
-        let Some((session, client_name, welcome)) = handshake(
+        let Some((mut session, client_name)) = handshake(
             &shared,
             &admission,
             deadline,
@@ -235,22 +236,22 @@ pub(crate) async fn serve(
         if !admission.authenticated() {
             // Evicted just as its handshake completed: refused like any evicted connection.
             bump(&shared.counters.limit_refusals);
-            wr.send_last(
-                reject_frame(&admission.eviction()),
-                shared.limits.handshake_timeout,
-            )
-            .await;
+            session.refuse(admission.eviction());
+            send_refusal(&shared, &mut session, &mut wr).await;
             return;
         }
+        let Some(agreed) = session.accept(tokio::time::Instant::now().into_std()) else {
+            return;
+        };
         bump(&shared.counters.sessions);
         tracing::info!(client = %Untrusted(&client_name), "session established");
         let info = Arc::new(ConnInfo {
             id,
             peer,
             client_name,
-            session,
+            session: agreed,
         });
-        Connection::new(shared, info, reader, wr).run(welcome).await;
+        Connection::new(shared, info, reader, wr, session).run().await;
     }
     .instrument(span)
     .await
@@ -332,13 +333,4 @@ pub(super) async fn send_direct<W: AsyncWrite + Unpin>(
         .await;
     }
     let _ = tokio::time::timeout(timeout, wr.shutdown()).await;
-}
-
-pub(super) fn reject_frame(status: &Status) -> Frame {
-    Frame::new(Kind::Reject(peerwire_proto::v1::Reject {
-        code: status.code as i32,
-        reason: status.message.clone(),
-        supported_versions: peerwire_proto::SUPPORTED_PROTOCOL_VERSIONS.to_vec(),
-        namespaces: vec![],
-    }))
 }

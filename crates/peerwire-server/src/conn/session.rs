@@ -11,7 +11,8 @@ use futures_util::StreamExt;
 use peerwire_proto::Status;
 use peerwire_proto::codec::{CodecError, FrameCodec};
 use peerwire_proto::io::FrameSink;
-use peerwire_proto::v1::{Code, Frame, Goodbye, Ping, Response, frame::Kind};
+use peerwire_proto::session::{ServerSession, ServerTimeout};
+use peerwire_proto::v1::{Code, Frame, Response, frame::Kind};
 use peerwire_security::plain::PlainWriter;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -46,12 +47,11 @@ pub(super) struct Connection {
     pub(super) events: mpsc::Sender<(EventFn, Bytes)>,
     pub(super) events_rx: Option<mpsc::Receiver<(EventFn, Bytes)>>,
     pub(super) kick: CancellationToken,
-    pub(super) in_flight: HashMap<u64, InFlight>,
+    /// The session rules: frame kinds allowed, request ids in flight, keepalive, idle timeout,
+    /// the grace period once closing.
+    pub(super) session: ServerSession<InFlight>,
     pub(super) task_ids: HashMap<tokio::task::Id, u64>,
     pub(super) tasks: JoinSet<Response>,
-    pub(super) draining: Option<tokio::time::Instant>,
-    pub(super) reading: bool,
-    pub(super) ping_nonce: u64,
 }
 
 /// What to do after handling a frame.
@@ -66,6 +66,7 @@ impl Connection {
         info: Arc<ConnInfo>,
         mut reader: Reader,
         wr: Wr,
+        session: ServerSession<InFlight>,
     ) -> Self {
         reader
             .decoder_mut()
@@ -105,26 +106,25 @@ impl Connection {
             events,
             events_rx: Some(events_rx),
             kick: CancellationToken::new(),
-            in_flight: HashMap::new(),
+            session,
             task_ids: HashMap::new(),
             tasks: JoinSet::new(),
-            draining: None,
-            reading: true,
-            ping_nonce: 0,
         }
     }
 
-    /// Sends `welcome` as the first frame, registers the connection (so the server knows it
-    /// before the client can act on the Welcome), and serves it.
-    pub(super) async fn run(mut self, welcome: Frame) {
+    /// Sends the session's `Welcome` as the first frame, registers the connection (so the
+    /// server knows it before the client can act on the Welcome), and serves it.
+    pub(super) async fn run(mut self) {
         let (Some(sink), Some(events_rx)) = (self.writer.take(), self.events_rx.take()) else {
             return;
         };
         // Corked: the sending task writes at once, and the Welcome must not leave before the
         // connection is registered.
         self.tx.cork();
-        if self.tx.push(welcome).is_err() {
-            return;
+        while let Some(welcome) = self.session.poll_transmit() {
+            if self.tx.push(welcome).is_err() {
+                return;
+            }
         }
         self.shared.conns().insert(
             self.info.id,
@@ -200,23 +200,18 @@ impl Connection {
     /// The serving loop. Returns the reason the connection closes, if it is worth a log line.
     pub(super) async fn serve(&mut self) -> Option<Status> {
         let limits = self.shared.limits;
-        let mut last_rx = Instant::now();
-        let mut ticker = tokio::time::interval(
-            limits
-                .keepalive_interval
-                .min(limits.idle_timeout / 4)
-                .max(Duration::from_millis(1)),
-        );
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the session's deadlines (keepalive, idle timeout, grace period), armed
+        // at the earliest. Frames move the deadlines later without touching the timer: when it
+        // fires early the session finds nothing due and says when to fire next.
+        let timer = tokio::time::sleep_until(at(self.session.poll_timeout()));
         // Registered once, not on every turn of the loop.
         let kicked = self.kick.clone().cancelled_owned();
         let shutdown = self.shared.shutdown.clone().cancelled_owned();
-        tokio::pin!(kicked, shutdown);
+        tokio::pin!(kicked, shutdown, timer);
         loop {
-            if self.draining.is_some() && self.tasks.is_empty() {
+            if self.session.is_closing() && self.tasks.is_empty() {
                 return None;
             }
-            let drain_at = self.draining;
             tokio::select! {
                 biased;
                 () = &mut kicked => {
@@ -227,36 +222,55 @@ impl Connection {
                     self.goodbye(&status);
                     return Some(status);
                 }
-                () = &mut shutdown, if self.draining.is_none() => {
-                    let status = Status::new(Code::ShuttingDown, "the server is shutting down");
-                    self.goodbye(&status);
-                    self.draining = Some(later(limits.shutdown_grace));
+                () = &mut shutdown, if !self.session.is_closing() => {
+                    self.session.shutdown(tokio::time::Instant::now().into_std());
+                    self.flush_goodbye();
+                    timer.as_mut().reset(at(self.session.poll_timeout()));
                 }
-                _ = sleep_until(drain_at), if drain_at.is_some() => {
-                    self.abandon_in_flight();
-                    return Some(Status::new(Code::ShuttingDown, format!(
-                        "requests still in flight after the shutdown grace period of {:?} were abandoned",
-                        limits.shutdown_grace)));
+                () = &mut timer => {
+                    match self.session.handle_timeout(tokio::time::Instant::now().into_std()) {
+                        ServerTimeout::GraceEnded => {
+                            self.abandon_in_flight();
+                            return Some(Status::new(Code::ShuttingDown, format!(
+                                "requests still in flight after the shutdown grace period of {:?} were abandoned",
+                                limits.shutdown_grace)));
+                        }
+                        ServerTimeout::Idle(status) | ServerTimeout::Handshake(status) => {
+                            self.flush_goodbye();
+                            return Some(status);
+                        }
+                        ServerTimeout::None => {
+                            // A keepalive Ping, if one is due.
+                            if let Next::Close(reason) = self.transmit() {
+                                return reason;
+                            }
+                        }
+                    }
+                    timer.as_mut().reset(at(self.session.poll_timeout()));
                 }
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     if let Next::Close(reason) = self.on_done(done) {
                         return reason;
                     }
                 }
-                frame = self.reader.next(), if self.reading => match frame {
+                frame = self.reader.next(), if self.session.reading() => match frame {
                     Some(Ok(frame)) => {
-                        last_rx = Instant::now();
                         // Answers to requests that arrived together leave together: one
                         // write once the last complete frame of the read is handled.
                         self.tx.cork();
                         let next = self.on_frame(frame);
-                        if !self.reading
+                        let reading = self.session.reading();
+                        if !reading
                             || !peerwire_proto::codec::frame_ready(self.reader.read_buffer())
                         {
                             self.tx.uncork();
                         }
                         if let Next::Close(reason) = next {
                             return reason;
+                        }
+                        if !reading {
+                            // The client's Goodbye started the grace period.
+                            timer.as_mut().reset(at(self.session.poll_timeout()));
                         }
                     }
                     Some(Err(e)) => {
@@ -293,27 +307,31 @@ impl Connection {
                     }
                     None => {
                         // The client closed its side: answer what is in flight, then close.
-                        self.reading = false;
-                        self.draining.get_or_insert(later(limits.shutdown_grace));
+                        self.session.peer_closed(tokio::time::Instant::now().into_std());
+                        timer.as_mut().reset(at(self.session.poll_timeout()));
                     }
                 },
-                _ = ticker.tick() => {
-                    let quiet = last_rx.elapsed();
-                    if quiet >= limits.idle_timeout {
-                        let status = Status::new(Code::IdleTimeout, format!(
-                            "no frame for {quiet:?}; the idle timeout is {:?}", limits.idle_timeout));
-                        self.goodbye(&status);
-                        return Some(status);
-                    }
-                    if quiet >= limits.keepalive_interval {
-                        self.ping_nonce += 1;
-                        let ping = Frame::new(Kind::Ping(Ping { nonce: self.ping_nonce }));
-                        if let Next::Close(reason) = self.send(ping) {
-                            return reason;
-                        }
-                    }
-                }
             }
+        }
+    }
+
+    /// Sends what the session queued (pongs, pings, refusals, a `Goodbye`). A full queue means
+    /// the peer stopped reading; a `Goodbye` is sent only if it still fits.
+    pub(super) fn transmit(&mut self) -> Next {
+        while let Some(frame) = self.session.poll_transmit() {
+            if matches!(frame.kind, Some(Kind::Goodbye(_))) {
+                let _ = self.tx.push(frame);
+            } else if let Next::Close(reason) = self.send(frame) {
+                return Next::Close(reason);
+            }
+        }
+        Next::Continue
+    }
+
+    /// Sends what the session queued last (its `Goodbye`), only if it still fits.
+    pub(super) fn flush_goodbye(&mut self) {
+        while let Some(frame) = self.session.poll_transmit() {
+            let _ = self.tx.push(frame);
         }
     }
 
@@ -335,11 +353,10 @@ impl Connection {
         }
     }
 
-    pub(super) fn goodbye(&self, status: &Status) {
-        let _ = self.tx.push(Frame::new(Kind::Goodbye(Goodbye {
-            code: status.code as i32,
-            reason: status.message.clone(),
-        })));
+    /// Closes the session with `status`: its `Goodbye` is sent only if it still fits.
+    pub(super) fn goodbye(&mut self, status: &Status) {
+        self.session.close(status);
+        self.flush_goodbye();
     }
 
     pub(super) fn respond(&self, response: Response) -> Next {
@@ -361,26 +378,13 @@ impl Connection {
         }
         self.send(frame)
     }
-
-    pub(super) fn protocol_error(&self, message: String) -> Next {
-        bump(&self.shared.counters.protocol_errors);
-        let status = Status::new(Code::ProtocolError, message);
-        self.goodbye(&status);
-        Next::Close(Some(status))
-    }
 }
 
-/// `now + d`, saturating at a year from now instead of overflowing.
-pub(super) fn later(d: Duration) -> tokio::time::Instant {
+/// The tokio instant of a session deadline (`None`: a year from now, never in practice).
+fn at(deadline: Option<Instant>) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
-    now.checked_add(d)
-        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
-        .unwrap_or(now)
-}
-
-pub(super) async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+    deadline.map_or_else(
+        || now + Duration::from_secs(365 * 24 * 3600),
+        tokio::time::Instant::from_std,
+    )
 }
