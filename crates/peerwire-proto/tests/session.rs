@@ -561,6 +561,22 @@ fn a_silent_server_is_given_up_by_the_client() {
 }
 
 #[test]
+fn a_lost_connection_hands_back_every_pending_call() {
+    let mut pair = Pair::open();
+    let a = pair.call("display.Slow", Duration::from_secs(5), "a");
+    let b = pair.call("display.Slow", Duration::from_secs(9), "b");
+    let mut failed: Vec<_> = pair.client.lost().collect();
+    failed.sort();
+    assert_eq!(failed, [(a, "a"), (b, "b")]);
+    assert_eq!(pair.client.state(), State::Closed);
+    assert_eq!(pair.client.pending(), 0);
+    // Nothing is due any more, and a late drop of a call sends no Cancel.
+    assert_eq!(pair.client.poll_timeout(), None);
+    assert!(!pair.client.abandon_call(a));
+    assert_eq!(pair.client.poll_transmit(), None);
+}
+
+#[test]
 fn frames_a_role_may_not_receive_close_the_session() {
     // The server receives a Welcome (a server's frame) after the handshake.
     let mut pair = Pair::open();
@@ -705,6 +721,12 @@ fn the_servers_goodbye_stops_new_calls_on_both_ends() {
     // A second shutdown says nothing more.
     pair.server.shutdown(pair.now);
     assert_eq!(pair.server.poll_transmit(), None);
+    // The client still says its own Goodbye when it closes, once.
+    pair.client.close(&Status::new(Code::Ok, "client closed"));
+    pair.client.close(&Status::new(Code::Ok, "client closed"));
+    let goodbyes: Vec<_> = std::iter::from_fn(|| pair.client.poll_transmit()).collect();
+    assert_eq!(goodbyes.len(), 1);
+    assert!(matches!(&goodbyes[0].kind, Some(Kind::Goodbye(g)) if g.reason == "client closed"));
     // The call in flight is still answered.
     pair.finish(id);
     assert!(matches!(
