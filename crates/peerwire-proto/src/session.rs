@@ -72,6 +72,33 @@ pub fn goodbye_frame(status: &Status) -> Frame {
     }))
 }
 
+/// Frames a session queued for sending. Between two drains a session queues one frame in
+/// practice (a Pong, a refusal, a Goodbye): that one is held inline, so a connection keeps no
+/// queue allocation for its control frames; more (expired calls' Cancels) spill onto the heap.
+#[derive(Debug, Default)]
+struct Outbox {
+    first: Option<Frame>,
+    rest: VecDeque<Frame>,
+}
+
+impl Outbox {
+    fn push_back(&mut self, frame: Frame) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Frame> {
+        let first = self.first.take();
+        if first.is_some() {
+            self.first = self.rest.pop_front();
+        }
+        first
+    }
+}
+
 fn at_most_a_year(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
@@ -167,10 +194,8 @@ pub enum ServerTimeout {
 pub struct ServerSession<R> {
     config: ServerConfig,
     state: State,
-    handshake: ServerHandshake,
-    handshake_deadline: Instant,
-    /// Between a valid `Hello` and `accept`: the answer and the agreed session.
-    accepted: Option<(Frame, Session)>,
+    /// Until the handshake ends; boxed, so that an open session does not carry its room.
+    handshaking: Option<Box<ServerHandshaking>>,
     in_flight: HashMap<u64, R>,
     last_rx: Instant,
     next_ping: Instant,
@@ -178,7 +203,16 @@ pub struct ServerSession<R> {
     /// Set once closing: when calls still in flight are abandoned.
     grace_end: Option<Instant>,
     reading: bool,
-    transmit: VecDeque<Frame>,
+    transmit: Outbox,
+}
+
+/// What only the server's handshake needs.
+#[derive(Debug)]
+struct ServerHandshaking {
+    handshake: ServerHandshake,
+    deadline: Instant,
+    /// Between a valid `Hello` and `accept`: the answer and the agreed session.
+    accepted: Option<(Frame, Session)>,
 }
 
 impl<R> ServerSession<R> {
@@ -193,16 +227,18 @@ impl<R> ServerSession<R> {
         Self {
             config,
             state: State::Handshaking,
-            handshake: ServerHandshake::new(offer, session_id),
-            handshake_deadline,
-            accepted: None,
+            handshaking: Some(Box::new(ServerHandshaking {
+                handshake: ServerHandshake::new(offer, session_id),
+                deadline: handshake_deadline,
+                accepted: None,
+            })),
             in_flight: HashMap::new(),
             last_rx: handshake_deadline,
             next_ping: handshake_deadline,
             ping_nonce: 0,
             grace_end: None,
             reading: true,
-            transmit: VecDeque::new(),
+            transmit: Outbox::default(),
         }
     }
 
@@ -269,21 +305,25 @@ impl<R> ServerSession<R> {
     }
 
     fn handle_hello(&mut self, frame: Frame) -> ServerInput<R> {
-        if self.accepted.is_some() {
+        let Some(h) = self.handshaking.as_mut() else {
+            return ServerInput::None;
+        };
+        if h.accepted.is_some() {
             let status = Status::new(Code::ProtocolError, "handshake already finished");
             return self.reject(status);
         }
-        match self.handshake.receive(frame) {
+        match h.handshake.receive(frame) {
             ServerOutcome::Accept {
                 welcome,
                 session,
                 hello,
             } => {
-                self.accepted = Some((welcome, session));
+                h.accepted = Some((welcome, session));
                 ServerInput::Hello(hello)
             }
             ServerOutcome::Reject { reject, status } => {
                 self.state = State::Closed;
+                self.handshaking = None;
                 self.transmit.push_back(reject);
                 ServerInput::Rejected(status)
             }
@@ -292,6 +332,7 @@ impl<R> ServerSession<R> {
 
     fn reject(&mut self, status: Status) -> ServerInput<R> {
         self.state = State::Closed;
+        self.handshaking = None;
         self.transmit.push_back(reject_frame(&status));
         ServerInput::Rejected(status)
     }
@@ -302,7 +343,7 @@ impl<R> ServerSession<R> {
         if self.state != State::Handshaking {
             return None;
         }
-        let (welcome, session) = self.accepted.take()?;
+        let (welcome, session) = self.handshaking.take()?.accepted?;
         self.state = State::Open;
         self.last_rx = now;
         self.next_ping = now;
@@ -423,7 +464,7 @@ impl<R> ServerSession<R> {
     /// When [`handle_timeout`](Self::handle_timeout) must run next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Handshaking => Some(self.handshake_deadline),
+            State::Handshaking => self.handshaking.as_ref().map(|h| h.deadline),
             State::Closed => None,
             State::Open | State::Closing => {
                 let idle = at_most_a_year(self.last_rx, self.config.idle_timeout);
@@ -439,7 +480,7 @@ impl<R> ServerSession<R> {
     pub fn handle_timeout(&mut self, now: Instant) -> ServerTimeout {
         match self.state {
             State::Handshaking => {
-                if now < self.handshake_deadline {
+                if self.handshaking.as_ref().is_none_or(|h| now < h.deadline) {
                     return ServerTimeout::None;
                 }
                 let status = Status::new(
@@ -546,7 +587,8 @@ pub enum ClientTimeout {
 #[derive(Debug)]
 pub struct ClientSession<R> {
     state: State,
-    handshake: ClientHandshake,
+    /// Until the handshake ends (dropped then, with the `Hello` it keeps).
+    handshake: Option<ClientHandshake>,
     calls: HashMap<u64, (R, Instant)>,
     /// When the calls' timer fires: at or before the earliest due time (a call that ended early
     /// leaves it armed; firing then finds nothing and re-arms for the next).
@@ -557,18 +599,18 @@ pub struct ClientSession<R> {
     goodbye: Option<Status>,
     said_goodbye: bool,
     expired: VecDeque<(u64, R)>,
-    transmit: VecDeque<Frame>,
+    transmit: Outbox,
 }
 
 impl<R> ClientSession<R> {
     /// A session that starts with `hello` (queued for sending).
     pub fn new(hello: Hello, now: Instant) -> Self {
         let handshake = ClientHandshake::new(hello);
-        let mut transmit = VecDeque::new();
+        let mut transmit = Outbox::default();
         transmit.push_back(handshake.hello_frame());
         Self {
             state: State::Handshaking,
-            handshake,
+            handshake: Some(handshake),
             calls: HashMap::new(),
             armed: None,
             next_id: 1,
@@ -614,7 +656,11 @@ impl<R> ClientSession<R> {
     ) -> Result<ClientInput<R>, ClientError> {
         match self.state {
             State::Handshaking => {
-                return match self.handshake.receive(frame) {
+                let Some(mut handshake) = self.handshake.take() else {
+                    self.state = State::Closed;
+                    return Err(HandshakeError::AlreadyDone.into());
+                };
+                return match handshake.receive(frame) {
                     Ok(session) => {
                         self.state = State::Open;
                         self.last_rx = now;

@@ -218,40 +218,46 @@ pub(crate) async fn serve(
             },
         };
         let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
-        let Some((mut session, client_name)) = handshake(
-            &shared,
-            &admission,
-            deadline,
-            presenter.as_ref(),
-            guard.as_deref(),
-            &mut reader,
-            &mut wr,
-        )
-        .await
-        else {
-            bump(&shared.counters.handshake_failures);
-            linger(&shared, reader.into_inner()).await;
-            return;
-        };
-        if !admission.authenticated() {
-            // Evicted just as its handshake completed: refused like any evicted connection.
-            bump(&shared.counters.limit_refusals);
-            session.refuse(admission.eviction());
-            send_refusal(&shared, &mut session, &mut wr).await;
-            return;
+        // The session is built in a block of its own: moved into the connection, it leaves
+        // no second copy in this task's state while the connection runs.
+        {
+            let Some((mut session, client_name)) = handshake(
+                &shared,
+                &admission,
+                deadline,
+                presenter.as_ref(),
+                guard.as_deref(),
+                &mut reader,
+                &mut wr,
+            )
+            .await
+            else {
+                bump(&shared.counters.handshake_failures);
+                linger(&shared, reader.into_inner()).await;
+                return;
+            };
+            if !admission.authenticated() {
+                // Evicted just as its handshake completed: refused like any evicted connection.
+                bump(&shared.counters.limit_refusals);
+                session.refuse(admission.eviction());
+                send_refusal(&shared, &mut session, &mut wr).await;
+                return;
+            }
+            let Some(agreed) = session.accept(tokio::time::Instant::now().into_std()) else {
+                return;
+            };
+            bump(&shared.counters.sessions);
+            tracing::info!(client = %Untrusted(&client_name), "session established");
+            let info = Arc::new(ConnInfo {
+                id,
+                peer,
+                client_name,
+                session: agreed,
+            });
+            Connection::new(shared, info, reader, wr, session)
         }
-        let Some(agreed) = session.accept(tokio::time::Instant::now().into_std()) else {
-            return;
-        };
-        bump(&shared.counters.sessions);
-        tracing::info!(client = %Untrusted(&client_name), "session established");
-        let info = Arc::new(ConnInfo {
-            id,
-            peer,
-            client_name,
-            session: agreed,
-        });
-        Connection::new(shared, info, reader, wr, session).run().await;
+        .run()
+        .await;
     }
     .instrument(span)
     .await
