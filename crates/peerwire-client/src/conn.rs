@@ -8,56 +8,22 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use peerwire_proto::codec::{CodecError, FrameCodec};
 use peerwire_proto::handshake::{ClientHandshake, HandshakeError, Session};
-use peerwire_proto::io::{FrameSink, Opened, SinkError};
 use peerwire_proto::session::{ClientError, ClientInput, ClientSession, ClientTimeout, NotOpen};
 use peerwire_proto::v1::{Frame, Hello, Response};
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
 use peerwire_security::exe::{Executable, peer_executable};
-use peerwire_security::plain::PlainWriter;
 use peerwire_security::tls::TlsError;
+use peerwire_transport::plain::PlainWriter;
+use peerwire_transport::stream::{self, FrameReader};
+use peerwire_transport::{FrameSink, SinkError};
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
-use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CallError, Config, ConnectError, Inner, lock};
-
-type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-
-/// The write side during the handshake: a plain socket's, or the sink of a TLS session (every
-/// byte after the TLS handshake goes through it, sealed).
-enum Writer {
-    Plain(PlainWriter),
-    Sealed(Arc<FrameSink<PlainWriter>>),
-}
-
-impl Writer {
-    /// Sends the Hello (no other task runs yet: this one finishes the write).
-    async fn send_hello(&mut self, hello: &Frame) -> std::io::Result<()> {
-        match self {
-            Self::Plain(wr) => {
-                let mut buf = BytesMut::new();
-                FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
-                    .encode(hello, &mut buf)
-                    .map_err(std::io::Error::other)?;
-                wr.write_all(&buf).await
-            }
-            Self::Sealed(sink) => {
-                let gone = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-                sink.try_send(hello).map_err(|_| gone())?;
-                let written = tokio::select! {
-                    biased;
-                    written = sink.flushed(Duration::MAX) => written,
-                    () = sink.run() => false,
-                };
-                if written { Ok(()) } else { Err(gone()) }
-            }
-        }
-    }
-}
+use crate::{CallError, Config, ConnectError, DisconnectReason, Inner, lock};
 
 /// A connection's outbound bounds: `outbound_queue` frames, or as many 4 KiB frames' bytes.
 fn sink_bounds(config: &Config) -> (usize, usize) {
@@ -132,7 +98,6 @@ fn server_ended_tls(e: std::io::Error) -> ConnectError {
 
 /// A plain-text `Reject` the server sent instead of starting TLS (for example: access denied).
 fn refused_before_tls(seen: &Mutex<Vec<u8>>) -> Option<ConnectError> {
-    use tokio_util::codec::Decoder;
     let mut buf = BytesMut::from(lock(seen).as_slice());
     let frame = FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
         .decode(&mut buf)
@@ -177,7 +142,7 @@ pub(crate) struct Conn {
     /// The reader re-arms its timer: a call due earlier than it is armed for came.
     rearm: tokio::sync::Notify,
     closed: CancellationToken,
-    close_reason: Mutex<Option<String>>,
+    close_reason: Mutex<Option<DisconnectReason>>,
     event_seq: Mutex<HashMap<String, u64>>,
 }
 
@@ -220,10 +185,10 @@ impl Conn {
     }
 
     /// Why the connection closed (once it has).
-    pub(crate) fn close_reason(&self) -> String {
+    pub(crate) fn close_reason(&self) -> DisconnectReason {
         lock(&self.close_reason)
             .clone()
-            .unwrap_or_else(|| "connection closed".into())
+            .unwrap_or(DisconnectReason::Closed)
     }
 
     pub(crate) fn goodbye(&self) -> Option<Status> {
@@ -267,9 +232,9 @@ impl Conn {
                 }
                 Ok(PendingGuard { conn: self, id })
             }
-            Err(NotOpen::Closing(status)) => Err(CallError::Disconnected(format!(
-                "the server is closing the session: {status}"
-            ))),
+            Err(NotOpen::Closing(status)) => {
+                Err(CallError::Disconnected(DisconnectReason::Closing(status)))
+            }
             Err(_) => Err(CallError::Disconnected(self.close_reason())),
         }
     }
@@ -285,7 +250,7 @@ impl Conn {
 
     /// Queues a frame; waits while the outbound queue is full, but not past the connection's end.
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), CallError> {
-        let closed = || CallError::Disconnected("connection closed".into());
+        let closed = || CallError::Disconnected(DisconnectReason::Closed);
         match self.tx.0.send(&frame).await {
             Ok(()) => Ok(()),
             Err(SinkError::Codec(CodecError::OutgoingTooLarge { len, max })) => {
@@ -296,10 +261,10 @@ impl Conn {
     }
 
     /// Fails every pending call at once.
-    fn fail_pending(&self, why: &str) {
+    fn fail_pending(&self, why: &DisconnectReason) {
         let pending: Vec<_> = lock(&self.state).lost().collect();
         for (_, reply) in pending {
-            let _ = reply.send(Err(Some(CallError::Disconnected(why.to_owned()))));
+            let _ = reply.send(Err(Some(CallError::Disconnected(why.clone()))));
         }
     }
 }
@@ -340,30 +305,17 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     verify_server(config, &stream, &server)?;
     let tls = config.tls.is_some();
     let (rd, mut wr) = match &config.tls {
-        None => {
-            let (rd, wr) = peerwire_security::plain::split(stream).map_err(io_err)?;
-            (Box::new(rd) as BoxRead, Writer::Plain(wr))
-        }
+        None => stream::plain(stream, None).map_err(io_err)?,
         Some(tls) => {
-            let (rd, wr) = peerwire_security::plain::split(stream).map_err(io_err)?;
+            let (rd, wr) = peerwire_transport::plain::split(stream).map_err(io_err)?;
             let tap = Tap::new(rd);
             let seen = tap.seen.clone();
             let done = tap.done.clone();
-            match tls.connect(tap, wr).await {
+            match peerwire_transport::tls::connect(tls, tap, wr).await {
                 Ok((session, wr)) => {
                     done.store(true, std::sync::atomic::Ordering::Relaxed);
                     let (bytes, frames) = sink_bounds(config);
-                    let sink = Arc::new(FrameSink::sealed(
-                        wr,
-                        FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE),
-                        bytes,
-                        frames,
-                        Box::new(session),
-                    ));
-                    (
-                        Box::new(Opened(sink.clone())) as BoxRead,
-                        Writer::Sealed(sink),
-                    )
+                    stream::sealed(session, wr, bytes, frames)
                 }
                 Err(e) => return Err(refused_before_tls(&seen).unwrap_or(ConnectError::Tls(e))),
             }
@@ -384,9 +336,10 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         },
         now,
     );
-    let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
+    let mut reader = stream::reader(rd);
     let hello = state.poll_transmit().ok_or(ConnectError::Closed)?;
-    if let Err(e) = wr.send_hello(&hello).await {
+    // No other task runs for this connection yet: this one finishes the write.
+    if let Err(e) = wr.send(&hello, Duration::MAX).await {
         if tls {
             return Err(server_ended_tls(e));
         }
@@ -422,18 +375,8 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     for ns in session.namespaces.iter().filter(|a| a.code != 0) {
         tracing::warn!(namespace = %ns.namespace, "{}", ns.reason);
     }
-    let max = session.max_frame_size();
-    reader.decoder_mut().set_max_frame_size(max);
-    let sink = match wr {
-        Writer::Plain(wr) => {
-            let (bytes, frames) = sink_bounds(config);
-            Arc::new(FrameSink::new(wr, FrameCodec::new(max), bytes, frames))
-        }
-        Writer::Sealed(sink) => {
-            sink.set_max_frame_size(max);
-            sink
-        }
-    };
+    let (bytes, frames) = sink_bounds(config);
+    let sink = wr.into_session(&mut reader, session.max_frame_size(), bytes, frames);
     let conn = Arc::new(Conn {
         session,
         server,
@@ -503,11 +446,7 @@ fn verify_server(
     Ok(())
 }
 
-async fn read_loop(
-    mut reader: FramedRead<BoxRead, FrameCodec>,
-    conn: Arc<Conn>,
-    inner: Weak<Inner>,
-) {
+async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>) {
     let mut corked = false;
     // One timer for the session's deadlines (the calls' due times, the idle timeout: the
     // server pings a quiet connection, so nothing at all for its idle timeout means it is
@@ -524,13 +463,13 @@ async fn read_loop(
             biased;
             next = reader.next() => match next {
                 None => break match conn.goodbye() {
-                    Some(status) => format!("the server closed the session: {status}"),
-                    None => "the server closed the connection".to_owned(),
+                    Some(status) => DisconnectReason::ServerClosedSession(status),
+                    None => DisconnectReason::ServerClosed,
                 },
-                Some(Err(e)) => break format!("bad frame from the server: {e}"),
+                Some(Err(e)) => break DisconnectReason::BadFrame(Arc::new(e)),
                 Some(Ok(frame)) => frame,
             },
-            () = &mut closed => break "connection closed".to_owned(),
+            () = &mut closed => break DisconnectReason::Closed,
             () = &mut timer => {
                 let now = tokio::time::Instant::now().into_std();
                 let (timeout, expired, cancels, next) = {
@@ -546,8 +485,8 @@ async fn read_loop(
                 for cancel in cancels {
                     conn.tx.try_send(cancel);
                 }
-                if let ClientTimeout::Idle(why) = timeout {
-                    break why;
+                if let ClientTimeout::Idle(quiet) = timeout {
+                    break DisconnectReason::Idle(quiet);
                 }
                 timer.as_mut().reset(at(next));
                 continue;
@@ -586,7 +525,9 @@ async fn read_loop(
                 tracing::info!("server says goodbye: {status}");
             }
             Ok(_) => {}
-            Err(e) => break e.to_string(),
+            Err(ClientError::Unexpected(kind)) => break DisconnectReason::UnexpectedFrame(kind),
+            // Handshake errors end `connect`, not a session.
+            Err(_) => break DisconnectReason::Closed,
         }
         if corked && !peerwire_proto::codec::frame_ready(reader.read_buffer()) {
             // Let the woken calls run (and append their requests), then write them at once.

@@ -1,6 +1,7 @@
 //! Client errors: what the server said, what the connection did, and local misuse, kept apart.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use peerwire_proto::Status;
@@ -57,7 +58,7 @@ pub enum CallError {
     Status(Status),
     /// There is no connection, or it was lost before the answer came.
     #[error("disconnected: {0}")]
-    Disconnected(String),
+    Disconnected(#[source] DisconnectReason),
     /// The request is larger than the session's frame limit.
     #[error("message of {len} bytes exceeds the session's max_frame_size of {max} bytes")]
     TooLarge {
@@ -69,6 +70,36 @@ pub enum CallError {
     /// The response payload is not the expected message type.
     #[error("response does not decode: {0}")]
     Decode(prost::DecodeError),
+}
+
+/// Why there is no connection for a call, or why it was lost (see [`CallError::Disconnected`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The client has no connection (closed, or not yet reconnected).
+    #[error("not connected")]
+    NotConnected,
+    /// The connection was closed on this side, or closed before the answer came.
+    #[error("connection closed")]
+    Closed,
+    /// The server said `Goodbye`: it is closing the session; no new call is sent.
+    #[error("the server is closing the session: {0}")]
+    Closing(Status),
+    /// The server closed the session after saying `Goodbye` with this status.
+    #[error("the server closed the session: {0}")]
+    ServerClosedSession(Status),
+    /// The server closed the connection without a `Goodbye`.
+    #[error("the server closed the connection")]
+    ServerClosed,
+    /// The server sent bytes that are not a valid frame.
+    #[error("bad frame from the server: {0}")]
+    BadFrame(#[source] Arc<CodecError>),
+    /// The server sent a frame it must not send after the handshake.
+    #[error("unexpected {0} frame from the server")]
+    UnexpectedFrame(&'static str),
+    /// Nothing came from the server for longer than the session's idle timeout.
+    #[error("nothing received from the server for {0:?}")]
+    Idle(Duration),
 }
 
 impl CallError {

@@ -65,7 +65,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use bytes::Bytes;
-pub use error::{CallError, ConnectError};
+pub use error::{CallError, ConnectError, DisconnectReason};
 pub use peerwire_proto::handshake::HandshakeError;
 pub use peerwire_security::cred::PeerCredentials;
 /// The same process hardening the server uses, for the display client: no core dumps, not
@@ -156,14 +156,12 @@ impl Client {
     fn connection(&self) -> Result<Arc<Conn>, CallError> {
         let conn = lock(&self.inner.conn)
             .clone()
-            .ok_or_else(|| CallError::Disconnected("not connected".into()))?;
+            .ok_or(CallError::Disconnected(DisconnectReason::NotConnected))?;
         if conn.is_closed() {
             return Err(CallError::Disconnected(conn.close_reason()));
         }
         if let Some(status) = conn.goodbye() {
-            return Err(CallError::Disconnected(format!(
-                "the server is closing the session: {status}"
-            )));
+            return Err(CallError::Disconnected(DisconnectReason::Closing(status)));
         }
         Ok(conn)
     }
@@ -241,7 +239,7 @@ impl Client {
                     format!("no response to {method} within its deadline of {deadline:?}"),
                 )));
             }
-            Err(_) => return Err(CallError::Disconnected("connection closed".into())),
+            Err(_) => return Err(CallError::Disconnected(DisconnectReason::Closed)),
         };
         Status::from_wire(response.code, &response.message).map_err(CallError::Status)?;
         Ok(response.payload)

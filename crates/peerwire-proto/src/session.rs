@@ -579,8 +579,9 @@ pub enum ClientTimeout {
     /// Nothing ends the session; expired calls (if any) are in
     /// [`poll_expired`](ClientSession::poll_expired).
     None,
-    /// Nothing came from the server within the idle timeout: the session is closed.
-    Idle(String),
+    /// Nothing came from the server for this long, the idle timeout or more: the session is
+    /// closed.
+    Idle(Duration),
 }
 
 /// The client end of one session.
@@ -808,7 +809,7 @@ impl<R> ClientSession<R> {
         let quiet = now.saturating_duration_since(self.last_rx);
         if quiet >= self.idle {
             self.state = State::Closed;
-            return ClientTimeout::Idle(format!("nothing received from the server for {quiet:?}"));
+            return ClientTimeout::Idle(quiet);
         }
         ClientTimeout::None
     }

@@ -1,6 +1,7 @@
-//! A connection's outbound side beside its `FrameSink` (which takes responses, pongs and events
-//! of `Disconnect` topics): the event queue of topics with a drop policy, and the writer task
-//! that finishes the sink's writes and moves those events into it.
+//! A connection's outbound side: its [`Outbox`], the `FrameSink` that takes responses, pongs
+//! and events of `Disconnect` topics; the event queue of topics with a drop policy, and the writer task
+//! that finishes the sink's writes and moves those events into it. It depends on no other
+//! module of the server (`registry` uses it, not the other way round).
 //!
 //! Nothing here ever waits for the peer: a full queue is the peer's problem, handled by the
 //! topic's [`SlowConsumerPolicy`].
@@ -134,9 +135,43 @@ impl EventQueue {
     }
 }
 
-use peerwire_proto::io::{FrameSink, WRITE_BATCH};
+use peerwire_transport::plain::PlainWriter;
+use peerwire_transport::{FrameSink, SinkError, WRITE_BATCH};
 
-use crate::registry::Outbox;
+/// A connection's outbound side: the sending task writes its frame itself (through TLS, if the
+/// connection has it), unless earlier bytes are still waiting for the socket (then the writer
+/// task finishes them). Bounded in bytes and frames; never blocks.
+#[derive(Clone)]
+pub(crate) struct Outbox(pub(crate) Arc<FrameSink<PlainWriter>>);
+
+/// Why a frame could not be queued.
+pub(crate) enum Full {
+    /// The queue holds its maximum number of frames, or of bytes.
+    Queue,
+    /// The connection is closing.
+    Closed,
+}
+
+impl Outbox {
+    /// See [`FrameSink::cork`].
+    pub(crate) fn cork(&self) {
+        self.0.cork();
+    }
+
+    /// See [`FrameSink::uncork`].
+    pub(crate) fn uncork(&self) {
+        self.0.uncork();
+    }
+
+    /// Queues `frame`; a frame is always accepted into an empty queue, whatever its size.
+    pub(crate) fn push(&self, frame: Frame) -> Result<(), Full> {
+        self.0.try_send(&frame).map_err(|e| match e {
+            SinkError::Full => Full::Queue,
+            // Frames are checked against the session's limit before they get here.
+            _ => Full::Closed,
+        })
+    }
+}
 
 thread_local! {
     /// The connections whose sinks the events of the running handler poll corked, by id (see
@@ -205,7 +240,7 @@ impl<F: std::future::Future + ?Sized> std::future::Future for Batched<F> {
 /// and never take the room that responses, pings and `Disconnect` events need in the sink.
 /// Returns when the sink is closed.
 pub(crate) async fn sink_loop(
-    sink: Arc<FrameSink<peerwire_security::plain::PlainWriter>>,
+    sink: Arc<FrameSink<peerwire_transport::plain::PlainWriter>>,
     events: Arc<EventQueue>,
 ) {
     let mut pending = Vec::new();

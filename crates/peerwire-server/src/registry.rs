@@ -3,8 +3,6 @@
 //! `try_send`s, never across an `.await` (invariant, enforced by clippy's `await_holding_lock`).
 
 use bytes::Bytes;
-use peerwire_proto::io::{FrameSink, SinkError};
-use peerwire_security::plain::PlainWriter;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,42 +12,8 @@ use peerwire_proto::v1::{Event, Frame, frame::Kind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
+use crate::outbound::{Full, Outbox};
 use crate::router::{ConnInfo, ConnectionId, Router};
-
-/// A connection's outbound side: the sending task writes its frame itself (through TLS, if the
-/// connection has it), unless earlier bytes are still waiting for the socket (then the writer
-/// task finishes them). Bounded in bytes and frames; never blocks.
-#[derive(Clone)]
-pub(crate) struct Outbox(pub(crate) Arc<FrameSink<PlainWriter>>);
-
-/// Why a frame could not be queued.
-pub(crate) enum Full {
-    /// The queue holds its maximum number of frames, or of bytes.
-    Queue,
-    /// The connection is closing.
-    Closed,
-}
-
-impl Outbox {
-    /// See [`FrameSink::cork`].
-    pub(crate) fn cork(&self) {
-        self.0.cork();
-    }
-
-    /// See [`FrameSink::uncork`].
-    pub(crate) fn uncork(&self) {
-        self.0.uncork();
-    }
-
-    /// Queues `frame`; a frame is always accepted into an empty queue, whatever its size.
-    pub(crate) fn push(&self, frame: Frame) -> Result<(), Full> {
-        self.0.try_send(&frame).map_err(|e| match e {
-            SinkError::Full => Full::Queue,
-            // Frames are checked against the session's limit before they get here.
-            SinkError::Closed | SinkError::Codec(_) => Full::Closed,
-        })
-    }
-}
 
 pub(crate) struct ConnEntry {
     pub(crate) info: Arc<ConnInfo>,
@@ -72,66 +36,103 @@ pub(crate) struct PushTarget {
     pub(crate) kick: CancellationToken,
 }
 
-/// Counters the server keeps; read them with [`ServerHandle::stats`](crate::ServerHandle::stats).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Connections accepted by the listener, before any check.
-    pub connections: u64,
-    /// Connections admitted by the access policy.
-    pub accepted: u64,
-    /// Connections refused by the access policy.
-    pub denied: u64,
-    /// Hellos refused for a missing or invalid session token.
-    pub token_failures: u64,
-    /// TLS handshakes that failed or timed out (wrong or missing certificate, old TLS...).
-    pub tls_failures: u64,
-    /// Handshakes that ended in `Welcome`.
-    pub sessions: u64,
-    /// Connections refused during the handshake (`Reject`, timeout, bad frames).
-    pub handshake_failures: u64,
-    /// Connections open now.
-    pub open: u64,
-    /// Requests received.
-    pub requests: u64,
-    /// Requests that ended past their deadline.
-    pub deadline_exceeded: u64,
-    /// Handlers that panicked.
-    pub handler_panics: u64,
-    /// Connections closed for breaking the protocol.
-    pub protocol_errors: u64,
-    /// Events queued for delivery.
-    pub events_sent: u64,
-    /// Connections closed because their outbound queue was full.
-    pub slow_consumers: u64,
-    /// Events dropped or replaced by a topic's `DropOldest`/`KeepLatest` policy.
-    pub events_dropped: u64,
-    /// Connections refused for a connection limit (total, per uid, unauthenticated).
-    pub limit_refusals: u64,
-    /// Requests refused for a per-connection limit (max_in_flight, max_subscriptions, a response
-    /// over max_frame_size).
-    pub limit_hits: u64,
+/// The one list of the server's counters: [`Stats`], the atomics behind it (`Counters`), their
+/// snapshot, the wire message (`ServerStats`, whose fields have the same names) both ways, and
+/// the names and values in this order (what `peerwire stats` prints) all come from it. A
+/// `counter` is an atomic bumped as things happen; a `gauge` is computed when read
+/// ([`Shared::stats`]).
+macro_rules! server_stats {
+    ($($(#[doc = $doc:literal])* $name:ident: $kind:ident,)*) => {
+        /// Counters the server keeps; read them with
+        /// [`ServerHandle::stats`](crate::ServerHandle::stats).
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        /// The atomics behind [`Stats`] (a gauge has none).
+        #[derive(Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: server_stats!(@cell $kind),)*
+        }
+
+        impl Counters {
+            /// The counters as read now; gauges are 0.
+            fn snapshot(&self) -> Stats {
+                Stats {
+                    $($name: server_stats!(@read $kind, self.$name),)*
+                }
+            }
+        }
+
+        impl Stats {
+            /// The counters as sent by `peerwire.Stats`.
+            pub fn to_wire(&self) -> peerwire_proto::v1::ServerStats {
+                peerwire_proto::v1::ServerStats {
+                    $($name: self.$name,)*
+                }
+            }
+
+            /// The counters a `peerwire.Stats` response carries.
+            pub fn from_wire(wire: &peerwire_proto::v1::ServerStats) -> Self {
+                Self {
+                    $($name: wire.$name,)*
+                }
+            }
+
+            /// Each counter's name (as in `ServerStats`) and value, in a fixed order.
+            pub fn named(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+    (@cell counter) => { AtomicU64 };
+    (@cell gauge) => { () };
+    (@read counter, $cell:expr) => { $cell.load(Ordering::Relaxed) };
+    (@read gauge, $cell:expr) => {{
+        let () = $cell;
+        0
+    }};
 }
 
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) connections: AtomicU64,
-    pub(crate) accepted: AtomicU64,
-    pub(crate) denied: AtomicU64,
-    pub(crate) sessions: AtomicU64,
-    pub(crate) tls_failures: AtomicU64,
-    pub(crate) token_failures: AtomicU64,
-    pub(crate) handshake_failures: AtomicU64,
-    pub(crate) requests: AtomicU64,
-    pub(crate) deadline_exceeded: AtomicU64,
-    pub(crate) handler_panics: AtomicU64,
-    pub(crate) protocol_errors: AtomicU64,
-    pub(crate) events_sent: AtomicU64,
-    pub(crate) slow_consumers: AtomicU64,
-    pub(crate) limit_refusals: AtomicU64,
-    pub(crate) limit_hits: AtomicU64,
-    /// Drops of closed connections (live ones are summed from their queues).
-    pub(crate) events_dropped: AtomicU64,
+server_stats! {
+    /// Connections accepted by the listener, before any check.
+    connections: counter,
+    /// Connections admitted by the access policy.
+    accepted: counter,
+    /// Connections refused by the access policy.
+    denied: counter,
+    /// Connections refused for a connection limit (total, per uid, unauthenticated).
+    limit_refusals: counter,
+    /// Requests refused for a per-connection limit (max_in_flight, max_subscriptions, a response
+    /// over max_frame_size).
+    limit_hits: counter,
+    /// TLS handshakes that failed or timed out (wrong or missing certificate, old TLS...).
+    tls_failures: counter,
+    /// Hellos refused for a missing or invalid session token.
+    token_failures: counter,
+    /// Connections refused during the handshake (`Reject`, timeout, bad frames).
+    handshake_failures: counter,
+    /// Handshakes that ended in `Welcome`.
+    sessions: counter,
+    /// Connections open now.
+    open: gauge,
+    /// Requests received.
+    requests: counter,
+    /// Requests that ended past their deadline.
+    deadline_exceeded: counter,
+    /// Handlers that panicked.
+    handler_panics: counter,
+    /// Connections closed for breaking the protocol.
+    protocol_errors: counter,
+    /// Events queued for delivery.
+    events_sent: counter,
+    /// Connections closed because their outbound queue was full.
+    slow_consumers: counter,
+    /// Events dropped or replaced by a topic's `DropOldest`/`KeepLatest` policy (the atomic
+    /// counts those of closed connections; live ones are summed from their queues).
+    events_dropped: counter,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -212,31 +213,6 @@ pub enum PushError {
     SlowConsumer(ConnectionId),
 }
 
-impl Stats {
-    /// The counters as sent by `peerwire.Stats`.
-    pub fn to_wire(&self) -> peerwire_proto::v1::ServerStats {
-        peerwire_proto::v1::ServerStats {
-            connections: self.connections,
-            accepted: self.accepted,
-            denied: self.denied,
-            limit_refusals: self.limit_refusals,
-            limit_hits: self.limit_hits,
-            tls_failures: self.tls_failures,
-            token_failures: self.token_failures,
-            handshake_failures: self.handshake_failures,
-            sessions: self.sessions,
-            open: self.open,
-            requests: self.requests,
-            deadline_exceeded: self.deadline_exceeded,
-            handler_panics: self.handler_panics,
-            protocol_errors: self.protocol_errors,
-            events_sent: self.events_sent,
-            slow_consumers: self.slow_consumers,
-            events_dropped: self.events_dropped,
-        }
-    }
-}
-
 impl Shared {
     pub(crate) fn conns(&self) -> MutexGuard<'_, HashMap<ConnectionId, ConnEntry>> {
         // A poisoned lock only means a thread panicked while holding it; the map itself is
@@ -245,8 +221,6 @@ impl Shared {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         // One lock, released before the counters are read (std mutexes are not reentrant).
         let (open, live_dropped) = {
             let conns = self.conns();
@@ -256,25 +230,10 @@ impl Shared {
                 .sum::<u64>();
             (conns.len() as u64, dropped)
         };
-        Stats {
-            connections: get(&c.connections),
-            accepted: get(&c.accepted),
-            denied: get(&c.denied),
-            sessions: get(&c.sessions),
-            tls_failures: get(&c.tls_failures),
-            token_failures: get(&c.token_failures),
-            handshake_failures: get(&c.handshake_failures),
-            open,
-            requests: get(&c.requests),
-            deadline_exceeded: get(&c.deadline_exceeded),
-            handler_panics: get(&c.handler_panics),
-            protocol_errors: get(&c.protocol_errors),
-            events_sent: get(&c.events_sent),
-            slow_consumers: get(&c.slow_consumers),
-            events_dropped: live_dropped + get(&c.events_dropped),
-            limit_refusals: get(&c.limit_refusals),
-            limit_hits: get(&c.limit_hits),
-        }
+        let mut stats = self.counters.snapshot();
+        stats.open = open;
+        stats.events_dropped += live_dropped;
+        stats
     }
 
     /// Queues an event on one connection. Called without the map's lock: never blocks.

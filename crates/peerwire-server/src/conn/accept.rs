@@ -3,20 +3,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use peerwire_proto::codec::FrameCodec;
-use peerwire_proto::io::{FrameSink, Opened};
 use peerwire_proto::session::reject_frame;
-use peerwire_proto::v1::{Code, Frame};
+use peerwire_proto::v1::Code;
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
-use peerwire_security::plain::{PlainWriter, split_guarded};
 use peerwire_security::token::Presenter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use peerwire_transport::plain::split_guarded;
+use peerwire_transport::stream::{self, BoxRead, Writer};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
-use tokio_util::codec::{Encoder, FramedRead};
 use tracing::Instrument;
 
 use crate::logs::Untrusted;
@@ -29,37 +27,6 @@ use super::session::Connection;
 
 /// Unread input a refused connection may send while it lingers (see [`linger`]).
 pub(super) const LINGER_BYTES: u64 = 64 * 1024;
-
-/// The read side of a plain Unix stream, or of a TLS session (see [`Opened`]).
-pub(super) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-
-/// A connection's write side until the session starts: a plain socket's, or the sink of a TLS
-/// session (every byte after the TLS handshake goes through it, sealed).
-pub(super) enum Wr {
-    Plain(PlainWriter),
-    Sealed(Arc<FrameSink<PlainWriter>>),
-}
-
-impl Wr {
-    /// Sends `frame` as the last frame of the connection (a refusal), within `timeout`.
-    pub(super) async fn send_last(&mut self, frame: Frame, timeout: Duration) {
-        match self {
-            Self::Plain(wr) => send_direct(wr, frame, timeout).await,
-            Self::Sealed(sink) => {
-                if sink.try_send(&frame).is_ok() {
-                    tokio::select! {
-                        biased;
-                        _ = sink.flushed(timeout) => {}
-                        () = sink.run() => {}
-                    }
-                }
-                sink.close();
-            }
-        }
-    }
-}
-
-pub(super) type Reader = FramedRead<BoxRead, FrameCodec>;
 
 /// Serves one accepted connection; `pre_admission` is its place among the connections not yet
 /// admitted, given back once it is admitted or closed.
@@ -135,9 +102,9 @@ pub(crate) async fn serve(
             exe: None,
             socket: shared.socket_path.clone(),
         });
-        let (rd, mut wr): (BoxRead, Wr) = match &shared.tls {
-            None => match peerwire_security::plain::split_guarded(stream, guard.clone()) {
-                Ok((rd, wr)) => (Box::new(rd), Wr::Plain(wr)),
+        let (rd, mut wr): (BoxRead, Writer) = match &shared.tls {
+            None => match stream::plain(stream, guard.clone()) {
+                Ok(sides) => sides,
                 Err(e) => {
                     tracing::warn!("cannot set the connection up: {e}");
                     return;
@@ -156,22 +123,20 @@ pub(crate) async fn serve(
                                 e.to_string(),
                             ))
                         })?;
-                        tls.accept(rd, wr).await.map_err(TlsSetup::Failed)
+                        peerwire_transport::tls::accept(tls, rd, wr)
+                            .await
+                            .map_err(TlsSetup::Failed)
                     } => done,
                 }
             })
             .await
             {
-                Ok(Ok((session, wr))) => {
-                    let sink = Arc::new(FrameSink::sealed(
-                        wr,
-                        FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE),
-                        shared.limits.outbound_queue_bytes,
-                        shared.limits.outbound_queue,
-                        Box::new(session),
-                    ));
-                    (Box::new(Opened(sink.clone())), Wr::Sealed(sink))
-                }
+                Ok(Ok((session, wr))) => stream::sealed(
+                    session,
+                    wr,
+                    shared.limits.outbound_queue_bytes,
+                    shared.limits.outbound_queue,
+                ),
                 Ok(Err(TlsSetup::Evicted)) => {
                     bump(&shared.counters.limit_refusals);
                     let status = admission.eviction();
@@ -217,7 +182,7 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
+        let mut reader = stream::reader(rd);
         // The session is built in a block of its own: moved into the connection, it leaves
         // no second copy in this task's state while the connection runs.
         {
@@ -266,20 +231,11 @@ pub(crate) async fn serve(
 /// Waits until the peer sends something or hangs up; true if it hung up without a byte (a
 /// liveness probe, a client that gave up). Peeks only: nothing is consumed or parsed.
 pub(super) async fn closed_before_sending(stream: &UnixStream) -> bool {
-    use nix::sys::socket::{MsgFlags, recv};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     if stream.readable().await.is_err() {
         return true;
     }
-    let mut byte = [0u8; 1];
-    matches!(
-        recv(
-            stream.as_raw_fd(),
-            &mut byte,
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-        ),
-        Ok(0)
-    )
+    peerwire_security::sys::peer_hung_up(stream.as_fd())
 }
 
 /// Why a TLS connection did not get to its `Hello`.
@@ -320,23 +276,4 @@ pub(super) async fn linger<R: AsyncRead + Unpin>(shared: &Shared, rd: R) {
         tokio::io::copy(&mut rd.take(LINGER_BYTES), &mut tokio::io::sink()),
     )
     .await;
-}
-
-pub(super) async fn send_direct<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    frame: Frame,
-    timeout: Duration,
-) {
-    let mut buf = BytesMut::new();
-    if FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
-        .encode(&frame, &mut buf)
-        .is_ok()
-    {
-        let _ = tokio::time::timeout(timeout, async {
-            wr.write_all(&buf).await?;
-            wr.flush().await
-        })
-        .await;
-    }
-    let _ = tokio::time::timeout(timeout, wr.shutdown()).await;
 }

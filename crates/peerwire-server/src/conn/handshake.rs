@@ -11,7 +11,8 @@ use peerwire_security::token::Presenter;
 use crate::logs::Untrusted;
 use crate::registry::{Shared, bump};
 
-use super::accept::{Reader, Wr};
+use peerwire_transport::stream::{FrameReader, Writer};
+
 use super::admission::Admission;
 use super::session::InFlight;
 use super::{codec_status, sender_refused_status};
@@ -70,10 +71,10 @@ fn session_config(limits: &crate::Limits) -> ServerConfig {
 pub(super) async fn send_refusal(
     shared: &Shared,
     session: &mut ServerSession<InFlight>,
-    wr: &mut Wr,
+    wr: &mut Writer,
 ) {
     if let Some(frame) = session.poll_transmit() {
-        wr.send_last(frame, shared.limits.handshake_timeout).await;
+        wr.send_last(&frame, shared.limits.handshake_timeout).await;
     }
 }
 
@@ -86,8 +87,8 @@ pub(super) async fn handshake(
     deadline: tokio::time::Instant,
     presenter: Option<&Presenter>,
     guard: Option<&SenderGuard>,
-    reader: &mut Reader,
-    wr: &mut Wr,
+    reader: &mut FrameReader,
+    wr: &mut Writer,
 ) -> Option<(ServerSession<InFlight>, String)> {
     let uid = admission.uid;
     let mut session = ServerSession::new(

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use peerwire_proto::Status;
-use peerwire_proto::codec::{CodecError, FrameCodec};
-use peerwire_proto::io::FrameSink;
+use peerwire_proto::codec::CodecError;
 use peerwire_proto::session::{ServerSession, ServerTimeout};
 use peerwire_proto::v1::{Code, Frame, Response, frame::Kind};
-use peerwire_security::plain::PlainWriter;
+use peerwire_transport::FrameSink;
+use peerwire_transport::plain::PlainWriter;
+use peerwire_transport::stream::{FrameReader, Writer};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -21,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ServerHandle;
 use crate::logs::Untrusted;
-use crate::registry::{ConnEntry, Full, Outbox, PushTarget, Shared, bump};
+use crate::outbound::{Full, Outbox};
+use crate::registry::{ConnEntry, PushTarget, Shared, bump};
 use crate::router::{ConnInfo, ConnectionContext, EventFn};
 
-use super::accept::{Reader, Wr};
 use super::dispatch::run_event_handlers;
 use super::{codec_status, sender_refused_status};
 
@@ -40,7 +41,7 @@ pub(super) struct Connection {
     pub(super) shared: Arc<Shared>,
     pub(super) info: Arc<ConnInfo>,
     pub(super) ctx: ConnectionContext,
-    pub(super) reader: Reader,
+    pub(super) reader: FrameReader,
     pub(super) writer: Option<Arc<FrameSink<PlainWriter>>>,
     pub(super) tx: Outbox,
     pub(super) events_out: Arc<crate::outbound::EventQueue>,
@@ -64,30 +65,20 @@ impl Connection {
     pub(super) fn new(
         shared: Arc<Shared>,
         info: Arc<ConnInfo>,
-        mut reader: Reader,
-        wr: Wr,
+        mut reader: FrameReader,
+        wr: Writer,
         session: ServerSession<InFlight>,
     ) -> Self {
-        reader
-            .decoder_mut()
-            .set_max_frame_size(info.session.max_frame_size());
         let events_out = Arc::new(crate::outbound::EventQueue::new(
             shared.limits.outbound_queue,
             shared.limits.outbound_queue_bytes,
         ));
-        let max = info.session.max_frame_size();
-        let sink = match wr {
-            Wr::Plain(wr) => Arc::new(FrameSink::new(
-                wr,
-                FrameCodec::new(max),
-                shared.limits.outbound_queue_bytes,
-                shared.limits.outbound_queue,
-            )),
-            Wr::Sealed(sink) => {
-                sink.set_max_frame_size(max);
-                sink
-            }
-        };
+        let sink = wr.into_session(
+            &mut reader,
+            info.session.max_frame_size(),
+            shared.limits.outbound_queue_bytes,
+            shared.limits.outbound_queue,
+        );
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let ctx = ConnectionContext {
             inner: info.clone(),
@@ -279,7 +270,7 @@ impl Connection {
                             return Some(status);
                         }
                         if let CodecError::Io(e) = &e {
-                            if let Some(full) = peerwire_proto::io::OutboundFull::of(e) {
+                            if let Some(full) = peerwire_transport::OutboundFull::of(e) {
                                 // Reading made the connection write more than its bound
                                 // while the peer does not read (e.g. TLS key updates).
                                 bump(&self.shared.counters.slow_consumers);
