@@ -197,7 +197,10 @@ pub struct ServerSession<R> {
     /// Until the handshake ends; boxed, so that an open session does not carry its room.
     handshaking: Option<Box<ServerHandshaking>>,
     in_flight: HashMap<u64, R>,
+    /// When the last frame came from the client (from `accept` on).
     last_rx: Instant,
+    /// The earliest time of the next keepalive `Ping` (pings repeat every `ping_every` while
+    /// the client stays quiet).
     next_ping: Instant,
     ping_nonce: u64,
     /// Set once closing: when calls still in flight are abandoned.
@@ -233,6 +236,7 @@ impl<R> ServerSession<R> {
                 accepted: None,
             })),
             in_flight: HashMap::new(),
+            // Both set by `accept`: no keepalive or idle timeout applies before.
             last_rx: handshake_deadline,
             next_ping: handshake_deadline,
             ping_nonce: 0,

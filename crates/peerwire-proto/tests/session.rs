@@ -309,7 +309,7 @@ fn handshake_rejections_reach_the_client_with_their_reason() {
 }
 
 #[test]
-fn a_first_frame_that_is_not_hello_is_rejected() {
+fn a_first_frame_other_than_hello_or_welcome_ends_the_handshake() {
     let mut pair = Pair::new(hello(false));
     let _ = pair.client.poll_transmit(); // the Hello, never sent
     pair.client_frames_to_server(Frame::new(Kind::Ping(peerwire_proto::v1::Ping {
@@ -319,6 +319,19 @@ fn a_first_frame_that_is_not_hello_is_rejected() {
         pair.server_saw.as_slice(),
         [ServerInput::Rejected(s)] if s.code == Code::ProtocolError && s.message.contains("Ping")
     ));
+    // And the client takes nothing but Welcome or Reject before its session opens.
+    let mut pair = Pair::new(hello(false));
+    let got = pair
+        .client
+        .handle_frame(pair.now, wire(Frame::new(Kind::Event(Event::default()))));
+    assert!(matches!(
+        got,
+        Err(ClientError::Handshake(HandshakeError::UnexpectedFrame(
+            "Event"
+        )))
+    ));
+    assert_eq!(pair.client.state(), State::Closed);
+    assert_eq!(pair.client.poll_timeout(), None);
 }
 
 #[test]
