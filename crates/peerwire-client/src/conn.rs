@@ -142,6 +142,9 @@ pub(crate) struct Conn {
     /// The reader re-arms its timer: a call due earlier than it is armed for came.
     rearm: tokio::sync::Notify,
     closed: CancellationToken,
+    /// Set once the server said `Goodbye` (its status is in `state`): every call checks this,
+    /// without taking the lock the reader takes for every frame.
+    goodbye_said: std::sync::atomic::AtomicBool,
     close_reason: Mutex<Option<DisconnectReason>>,
     event_seq: Mutex<HashMap<String, u64>>,
 }
@@ -192,6 +195,9 @@ impl Conn {
     }
 
     pub(crate) fn goodbye(&self) -> Option<Status> {
+        if !self.goodbye_said.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         lock(&self.state).goodbye().cloned()
     }
 
@@ -384,6 +390,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         state: Mutex::new(state),
         rearm: tokio::sync::Notify::new(),
         closed: CancellationToken::new(),
+        goodbye_said: std::sync::atomic::AtomicBool::new(false),
         close_reason: Mutex::new(None),
         event_seq: Mutex::new(HashMap::new()),
     });
@@ -522,6 +529,8 @@ async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>)
                 }
             }
             Ok(ClientInput::Goodbye(status)) => {
+                conn.goodbye_said
+                    .store(true, std::sync::atomic::Ordering::Release);
                 tracing::info!("server says goodbye: {status}");
             }
             Ok(_) => {}

@@ -218,27 +218,6 @@ impl Connection {
                     self.flush_goodbye();
                     timer.as_mut().reset(at(self.session.poll_timeout()));
                 }
-                () = &mut timer => {
-                    match self.session.handle_timeout(tokio::time::Instant::now().into_std()) {
-                        ServerTimeout::GraceEnded => {
-                            self.abandon_in_flight();
-                            return Some(Status::new(Code::ShuttingDown, format!(
-                                "requests still in flight after the shutdown grace period of {:?} were abandoned",
-                                limits.shutdown_grace)));
-                        }
-                        ServerTimeout::Idle(status) | ServerTimeout::Handshake(status) => {
-                            self.flush_goodbye();
-                            return Some(status);
-                        }
-                        ServerTimeout::None => {
-                            // A keepalive Ping, if one is due.
-                            if let Next::Close(reason) = self.transmit() {
-                                return reason;
-                            }
-                        }
-                    }
-                    timer.as_mut().reset(at(self.session.poll_timeout()));
-                }
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     if let Next::Close(reason) = self.on_done(done) {
                         return reason;
@@ -302,6 +281,28 @@ impl Connection {
                         timer.as_mut().reset(at(self.session.poll_timeout()));
                     }
                 },
+                // Last, as the keepalive ticker was: a busy connection's reads come first.
+                () = &mut timer => {
+                    match self.session.handle_timeout(tokio::time::Instant::now().into_std()) {
+                        ServerTimeout::GraceEnded => {
+                            self.abandon_in_flight();
+                            return Some(Status::new(Code::ShuttingDown, format!(
+                                "requests still in flight after the shutdown grace period of {:?} were abandoned",
+                                limits.shutdown_grace)));
+                        }
+                        ServerTimeout::Idle(status) | ServerTimeout::Handshake(status) => {
+                            self.flush_goodbye();
+                            return Some(status);
+                        }
+                        ServerTimeout::None => {
+                            // A keepalive Ping, if one is due.
+                            if let Next::Close(reason) = self.transmit() {
+                                return reason;
+                            }
+                        }
+                    }
+                    timer.as_mut().reset(at(self.session.poll_timeout()));
+                }
             }
         }
     }
