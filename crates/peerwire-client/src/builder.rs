@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -160,7 +159,6 @@ impl ClientBuilder {
             config: self.config,
             conn: Mutex::new(None),
             subs: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
             closed: CancellationToken::new(),
             generation,
         });

@@ -7,14 +7,15 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use peerwire_proto::codec::{CodecError, FrameCodec};
-use peerwire_proto::handshake::{ClientHandshake, Session};
-use peerwire_proto::v1::{Cancel, Frame, Hello, Pong, Response, frame::Kind};
+use peerwire_proto::handshake::{ClientHandshake, HandshakeError, Session};
+use peerwire_proto::session::{ClientError, ClientInput, ClientSession, ClientTimeout, NotOpen};
+use peerwire_proto::v1::{Frame, Hello, Response};
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
 use peerwire_security::exe::{Executable, peer_executable};
 use peerwire_security::tls::TlsError;
 use peerwire_transport::plain::PlainWriter;
-use peerwire_transport::stream::{self, FrameReader, Liveness};
+use peerwire_transport::stream::{self, FrameReader};
 use peerwire_transport::{FrameSink, SinkError};
 use prost::Message;
 use tokio::io::AsyncRead;
@@ -111,15 +112,6 @@ fn refused_before_tls(seen: &Mutex<Vec<u8>>) -> Option<ConnectError> {
 pub(crate) type Answer = Result<Response, Option<CallError>>;
 type Reply = oneshot::Sender<Answer>;
 
-/// The calls waiting for an answer, with the time each gives up.
-#[derive(Default)]
-struct Pending {
-    calls: HashMap<u64, (Reply, tokio::time::Instant)>,
-    /// When the reader's deadline timer fires: at or before the earliest `due` (a call that
-    /// ended early leaves it armed; firing then finds nothing and re-arms for the next).
-    armed: Option<tokio::time::Instant>,
-}
-
 /// How frames leave: the calling task writes them itself ([`FrameSink`], sealed over TLS).
 struct Outbound(Arc<FrameSink<PlainWriter>>);
 
@@ -142,11 +134,15 @@ pub(crate) struct Conn {
     pub(crate) session: Session,
     pub(crate) server: PeerCredentials,
     tx: Outbound,
-    pending: Mutex<Pending>,
-    /// The reader re-arms its deadline timer: a call due earlier than it is armed for came.
+    /// The session rules: frame kinds allowed, request ids, the calls waiting for an answer
+    /// and when each gives up, the idle timeout, the server's `Goodbye`.
+    state: Mutex<ClientSession<Reply>>,
+    /// The reader re-arms its timer: a call due earlier than it is armed for came.
     rearm: tokio::sync::Notify,
-    goodbye: Mutex<Option<Status>>,
     closed: CancellationToken,
+    /// Set once the server said `Goodbye` (its status is in `state`): every call checks this,
+    /// without taking the lock the reader takes for every frame.
+    goodbye_said: std::sync::atomic::AtomicBool,
     close_reason: Mutex<Option<DisconnectReason>>,
     event_seq: Mutex<HashMap<String, u64>>,
 }
@@ -155,15 +151,27 @@ pub(crate) struct Conn {
 /// caller dropped the future), tells the server to cancel it.
 pub(crate) struct PendingGuard<'a> {
     conn: &'a Conn,
-    id: u64,
+    pub(crate) id: u64,
+}
+
+impl PendingGuard<'_> {
+    /// The call's request was never sent: stop waiting without telling the server.
+    pub(crate) fn forget(self) {
+        lock(&self.conn.state).forget_call(self.id);
+    }
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        if lock(&self.conn.pending).calls.remove(&self.id).is_some() && !self.conn.is_closed() {
-            self.conn
-                .tx
-                .try_send(Frame::new(Kind::Cancel(Cancel { id: self.id })));
+        let cancel = {
+            let mut state = lock(&self.conn.state);
+            state.abandon_call(self.id);
+            state.poll_transmit()
+        };
+        if let Some(cancel) = cancel {
+            if !self.conn.is_closed() {
+                self.conn.tx.try_send(cancel);
+            }
         }
     }
 }
@@ -185,7 +193,18 @@ impl Conn {
     }
 
     pub(crate) fn goodbye(&self) -> Option<Status> {
-        lock(&self.goodbye).clone()
+        if !self.goodbye_said.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.state).goodbye().cloned()
+    }
+
+    /// Says `Goodbye` with `status` (calls still waiting may be answered until the close):
+    /// the frame to send, if the session was open.
+    pub(crate) fn say_goodbye(&self, status: &Status) -> Option<Frame> {
+        let mut state = lock(&self.state);
+        state.close(status);
+        state.poll_transmit()
     }
 
     /// The next `seq` of a client event on `topic` (per connection and topic, from 1).
@@ -201,49 +220,27 @@ impl Conn {
         self.tx.0.flushed(timeout).await;
     }
 
-    /// Registers call `id`, which gives up at `due`. No timer per call: the reader keeps one,
-    /// armed for the earliest deadline, and re-arms it only when a call is due earlier.
+    /// Starts a call that gives up at `due` and returns its guard, which holds its request id.
+    /// No timer per call: the reader keeps one, armed for the earliest deadline, and re-arms it
+    /// only when a call is due earlier.
     pub(crate) fn register(
         &self,
-        id: u64,
         reply: Reply,
         due: tokio::time::Instant,
-    ) -> PendingGuard<'_> {
-        let mut pending = lock(&self.pending);
-        pending.calls.insert(id, (reply, due));
-        if pending.armed.is_none_or(|armed| due < armed) {
-            pending.armed = Some(due);
-            self.rearm.notify_one();
+    ) -> Result<PendingGuard<'_>, CallError> {
+        let started = lock(&self.state).start_call(reply, due.into_std());
+        match started {
+            Ok((id, rearm)) => {
+                if rearm {
+                    self.rearm.notify_one();
+                }
+                Ok(PendingGuard { conn: self, id })
+            }
+            Err(NotOpen::Closing(status)) => {
+                Err(CallError::Disconnected(DisconnectReason::Closing(status)))
+            }
+            Err(_) => Err(CallError::Disconnected(self.close_reason())),
         }
-        PendingGuard { conn: self, id }
-    }
-
-    /// Fails the calls due by `now` (and asks the server to cancel them); returns when the
-    /// deadline timer fires next.
-    fn expire(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        let mut pending = lock(&self.pending);
-        let due: Vec<u64> = pending
-            .calls
-            .iter()
-            .filter(|(_, (_, due))| *due <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        let expired: Vec<(u64, Reply)> = due
-            .into_iter()
-            .filter_map(|id| pending.calls.remove(&id).map(|(reply, _)| (id, reply)))
-            .collect();
-        pending.armed = pending.calls.values().map(|(_, due)| *due).min();
-        let armed = pending.armed;
-        drop(pending);
-        for (id, reply) in expired {
-            let _ = reply.send(Err(None));
-            self.tx.try_send(Frame::new(Kind::Cancel(Cancel { id })));
-        }
-        armed
-    }
-
-    fn armed(&self) -> Option<tokio::time::Instant> {
-        lock(&self.pending).armed
     }
 
     pub(crate) fn check_size(&self, frame: &Frame) -> Result<(), CallError> {
@@ -269,8 +266,8 @@ impl Conn {
 
     /// Fails every pending call at once.
     fn fail_pending(&self, why: &DisconnectReason) {
-        let pending: Vec<_> = lock(&self.pending).calls.drain().collect();
-        for (_, (reply, _)) in pending {
+        let pending: Vec<_> = lock(&self.state).lost().collect();
+        for (_, reply) in pending {
             let _ = reply.send(Err(Some(CallError::Disconnected(why.clone()))));
         }
     }
@@ -328,20 +325,25 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
             }
         }
     };
-    let mut handshake = ClientHandshake::new(Hello {
-        protocol_versions: vec![],
-        client_name: config.name.clone(),
-        namespaces: config.namespaces.clone(),
-        max_frame_size: config.max_frame_size,
-        session_token: config
-            .token
-            .as_ref()
-            .map(|t| t.0.to_vec())
-            .unwrap_or_default(),
-    });
+    let now = tokio::time::Instant::now().into_std();
+    let mut state = ClientSession::new(
+        Hello {
+            protocol_versions: vec![],
+            client_name: config.name.clone(),
+            namespaces: config.namespaces.clone(),
+            max_frame_size: config.max_frame_size,
+            session_token: config
+                .token
+                .as_ref()
+                .map(|t| t.0.to_vec())
+                .unwrap_or_default(),
+        },
+        now,
+    );
     let mut reader = stream::reader(rd);
+    let hello = state.poll_transmit().ok_or(ConnectError::Closed)?;
     // No other task runs for this connection yet: this one finishes the write.
-    if let Err(e) = wr.send(&handshake.hello_frame(), Duration::MAX).await {
+    if let Err(e) = wr.send(&hello, Duration::MAX).await {
         if tls {
             return Err(server_ended_tls(e));
         }
@@ -350,8 +352,8 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         if let Ok(Some(Ok(frame))) =
             tokio::time::timeout(Duration::from_secs(1), reader.next()).await
         {
-            if let Err(e @ peerwire_proto::handshake::HandshakeError::Rejected { .. }) =
-                handshake.receive(frame)
+            if let Err(ClientError::Handshake(e @ HandshakeError::Rejected { .. })) =
+                state.handle_frame(now, frame)
             {
                 return Err(ConnectError::Handshake(e));
             }
@@ -366,7 +368,14 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         Some(Err(e)) => return Err(e.into()),
         None => return Err(ConnectError::Closed),
     };
-    let session = handshake.receive(answer)?;
+    let session = match state.handle_frame(tokio::time::Instant::now().into_std(), answer) {
+        Ok(ClientInput::Established(session)) => session,
+        Err(ClientError::Handshake(e)) => return Err(e.into()),
+        Err(ClientError::Unexpected(kind)) => {
+            return Err(HandshakeError::UnexpectedFrame(kind).into());
+        }
+        _ => return Err(ConnectError::Closed),
+    };
     for ns in session.namespaces.iter().filter(|a| a.code != 0) {
         tracing::warn!(namespace = %ns.namespace, "{}", ns.reason);
     }
@@ -376,10 +385,10 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         session,
         server,
         tx: Outbound(sink.clone()),
-        pending: Mutex::default(),
+        state: Mutex::new(state),
         rearm: tokio::sync::Notify::new(),
-        goodbye: Mutex::new(None),
         closed: CancellationToken::new(),
+        goodbye_said: std::sync::atomic::AtomicBool::new(false),
         close_reason: Mutex::new(None),
         event_seq: Mutex::new(HashMap::new()),
     });
@@ -443,18 +452,17 @@ fn verify_server(
 }
 
 async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>) {
-    // The server pings a quiet connection every keepalive interval; nothing at all for its
-    // idle timeout means it is gone.
-    let idle = Duration::from_millis(u64::from(conn.session.limits.idle_timeout_ms.max(1000)));
-    let mut liveness = Liveness::new(idle / 4);
     let mut corked = false;
-    // The calls' deadline timer (see `Conn::register`); far in the future while disarmed.
-    let never = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-    let deadlines = tokio::time::sleep_until(never());
+    // One timer for the session's deadlines (the calls' due times, the idle timeout: the
+    // server pings a quiet connection, so nothing at all for its idle timeout means it is
+    // gone), armed at the earliest. Frames move the idle deadline later without touching the
+    // timer (arming a timer on every frame costs more than the frame itself at small sizes):
+    // when it fires early the session finds nothing due and says when to fire next.
+    let timer = tokio::time::sleep_until(at(lock(&conn.state).poll_timeout()));
     // Registered once, not on every turn of the loop (the rearm wait is renewed when it fires).
     let closed = conn.closed.clone().cancelled_owned();
     let rearm = conn.rearm.notified();
-    tokio::pin!(deadlines, closed, rearm);
+    tokio::pin!(timer, closed, rearm);
     let why = loop {
         let frame = tokio::select! {
             biased;
@@ -467,55 +475,66 @@ async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>)
                 Some(Ok(frame)) => frame,
             },
             () = &mut closed => break DisconnectReason::Closed,
-            () = &mut deadlines => {
-                let next = conn.expire(tokio::time::Instant::now());
-                deadlines.as_mut().reset(next.unwrap_or_else(never));
+            () = &mut timer => {
+                let now = tokio::time::Instant::now().into_std();
+                let (timeout, expired, cancels, next) = {
+                    let mut state = lock(&conn.state);
+                    let timeout = state.handle_timeout(now);
+                    let expired: Vec<_> = std::iter::from_fn(|| state.poll_expired()).collect();
+                    let cancels: Vec<_> = std::iter::from_fn(|| state.poll_transmit()).collect();
+                    (timeout, expired, cancels, state.poll_timeout())
+                };
+                for (_, reply) in expired {
+                    let _ = reply.send(Err(None));
+                }
+                for cancel in cancels {
+                    conn.tx.try_send(cancel);
+                }
+                if let ClientTimeout::Idle(quiet) = timeout {
+                    break DisconnectReason::Idle(quiet);
+                }
+                timer.as_mut().reset(at(next));
                 continue;
             }
             () = &mut rearm => {
                 rearm.set(conn.rearm.notified());
-                deadlines.as_mut().reset(conn.armed().unwrap_or_else(never));
-                continue;
-            }
-            quiet = liveness.tick() => {
-                if quiet >= idle {
-                    break DisconnectReason::Idle(quiet);
-                }
+                timer.as_mut().reset(at(lock(&conn.state).poll_timeout()));
                 continue;
             }
         };
-        liveness.received();
         // Several answers in one read: the calls they wake will send their next requests at
         // once; gather those into one write (made below, once the woken tasks have run).
         if !corked && peerwire_proto::codec::frame_ready(reader.read_buffer()) {
             conn.tx.cork();
             corked = true;
         }
-        match frame.kind {
-            Some(Kind::Response(r)) => {
-                let reply = lock(&conn.pending).calls.remove(&r.id);
-                if let Some((reply, _)) = reply {
-                    let _ = reply.send(Ok(r));
-                }
+        let now = tokio::time::Instant::now().into_std();
+        let (input, reply) = {
+            let mut state = lock(&conn.state);
+            let input = state.handle_frame(now, frame);
+            (input, state.poll_transmit())
+        };
+        if let Some(pong) = reply {
+            conn.tx.try_send(pong);
+        }
+        match input {
+            Ok(ClientInput::Response { call, response }) => {
+                let _ = call.send(Ok(response));
             }
-            Some(Kind::Event(ev)) => {
+            Ok(ClientInput::Event(ev)) => {
                 if let Some(inner) = inner.upgrade() {
                     inner.deliver(ev);
                 }
             }
-            Some(Kind::Ping(p)) => {
-                conn.tx
-                    .try_send(Frame::new(Kind::Pong(Pong { nonce: p.nonce })));
-            }
-            Some(Kind::Pong(_)) => {}
-            Some(Kind::Goodbye(g)) => {
-                let status = Status::from_wire(g.code, &g.reason)
-                    .err()
-                    .unwrap_or_else(|| Status::new(peerwire_proto::v1::Code::Ok, g.reason));
+            Ok(ClientInput::Goodbye(status)) => {
+                conn.goodbye_said
+                    .store(true, std::sync::atomic::Ordering::Release);
                 tracing::info!("server says goodbye: {status}");
-                *lock(&conn.goodbye) = Some(status);
             }
-            _ => break DisconnectReason::UnexpectedFrame(frame.kind_name()),
+            Ok(_) => {}
+            Err(ClientError::Unexpected(kind)) => break DisconnectReason::UnexpectedFrame(kind),
+            // Handshake errors end `connect`, not a session.
+            Err(_) => break DisconnectReason::Closed,
         }
         if corked && !peerwire_proto::codec::frame_ready(reader.read_buffer()) {
             // Let the woken calls run (and append their requests), then write them at once.
@@ -532,4 +551,12 @@ async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>)
     if let Some(inner) = inner.upgrade() {
         inner.connection_lost();
     }
+}
+
+/// The tokio instant of a session deadline (`None`: a year from now, never in practice).
+fn at(deadline: Option<std::time::Instant>) -> tokio::time::Instant {
+    deadline.map_or_else(
+        || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365),
+        tokio::time::Instant::from_std,
+    )
 }

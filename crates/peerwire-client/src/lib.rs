@@ -52,13 +52,12 @@ mod error;
 mod events;
 mod reconnect;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use peerwire_proto::handshake::Session;
 use peerwire_proto::v1::{
-    Code, Event, Frame, Goodbye, Request, SubscribeRequest, SubscribeResponse, frame::Kind,
+    Code, Event, Frame, Request, SubscribeRequest, SubscribeResponse, frame::Kind,
 };
 use peerwire_proto::{METHOD_SUBSCRIBE, Status};
 use prost::Message;
@@ -87,7 +86,6 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     conn: Mutex<Option<Arc<Conn>>>,
     pub(crate) subs: Mutex<Subscribers>,
-    next_id: AtomicU64,
     pub(crate) closed: CancellationToken,
     generation: watch::Sender<u64>,
 }
@@ -204,22 +202,24 @@ impl Client {
     ) -> Result<Bytes, CallError> {
         let conn = self.connection()?;
         conn.session.check_name(method).map_err(CallError::Status)?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let deadline_ms = u32::try_from(deadline.as_millis())
             .unwrap_or(u32::MAX)
             .max(1);
-        let frame = Frame::new(Kind::Request(Request {
-            id,
-            method: method.to_owned(),
-            payload: payload.into(),
-            deadline_ms,
-        }));
-        conn.check_size(&frame)?;
         let (tx, mut rx) = oneshot::channel();
         // A little slack so the server's own deadline answer, which cancels the handler, wins.
         let slack = Duration::from_millis(50);
         let due = tokio::time::Instant::now() + deadline.saturating_add(slack);
-        let guard = conn.register(id, tx, due);
+        let guard = conn.register(tx, due)?;
+        let frame = Frame::new(Kind::Request(Request {
+            id: guard.id,
+            method: method.to_owned(),
+            payload: payload.into(),
+            deadline_ms,
+        }));
+        if let Err(e) = conn.check_size(&frame) {
+            guard.forget();
+            return Err(e);
+        }
         // The deadline also bounds a wait for room in a full outbound buffer.
         let answer = tokio::select! {
             biased;
@@ -311,12 +311,9 @@ impl Client {
         self.inner.closed.cancel();
         let conn = lock(&self.inner.conn).take();
         if let Some(conn) = conn {
-            let _ = conn
-                .send(Frame::new(Kind::Goodbye(Goodbye {
-                    code: Code::Ok as i32,
-                    reason: "client closed".into(),
-                })))
-                .await;
+            if let Some(goodbye) = conn.say_goodbye(&Status::new(Code::Ok, "client closed")) {
+                let _ = conn.send(goodbye).await;
+            }
             conn.flushed(Duration::from_millis(200)).await;
             conn.close();
         }

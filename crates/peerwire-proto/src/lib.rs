@@ -8,6 +8,8 @@
 //!   limit in force *before* it allocates anything;
 //! - [`handshake`]: the `Hello` / `Welcome` / `Reject` state machines of both ends, including
 //!   protocol version and per-namespace version negotiation;
+//! - [`session`]: the session state machines of both ends (states, frame rules, request ids,
+//!   deadlines, keepalive, `Goodbye`), driven by the server and the client alike;
 //! - [`Status`] and [`names`]: status codes and `namespace.Name` validation shared by both ends.
 //!
 //! No runtime is in its dependency tree (no tokio, no tokio-util). `peerwire-transport` drives
@@ -35,6 +37,7 @@
 pub mod codec;
 pub mod handshake;
 pub mod names;
+pub mod session;
 mod status;
 
 pub use status::{Status, code_name};

@@ -1,7 +1,7 @@
 //! The set-up both ends share, from a connected socket to a session: the two sides of a plain
 //! or TLS connection, the write side until the session starts ([`Writer`]), the session's
-//! outbound side ([`Writer::into_session`]), and the ticker that watches a quiet connection
-//! ([`Liveness`]).
+//! outbound side ([`Writer::into_session`]). When a quiet connection is pinged or closed is the
+//! session's to decide (`peerwire_proto::session`), behind one timer per connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,40 +147,5 @@ impl Writer {
                 sink
             }
         }
-    }
-}
-
-/// How long a connection has been quiet, looked at on a ticker rather than with a timer per
-/// frame (arming and cancelling a timer on every frame costs more than the frame itself at
-/// small sizes): both ends close a connection quiet for its idle timeout, and the server pings
-/// one quiet for its keepalive interval.
-#[derive(Debug)]
-pub struct Liveness {
-    ticker: tokio::time::Interval,
-    last_rx: tokio::time::Instant,
-}
-
-impl Liveness {
-    /// Looks every `period` (at least 1 ms; a tick missed while busy is delayed, not caught
-    /// up); the first look is at once.
-    pub fn new(period: Duration) -> Self {
-        let mut ticker = tokio::time::interval(period.max(Duration::from_millis(1)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self {
-            ticker,
-            last_rx: tokio::time::Instant::now(),
-        }
-    }
-
-    /// A frame was received.
-    pub fn received(&mut self) {
-        self.last_rx = tokio::time::Instant::now();
-    }
-
-    /// Waits for the next look; returns how long nothing has been received. Cancellation-safe
-    /// (a branch of `select!` in a loop).
-    pub async fn tick(&mut self) -> Duration {
-        self.ticker.tick().await;
-        self.last_rx.elapsed()
     }
 }

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use peerwire_proto::codec::FrameCodec;
-use peerwire_proto::v1::{Code, Frame, frame::Kind};
+use peerwire_proto::session::reject_frame;
+use peerwire_proto::v1::Code;
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
 use peerwire_security::token::Presenter;
@@ -21,7 +22,7 @@ use crate::registry::{Shared, bump};
 use crate::router::ConnInfo;
 
 use super::admission::Admission;
-use super::handshake::handshake;
+use super::handshake::{handshake, send_refusal};
 use super::session::Connection;
 
 /// Unread input a refused connection may send while it lingers (see [`linger`]).
@@ -180,40 +181,46 @@ pub(crate) async fn serve(
             },
         };
         let mut reader = stream::reader(rd);
-        let Some((session, client_name, welcome)) = handshake(
-            &shared,
-            &admission,
-            deadline,
-            presenter.as_ref(),
-            guard.as_deref(),
-            &mut reader,
-            &mut wr,
-        )
-        .await
-        else {
-            bump(&shared.counters.handshake_failures);
-            linger(&shared, reader.into_inner()).await;
-            return;
-        };
-        if !admission.authenticated() {
-            // Evicted just as its handshake completed: refused like any evicted connection.
-            bump(&shared.counters.limit_refusals);
-            wr.send_last(
-                &reject_frame(&admission.eviction()),
-                shared.limits.handshake_timeout,
+        // The session is built in a block of its own: moved into the connection, it leaves
+        // no second copy in this task's state while the connection runs.
+        {
+            let Some((mut session, client_name)) = handshake(
+                &shared,
+                &admission,
+                deadline,
+                presenter.as_ref(),
+                guard.as_deref(),
+                &mut reader,
+                &mut wr,
             )
-            .await;
-            return;
+            .await
+            else {
+                bump(&shared.counters.handshake_failures);
+                linger(&shared, reader.into_inner()).await;
+                return;
+            };
+            if !admission.authenticated() {
+                // Evicted just as its handshake completed: refused like any evicted connection.
+                bump(&shared.counters.limit_refusals);
+                session.refuse(admission.eviction());
+                send_refusal(&shared, &mut session, &mut wr).await;
+                return;
+            }
+            let Some(agreed) = session.accept(tokio::time::Instant::now().into_std()) else {
+                return;
+            };
+            bump(&shared.counters.sessions);
+            tracing::info!(client = %Untrusted(&client_name), "session established");
+            let info = Arc::new(ConnInfo {
+                id,
+                peer,
+                client_name,
+                session: agreed,
+            });
+            Connection::new(shared, info, reader, wr, session)
         }
-        bump(&shared.counters.sessions);
-        tracing::info!(client = %Untrusted(&client_name), "session established");
-        let info = Arc::new(ConnInfo {
-            id,
-            peer,
-            client_name,
-            session,
-        });
-        Connection::new(shared, info, reader, wr).run(welcome).await;
+        .run()
+        .await;
     }
     .instrument(span)
     .await
@@ -267,13 +274,4 @@ pub(super) async fn linger<R: AsyncRead + Unpin>(shared: &Shared, rd: R) {
         tokio::io::copy(&mut rd.take(LINGER_BYTES), &mut tokio::io::sink()),
     )
     .await;
-}
-
-pub(super) fn reject_frame(status: &Status) -> Frame {
-    Frame::new(Kind::Reject(peerwire_proto::v1::Reject {
-        code: status.code as i32,
-        reason: status.message.clone(),
-        supported_versions: peerwire_proto::SUPPORTED_PROTOCOL_VERSIONS.to_vec(),
-        namespaces: vec![],
-    }))
 }

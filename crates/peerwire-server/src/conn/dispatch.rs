@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
+use peerwire_proto::session::{Refusal, ServerInput};
 use peerwire_proto::v1::{
-    Code, Frame, Pong, Request, Response, SubscribeRequest, SubscribeResponse, frame::Kind,
+    Code, Frame, Request, Response, SubscribeRequest, SubscribeResponse, frame::Kind,
 };
 use peerwire_proto::{METHOD_STATS, METHOD_SUBSCRIBE, METHOD_UNSUBSCRIBE, Status};
 use prost::Message;
@@ -17,40 +18,53 @@ use crate::logs::Untrusted;
 use crate::registry::bump;
 use crate::router::{ConnectionContext, EventFn, RequestContext};
 
-use super::session::{Connection, EVENT_QUEUE, InFlight, Next, later};
+use super::session::{Connection, EVENT_QUEUE, InFlight, Next};
 
 impl Connection {
     pub(super) fn on_frame(&mut self, frame: Frame) -> Next {
-        match frame.kind {
-            Some(Kind::Request(req)) => self.on_request(req),
-            Some(Kind::Cancel(c)) => {
-                if let Some(f) = self.in_flight.remove(&c.id) {
-                    f.abort.abort();
-                    self.task_ids.remove(&f.abort.id());
-                    tracing::debug!(request = c.id, method = %f.method, "cancelled by the client");
-                    return self.respond(
-                        Status::new(Code::Cancelled, "cancelled by the client").to_response(c.id),
-                    );
-                }
+        if let Some(Kind::Request(_)) = &frame.kind {
+            bump(&self.shared.counters.requests);
+        }
+        let now = tokio::time::Instant::now().into_std();
+        let next = match self.session.handle_frame(now, frame) {
+            ServerInput::Request(req) => self.on_request(req),
+            ServerInput::Refused {
+                id,
+                why: Refusal::TooManyInFlight,
+            } => {
+                bump(&self.shared.counters.limit_hits);
+                tracing::warn!(
+                    request = id,
+                    "max_in_flight limit of {} requests reached",
+                    self.shared.limits.max_in_flight
+                );
                 Next::Continue
             }
-            Some(Kind::Event(ev)) => {
+            ServerInput::Cancelled { id, call } => {
+                call.abort.abort();
+                self.task_ids.remove(&call.abort.id());
+                tracing::debug!(request = id, method = %call.method, "cancelled by the client");
+                Next::Continue
+            }
+            ServerInput::Event(ev) => {
                 self.on_event(ev);
                 Next::Continue
             }
-            Some(Kind::Ping(p)) => self.send(Frame::new(Kind::Pong(Pong { nonce: p.nonce }))),
-            Some(Kind::Pong(_)) => Next::Continue,
-            Some(Kind::Goodbye(g)) => {
+            ServerInput::Goodbye(g) => {
                 tracing::debug!(code = g.code, reason = %Untrusted(&g.reason), "client said goodbye");
-                self.reading = false;
-                self.draining
-                    .get_or_insert(later(self.shared.limits.shutdown_grace));
                 Next::Continue
             }
-            _ => self.protocol_error(format!(
-                "unexpected {} frame after the handshake",
-                frame.kind_name()
-            )),
+            ServerInput::Violation(status) => {
+                bump(&self.shared.counters.protocol_errors);
+                self.flush_goodbye();
+                return Next::Close(Some(status));
+            }
+            _ => Next::Continue,
+        };
+        // What the session answered itself (a Pong, a refusal, CANCELLED) goes out too.
+        match next {
+            Next::Continue => self.transmit(),
+            close => close,
         }
     }
 
@@ -74,37 +88,7 @@ impl Connection {
     }
 
     pub(super) fn on_request(&mut self, req: Request) -> Next {
-        bump(&self.shared.counters.requests);
         let limits = &self.shared.limits;
-        if req.id == 0 {
-            return self.protocol_error("request id 0 is not allowed".into());
-        }
-        if self.in_flight.contains_key(&req.id) {
-            return self.protocol_error(format!("request id {} is already in flight", req.id));
-        }
-        if self.draining.is_some() {
-            return self.respond(
-                Status::new(Code::ShuttingDown, "the server is shutting down").to_response(req.id),
-            );
-        }
-        if self.in_flight.len() >= limits.max_in_flight as usize {
-            bump(&self.shared.counters.limit_hits);
-            tracing::warn!(
-                request = req.id,
-                "max_in_flight limit of {} requests reached",
-                limits.max_in_flight
-            );
-            return self.respond(
-                Status::new(
-                    Code::ResourceExhausted,
-                    format!(
-                        "max_in_flight limit of {} requests reached",
-                        limits.max_in_flight
-                    ),
-                )
-                .to_response(req.id),
-            );
-        }
         if let Err(status) = self.info.session.check_name(&req.method) {
             return self.respond(status.to_response(req.id));
         }
@@ -173,7 +157,7 @@ impl Connection {
             }
         });
         self.task_ids.insert(abort.id(), id);
-        self.in_flight.insert(id, InFlight { abort, method });
+        self.session.track(id, InFlight { abort, method });
         Next::Continue
     }
 
@@ -187,7 +171,7 @@ impl Connection {
                     // Cancelled (and answered CANCELLED) while finishing: exactly one Response.
                     return Next::Continue;
                 }
-                self.in_flight.remove(&response.id);
+                self.session.finish(response.id);
                 if response.code == Code::DeadlineExceeded as i32 {
                     bump(&self.shared.counters.deadline_exceeded);
                     tracing::info!(request = response.id, "{}", response.message);
@@ -198,7 +182,7 @@ impl Connection {
                 let Some(id) = self.task_ids.remove(&e.id()) else {
                     return Next::Continue; // cancelled by the client, already answered
                 };
-                let method = self.in_flight.remove(&id).map(|f| f.method);
+                let method = self.session.finish(id).map(|f| f.method);
                 if e.is_panic() {
                     return self.handler_panicked(id, method.as_deref().unwrap_or("?"));
                 }
@@ -214,7 +198,7 @@ impl Connection {
     }
 
     pub(super) fn abandon_in_flight(&mut self) {
-        for (id, f) in self.in_flight.drain() {
+        for (id, f) in self.session.abandon() {
             f.abort.abort();
             let status = Status::new(
                 Code::ShuttingDown,

@@ -3,8 +3,8 @@
 
 use futures_util::StreamExt;
 use peerwire_proto::Status;
-use peerwire_proto::handshake::{ServerHandshake, ServerOutcome, Session};
-use peerwire_proto::v1::{Code, Frame};
+use peerwire_proto::session::{ServerConfig, ServerInput, ServerSession, ServerTimeout};
+use peerwire_proto::v1::Code;
 use peerwire_security::exe::SenderGuard;
 use peerwire_security::token::Presenter;
 
@@ -13,8 +13,8 @@ use crate::registry::{Shared, bump};
 
 use peerwire_transport::stream::{FrameReader, Writer};
 
-use super::accept::reject_frame;
 use super::admission::Admission;
+use super::session::InFlight;
 use super::{codec_status, sender_refused_status};
 
 /// With session tokens required: the token in `Hello` must be valid, unused, and for this peer.
@@ -56,6 +56,31 @@ pub(super) async fn check_token(
     }
 }
 
+/// The session's timing and limits, from the server's limits.
+fn session_config(limits: &crate::Limits) -> ServerConfig {
+    ServerConfig {
+        handshake_timeout: limits.handshake_timeout,
+        keepalive_interval: limits.keepalive_interval,
+        idle_timeout: limits.idle_timeout,
+        max_in_flight: limits.max_in_flight as usize,
+        shutdown_grace: limits.shutdown_grace,
+    }
+}
+
+/// Sends what the session queued (its `Reject`) as the connection's last frame.
+pub(super) async fn send_refusal(
+    shared: &Shared,
+    session: &mut ServerSession<InFlight>,
+    wr: &mut Writer,
+) {
+    if let Some(frame) = session.poll_transmit() {
+        wr.send_last(&frame, shared.limits.handshake_timeout).await;
+    }
+}
+
+/// Reads the `Hello` (by `deadline`) and checks the session token. Returns the session, its
+/// `Hello` accepted and waiting for [`ServerSession::accept`], and the client's name; `None`
+/// once refused (the `Reject`, if any, sent).
 pub(super) async fn handshake(
     shared: &Shared,
     admission: &Admission,
@@ -64,64 +89,72 @@ pub(super) async fn handshake(
     guard: Option<&SenderGuard>,
     reader: &mut FrameReader,
     wr: &mut Writer,
-) -> Option<(Session, String, Frame)> {
-    let limits = &shared.limits;
+) -> Option<(ServerSession<InFlight>, String)> {
     let uid = admission.uid;
-    let refuse = |status: Status| {
+    let mut session = ServerSession::new(
+        shared.offer.clone(),
+        admission.id,
+        session_config(&shared.limits),
+        deadline.into_std(),
+    );
+    let refused = |status: &Status| {
         shared.log_limit.log(uid, || {
             tracing::warn!("handshake refused: {}", Untrusted(&status.to_string()));
         });
-        reject_frame(&status)
     };
-    let first = tokio::select! {
-        first = tokio::time::timeout_at(deadline, reader.next()) => first,
-        () = admission.evicted.cancelled() => {
-            bump(&shared.counters.limit_refusals);
-            wr.send_last(&refuse(admission.eviction()), limits.handshake_timeout).await;
-            return None;
-        }
-        _ = shared.shutdown.cancelled() => {
-            let status = Status::new(Code::ShuttingDown, "the server is shutting down");
-            wr.send_last(&refuse(status), limits.handshake_timeout).await;
-            return None;
+    let frame = loop {
+        let at = session
+            .poll_timeout()
+            .map_or(deadline, tokio::time::Instant::from_std);
+        let first = tokio::select! {
+            first = tokio::time::timeout_at(at, reader.next()) => first,
+            () = admission.evicted.cancelled() => {
+                bump(&shared.counters.limit_refusals);
+                let status = admission.eviction();
+                refused(&status);
+                session.refuse(status);
+                send_refusal(shared, &mut session, wr).await;
+                return None;
+            }
+            _ = shared.shutdown.cancelled() => {
+                let status = Status::new(Code::ShuttingDown, "the server is shutting down");
+                refused(&status);
+                session.refuse(status);
+                send_refusal(shared, &mut session, wr).await;
+                return None;
+            }
+        };
+        match first {
+            Ok(Some(Ok(frame))) => break frame,
+            Ok(None) => {
+                shared
+                    .log_limit
+                    .log(uid, || tracing::info!("closed before Hello"));
+                return None;
+            }
+            Ok(Some(Err(e))) => {
+                let status = match sender_refused_status(shared, &e) {
+                    Some(status) => status,
+                    None => codec_status(&e),
+                };
+                refused(&status);
+                session.refuse(status);
+                send_refusal(shared, &mut session, wr).await;
+                return None;
+            }
+            Err(_) => {
+                let now = tokio::time::Instant::now().into_std();
+                if let ServerTimeout::Handshake(status) = session.handle_timeout(now) {
+                    refused(&status);
+                    send_refusal(shared, &mut session, wr).await;
+                    return None;
+                }
+            }
         }
     };
-    let frame = match first {
-        Ok(Some(Ok(frame))) => frame,
-        Ok(None) => {
-            shared
-                .log_limit
-                .log(uid, || tracing::info!("closed before Hello"));
-            return None;
-        }
-        Ok(Some(Err(e))) => {
-            let status = match sender_refused_status(shared, &e) {
-                Some(status) => status,
-                None => codec_status(&e),
-            };
-            wr.send_last(&refuse(status), limits.handshake_timeout)
-                .await;
-            return None;
-        }
-        Err(_) => {
-            let status = Status::new(
-                Code::HandshakeTimeout,
-                format!(
-                    "no Hello within the handshake timeout of {:?}",
-                    limits.handshake_timeout
-                ),
-            );
-            wr.send_last(&refuse(status), limits.handshake_timeout)
-                .await;
-            return None;
-        }
-    };
-    match ServerHandshake::new(shared.offer.clone(), admission.id).receive(frame) {
-        ServerOutcome::Accept {
-            welcome,
-            session,
-            hello,
-        } => {
+    let now = tokio::time::Instant::now().into_std();
+    match session.handle_frame(now, frame) {
+        ServerInput::Hello(hello) => {
             // The program that sent the Hello presents the token.
             let presenter = presenter.map(|p| Presenter {
                 exe: guard.and_then(SenderGuard::first_sender).map(|e| e.path),
@@ -130,8 +163,9 @@ pub(super) async fn handshake(
             match check_token(shared, presenter.as_ref(), &hello.session_token).await {
                 Err(status) => {
                     bump(&shared.counters.token_failures);
-                    wr.send_last(&refuse(status), limits.handshake_timeout)
-                        .await;
+                    refused(&status);
+                    session.refuse(status);
+                    send_refusal(shared, &mut session, wr).await;
                     return None;
                 }
                 // Nothing binds the connection to a program any more: stop checking senders.
@@ -142,14 +176,13 @@ pub(super) async fn handshake(
                 }
                 Ok(_) => {}
             }
-            Some((session, hello.client_name, welcome))
+            Some((session, hello.client_name))
         }
-        ServerOutcome::Reject { reject, status } => {
-            shared.log_limit.log(uid, || {
-                tracing::warn!("handshake refused: {}", Untrusted(&status.to_string()));
-            });
-            wr.send_last(&reject, limits.handshake_timeout).await;
+        ServerInput::Rejected(status) => {
+            refused(&status);
+            send_refusal(shared, &mut session, wr).await;
             None
         }
+        _ => None,
     }
 }

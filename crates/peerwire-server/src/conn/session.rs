@@ -4,16 +4,17 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use peerwire_proto::Status;
 use peerwire_proto::codec::CodecError;
-use peerwire_proto::v1::{Code, Frame, Goodbye, Ping, Response, frame::Kind};
+use peerwire_proto::session::{ServerSession, ServerTimeout};
+use peerwire_proto::v1::{Code, Frame, Response, frame::Kind};
 use peerwire_transport::FrameSink;
 use peerwire_transport::plain::PlainWriter;
-use peerwire_transport::stream::{FrameReader, Liveness, Writer};
+use peerwire_transport::stream::{FrameReader, Writer};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -47,12 +48,11 @@ pub(super) struct Connection {
     pub(super) events: mpsc::Sender<(EventFn, Bytes)>,
     pub(super) events_rx: Option<mpsc::Receiver<(EventFn, Bytes)>>,
     pub(super) kick: CancellationToken,
-    pub(super) in_flight: HashMap<u64, InFlight>,
+    /// The session rules: frame kinds allowed, request ids in flight, keepalive, idle timeout,
+    /// the grace period once closing.
+    pub(super) session: ServerSession<InFlight>,
     pub(super) task_ids: HashMap<tokio::task::Id, u64>,
     pub(super) tasks: JoinSet<Response>,
-    pub(super) draining: Option<tokio::time::Instant>,
-    pub(super) reading: bool,
-    pub(super) ping_nonce: u64,
 }
 
 /// What to do after handling a frame.
@@ -67,6 +67,7 @@ impl Connection {
         info: Arc<ConnInfo>,
         mut reader: FrameReader,
         wr: Writer,
+        session: ServerSession<InFlight>,
     ) -> Self {
         let events_out = Arc::new(crate::outbound::EventQueue::new(
             shared.limits.outbound_queue,
@@ -96,26 +97,25 @@ impl Connection {
             events,
             events_rx: Some(events_rx),
             kick: CancellationToken::new(),
-            in_flight: HashMap::new(),
+            session,
             task_ids: HashMap::new(),
             tasks: JoinSet::new(),
-            draining: None,
-            reading: true,
-            ping_nonce: 0,
         }
     }
 
-    /// Sends `welcome` as the first frame, registers the connection (so the server knows it
-    /// before the client can act on the Welcome), and serves it.
-    pub(super) async fn run(mut self, welcome: Frame) {
+    /// Sends the session's `Welcome` as the first frame, registers the connection (so the
+    /// server knows it before the client can act on the Welcome), and serves it.
+    pub(super) async fn run(mut self) {
         let (Some(sink), Some(events_rx)) = (self.writer.take(), self.events_rx.take()) else {
             return;
         };
         // Corked: the sending task writes at once, and the Welcome must not leave before the
         // connection is registered.
         self.tx.cork();
-        if self.tx.push(welcome).is_err() {
-            return;
+        while let Some(welcome) = self.session.poll_transmit() {
+            if self.tx.push(welcome).is_err() {
+                return;
+            }
         }
         self.shared.conns().insert(
             self.info.id,
@@ -191,16 +191,18 @@ impl Connection {
     /// The serving loop. Returns the reason the connection closes, if it is worth a log line.
     pub(super) async fn serve(&mut self) -> Option<Status> {
         let limits = self.shared.limits;
-        let mut liveness = Liveness::new(limits.keepalive_interval.min(limits.idle_timeout / 4));
+        // One timer for the session's deadlines (keepalive, idle timeout, grace period), armed
+        // at the earliest. Frames move the deadlines later without touching the timer: when it
+        // fires early the session finds nothing due and says when to fire next.
+        let timer = tokio::time::sleep_until(at(self.session.poll_timeout()));
         // Registered once, not on every turn of the loop.
         let kicked = self.kick.clone().cancelled_owned();
         let shutdown = self.shared.shutdown.clone().cancelled_owned();
-        tokio::pin!(kicked, shutdown);
+        tokio::pin!(kicked, shutdown, timer);
         loop {
-            if self.draining.is_some() && self.tasks.is_empty() {
+            if self.session.is_closing() && self.tasks.is_empty() {
                 return None;
             }
-            let drain_at = self.draining;
             tokio::select! {
                 biased;
                 () = &mut kicked => {
@@ -211,36 +213,34 @@ impl Connection {
                     self.goodbye(&status);
                     return Some(status);
                 }
-                () = &mut shutdown, if self.draining.is_none() => {
-                    let status = Status::new(Code::ShuttingDown, "the server is shutting down");
-                    self.goodbye(&status);
-                    self.draining = Some(later(limits.shutdown_grace));
-                }
-                _ = sleep_until(drain_at), if drain_at.is_some() => {
-                    self.abandon_in_flight();
-                    return Some(Status::new(Code::ShuttingDown, format!(
-                        "requests still in flight after the shutdown grace period of {:?} were abandoned",
-                        limits.shutdown_grace)));
+                () = &mut shutdown, if !self.session.is_closing() => {
+                    self.session.shutdown(tokio::time::Instant::now().into_std());
+                    self.flush_goodbye();
+                    timer.as_mut().reset(at(self.session.poll_timeout()));
                 }
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     if let Next::Close(reason) = self.on_done(done) {
                         return reason;
                     }
                 }
-                frame = self.reader.next(), if self.reading => match frame {
+                frame = self.reader.next(), if self.session.reading() => match frame {
                     Some(Ok(frame)) => {
-                        liveness.received();
                         // Answers to requests that arrived together leave together: one
                         // write once the last complete frame of the read is handled.
                         self.tx.cork();
                         let next = self.on_frame(frame);
-                        if !self.reading
+                        let reading = self.session.reading();
+                        if !reading
                             || !peerwire_proto::codec::frame_ready(self.reader.read_buffer())
                         {
                             self.tx.uncork();
                         }
                         if let Next::Close(reason) = next {
                             return reason;
+                        }
+                        if !reading {
+                            // The client's Goodbye started the grace period.
+                            timer.as_mut().reset(at(self.session.poll_timeout()));
                         }
                     }
                     Some(Err(e)) => {
@@ -277,26 +277,53 @@ impl Connection {
                     }
                     None => {
                         // The client closed its side: answer what is in flight, then close.
-                        self.reading = false;
-                        self.draining.get_or_insert(later(limits.shutdown_grace));
+                        self.session.peer_closed(tokio::time::Instant::now().into_std());
+                        timer.as_mut().reset(at(self.session.poll_timeout()));
                     }
                 },
-                quiet = liveness.tick() => {
-                    if quiet >= limits.idle_timeout {
-                        let status = Status::new(Code::IdleTimeout, format!(
-                            "no frame for {quiet:?}; the idle timeout is {:?}", limits.idle_timeout));
-                        self.goodbye(&status);
-                        return Some(status);
-                    }
-                    if quiet >= limits.keepalive_interval {
-                        self.ping_nonce += 1;
-                        let ping = Frame::new(Kind::Ping(Ping { nonce: self.ping_nonce }));
-                        if let Next::Close(reason) = self.send(ping) {
-                            return reason;
+                // Last, as the keepalive ticker was: a busy connection's reads come first.
+                () = &mut timer => {
+                    match self.session.handle_timeout(tokio::time::Instant::now().into_std()) {
+                        ServerTimeout::GraceEnded => {
+                            self.abandon_in_flight();
+                            return Some(Status::new(Code::ShuttingDown, format!(
+                                "requests still in flight after the shutdown grace period of {:?} were abandoned",
+                                limits.shutdown_grace)));
+                        }
+                        ServerTimeout::Idle(status) | ServerTimeout::Handshake(status) => {
+                            self.flush_goodbye();
+                            return Some(status);
+                        }
+                        ServerTimeout::None => {
+                            // A keepalive Ping, if one is due.
+                            if let Next::Close(reason) = self.transmit() {
+                                return reason;
+                            }
                         }
                     }
+                    timer.as_mut().reset(at(self.session.poll_timeout()));
                 }
             }
+        }
+    }
+
+    /// Sends what the session queued (pongs, pings, refusals, a `Goodbye`). A full queue means
+    /// the peer stopped reading; a `Goodbye` is sent only if it still fits.
+    pub(super) fn transmit(&mut self) -> Next {
+        while let Some(frame) = self.session.poll_transmit() {
+            if matches!(frame.kind, Some(Kind::Goodbye(_))) {
+                let _ = self.tx.push(frame);
+            } else if let Next::Close(reason) = self.send(frame) {
+                return Next::Close(reason);
+            }
+        }
+        Next::Continue
+    }
+
+    /// Sends what the session queued last (its `Goodbye`), only if it still fits.
+    pub(super) fn flush_goodbye(&mut self) {
+        while let Some(frame) = self.session.poll_transmit() {
+            let _ = self.tx.push(frame);
         }
     }
 
@@ -318,11 +345,10 @@ impl Connection {
         }
     }
 
-    pub(super) fn goodbye(&self, status: &Status) {
-        let _ = self.tx.push(Frame::new(Kind::Goodbye(Goodbye {
-            code: status.code as i32,
-            reason: status.message.clone(),
-        })));
+    /// Closes the session with `status`: its `Goodbye` is sent only if it still fits.
+    pub(super) fn goodbye(&mut self, status: &Status) {
+        self.session.close(status);
+        self.flush_goodbye();
     }
 
     pub(super) fn respond(&self, response: Response) -> Next {
@@ -344,26 +370,13 @@ impl Connection {
         }
         self.send(frame)
     }
-
-    pub(super) fn protocol_error(&self, message: String) -> Next {
-        bump(&self.shared.counters.protocol_errors);
-        let status = Status::new(Code::ProtocolError, message);
-        self.goodbye(&status);
-        Next::Close(Some(status))
-    }
 }
 
-/// `now + d`, saturating at a year from now instead of overflowing.
-pub(super) fn later(d: Duration) -> tokio::time::Instant {
+/// The tokio instant of a session deadline (`None`: a year from now, never in practice).
+fn at(deadline: Option<Instant>) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
-    now.checked_add(d)
-        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
-        .unwrap_or(now)
-}
-
-pub(super) async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+    deadline.map_or_else(
+        || now + Duration::from_secs(365 * 24 * 3600),
+        tokio::time::Instant::from_std,
+    )
 }
