@@ -20,7 +20,6 @@ use peerwire_client::{Client, ClientTls, TlsMode};
 use peerwire_proto::codec::FrameCodec;
 use peerwire_proto::v1::{Code, Event, Frame, Goodbye, Pong, frame::Kind};
 use peerwire_server::{Limits, Server};
-use tokio_util::codec::Encoder;
 
 fn frame_hex(frame: Frame) -> String {
     let mut buf = BytesMut::new();

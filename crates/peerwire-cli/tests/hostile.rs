@@ -72,12 +72,9 @@ type Case = (&'static str, Vec<Vec<u8>>, bool, (&'static str, Code));
 
 fn frame_bytes(frame: Frame) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
-    tokio_util::codec::Encoder::encode(
-        &mut peerwire_proto::codec::FrameCodec::new(u32::MAX),
-        &frame,
-        &mut buf,
-    )
-    .unwrap();
+    peerwire_proto::codec::FrameCodec::new(u32::MAX)
+        .encode(&frame, &mut buf)
+        .unwrap();
     buf.to_vec()
 }
 

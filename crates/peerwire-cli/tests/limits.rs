@@ -22,7 +22,6 @@ use common::{
 use peerwire_proto::codec::FrameCodec;
 use peerwire_proto::v1::{Code, Frame, Request, frame::Kind};
 use prost::Message;
-use tokio_util::codec::Encoder;
 
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

@@ -637,7 +637,6 @@ async fn calls_to_a_silent_server_fail_at_their_deadlines_and_are_cancelled() {
     use peerwire_proto::codec::FrameCodec;
     use peerwire_proto::handshake::{ServerHandshake, ServerOffer, ServerOutcome};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_util::codec::{Decoder, Encoder};
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();

@@ -20,7 +20,6 @@ use common::{ServeProcess, hello_frame, init_logs, open_tempdir, shared_bin};
 use peerwire_proto::codec::FrameCodec;
 use peerwire_proto::v1::{Code, Frame, Ping, frame::Kind};
 use peerwire_security::token::{Binding, DeviceSecret, Minter};
-use tokio_util::codec::{Decoder, Encoder};
 
 /// Tries of each attack.
 const TRIES: usize = 20;

@@ -25,7 +25,6 @@ use peerwire_proto::v1::frame::Kind;
 use peerwire_security::identity::{Identity, Role};
 use peerwire_security::tls::{ServerTls, TlsError};
 use peerwire_server::{Limits, Server};
-use tokio_util::codec::{Decoder, Encoder};
 
 fn init(dir: &Path, device: &str) {
     common::init_identity(dir, device);
@@ -512,7 +511,7 @@ fn mutual_tls_server() -> (
 /// the server and its other sessions go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_tls_record_closes_only_its_connection() {
-    use peerwire_proto::io::{FrameSink, Opened};
+    use peerwire_transport::{FrameSink, Opened};
     use std::sync::Arc;
     use tokio::io::AsyncReadExt as _;
     let (_tmp, id, socket, mut builder) = mutual_tls_server();
@@ -538,8 +537,10 @@ async fn a_forged_tls_record_closes_only_its_connection() {
         .unwrap();
     let mut raw = stream.try_clone().unwrap();
     let stream = tokio::net::UnixStream::from_std(stream).unwrap();
-    let (rd, wr) = peerwire_security::plain::split(stream).unwrap();
-    let (session, wr) = client_tls().connect(rd, wr).await.unwrap();
+    let (rd, wr) = peerwire_transport::plain::split(stream).unwrap();
+    let (session, wr) = peerwire_transport::tls::connect(&client_tls(), rd, wr)
+        .await
+        .unwrap();
     let sink = Arc::new(FrameSink::sealed(
         wr,
         FrameCodec::new(1 << 16),

@@ -24,7 +24,6 @@ use nix::sys::signal::Signal;
 use peerwire_proto::codec::FrameCodec;
 use peerwire_proto::v1::{Code, Frame, Hello, frame::Kind};
 use peerwire_security::token::{Binding, DeviceSecret, Minter};
-use tokio_util::codec::Encoder;
 
 struct Setup {
     _tmp: tempfile::TempDir,

@@ -8,55 +8,21 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use peerwire_proto::codec::{CodecError, FrameCodec};
 use peerwire_proto::handshake::{ClientHandshake, Session};
-use peerwire_proto::io::{FrameSink, Opened, SinkError};
 use peerwire_proto::v1::{Cancel, Frame, Hello, Pong, Response, frame::Kind};
 use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
 use peerwire_security::exe::{Executable, peer_executable};
-use peerwire_security::plain::PlainWriter;
 use peerwire_security::tls::TlsError;
+use peerwire_transport::plain::PlainWriter;
+use peerwire_transport::stream::{self, FrameReader, Liveness};
+use peerwire_transport::{FrameSink, SinkError};
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
-use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::{CallError, Config, ConnectError, Inner, lock};
-
-type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-
-/// The write side during the handshake: a plain socket's, or the sink of a TLS session (every
-/// byte after the TLS handshake goes through it, sealed).
-enum Writer {
-    Plain(PlainWriter),
-    Sealed(Arc<FrameSink<PlainWriter>>),
-}
-
-impl Writer {
-    /// Sends the Hello (no other task runs yet: this one finishes the write).
-    async fn send_hello(&mut self, hello: &Frame) -> std::io::Result<()> {
-        match self {
-            Self::Plain(wr) => {
-                let mut buf = BytesMut::new();
-                FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
-                    .encode(hello, &mut buf)
-                    .map_err(std::io::Error::other)?;
-                wr.write_all(&buf).await
-            }
-            Self::Sealed(sink) => {
-                let gone = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-                sink.try_send(hello).map_err(|_| gone())?;
-                let written = tokio::select! {
-                    biased;
-                    written = sink.flushed(Duration::MAX) => written,
-                    () = sink.run() => false,
-                };
-                if written { Ok(()) } else { Err(gone()) }
-            }
-        }
-    }
-}
 
 /// A connection's outbound bounds: `outbound_queue` frames, or as many 4 KiB frames' bytes.
 fn sink_bounds(config: &Config) -> (usize, usize) {
@@ -131,7 +97,6 @@ fn server_ended_tls(e: std::io::Error) -> ConnectError {
 
 /// A plain-text `Reject` the server sent instead of starting TLS (for example: access denied).
 fn refused_before_tls(seen: &Mutex<Vec<u8>>) -> Option<ConnectError> {
-    use tokio_util::codec::Decoder;
     let mut buf = BytesMut::from(lock(seen).as_slice());
     let frame = FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
         .decode(&mut buf)
@@ -349,30 +314,17 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     verify_server(config, &stream, &server)?;
     let tls = config.tls.is_some();
     let (rd, mut wr) = match &config.tls {
-        None => {
-            let (rd, wr) = peerwire_security::plain::split(stream).map_err(io_err)?;
-            (Box::new(rd) as BoxRead, Writer::Plain(wr))
-        }
+        None => stream::plain(stream, None).map_err(io_err)?,
         Some(tls) => {
-            let (rd, wr) = peerwire_security::plain::split(stream).map_err(io_err)?;
+            let (rd, wr) = peerwire_transport::plain::split(stream).map_err(io_err)?;
             let tap = Tap::new(rd);
             let seen = tap.seen.clone();
             let done = tap.done.clone();
-            match tls.connect(tap, wr).await {
+            match peerwire_transport::tls::connect(tls, tap, wr).await {
                 Ok((session, wr)) => {
                     done.store(true, std::sync::atomic::Ordering::Relaxed);
                     let (bytes, frames) = sink_bounds(config);
-                    let sink = Arc::new(FrameSink::sealed(
-                        wr,
-                        FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE),
-                        bytes,
-                        frames,
-                        Box::new(session),
-                    ));
-                    (
-                        Box::new(Opened(sink.clone())) as BoxRead,
-                        Writer::Sealed(sink),
-                    )
+                    stream::sealed(session, wr, bytes, frames)
                 }
                 Err(e) => return Err(refused_before_tls(&seen).unwrap_or(ConnectError::Tls(e))),
             }
@@ -389,8 +341,9 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
             .map(|t| t.0.to_vec())
             .unwrap_or_default(),
     });
-    let mut reader = FramedRead::new(rd, FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE));
-    if let Err(e) = wr.send_hello(&handshake.hello_frame()).await {
+    let mut reader = stream::reader(rd);
+    // No other task runs for this connection yet: this one finishes the write.
+    if let Err(e) = wr.send(&handshake.hello_frame(), Duration::MAX).await {
         if tls {
             return Err(server_ended_tls(e));
         }
@@ -419,18 +372,8 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     for ns in session.namespaces.iter().filter(|a| a.code != 0) {
         tracing::warn!(namespace = %ns.namespace, "{}", ns.reason);
     }
-    let max = session.max_frame_size();
-    reader.decoder_mut().set_max_frame_size(max);
-    let sink = match wr {
-        Writer::Plain(wr) => {
-            let (bytes, frames) = sink_bounds(config);
-            Arc::new(FrameSink::new(wr, FrameCodec::new(max), bytes, frames))
-        }
-        Writer::Sealed(sink) => {
-            sink.set_max_frame_size(max);
-            sink
-        }
-    };
+    let (bytes, frames) = sink_bounds(config);
+    let sink = wr.into_session(&mut reader, session.max_frame_size(), bytes, frames);
     let conn = Arc::new(Conn {
         session,
         server,
@@ -501,19 +444,11 @@ fn verify_server(
     Ok(())
 }
 
-async fn read_loop(
-    mut reader: FramedRead<BoxRead, FrameCodec>,
-    conn: Arc<Conn>,
-    inner: Weak<Inner>,
-) {
+async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>) {
     // The server pings a quiet connection every keepalive interval; nothing at all for its
     // idle timeout means it is gone.
-    // One ticker rather than a timer per frame: arming and cancelling a timer on every frame
-    // costs more than the frame itself at small sizes.
     let idle = Duration::from_millis(u64::from(conn.session.limits.idle_timeout_ms.max(1000)));
-    let mut ticker = tokio::time::interval(idle / 4);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_rx = tokio::time::Instant::now();
+    let mut liveness = Liveness::new(idle / 4);
     let mut corked = false;
     // The calls' deadline timer (see `Conn::register`); far in the future while disarmed.
     let never = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
@@ -544,15 +479,14 @@ async fn read_loop(
                 deadlines.as_mut().reset(conn.armed().unwrap_or_else(never));
                 continue;
             }
-            _ = ticker.tick() => {
-                let quiet = last_rx.elapsed();
+            quiet = liveness.tick() => {
                 if quiet >= idle {
                     break format!("nothing received from the server for {quiet:?}");
                 }
                 continue;
             }
         };
-        last_rx = tokio::time::Instant::now();
+        liveness.received();
         // Several answers in one read: the calls they wake will send their next requests at
         // once; gather those into one write (made below, once the woken tasks have run).
         if !corked && peerwire_proto::codec::frame_ready(reader.read_buffer()) {

@@ -46,19 +46,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod builder;
 mod conn;
 mod error;
+mod events;
+mod reconnect;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use peerwire_proto::handshake::Session;
 use peerwire_proto::v1::{
-    Code, Event, Frame, Goodbye, NamespaceVersions, Request, SubscribeRequest, SubscribeResponse,
-    frame::Kind,
+    Code, Event, Frame, Goodbye, Request, SubscribeRequest, SubscribeResponse, frame::Kind,
 };
 use peerwire_proto::{METHOD_SUBSCRIBE, Status};
 use prost::Message;
@@ -75,241 +75,13 @@ pub use peerwire_security::cred::PeerCredentials;
 pub use peerwire_security::privilege::harden_process;
 pub use peerwire_security::tls::{ClientTls, TlsMode};
 
+pub use builder::ClientBuilder;
+pub use events::{EventMessage, EventStream};
+pub use reconnect::Backoff;
+
+pub(crate) use builder::Config;
 use conn::Conn;
-
-/// Reconnection policy: exponential backoff with jitter.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[non_exhaustive]
-pub struct Backoff {
-    /// First delay. Default 50 ms.
-    pub initial: Duration,
-    /// Largest delay. Default 5 s.
-    pub max: Duration,
-    /// Each failed attempt multiplies the delay by this. Default 2.
-    pub multiplier: f64,
-    /// Each delay is randomised by up to this fraction either way. Default 0.25.
-    pub jitter: f64,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(50),
-            max: Duration::from_secs(5),
-            multiplier: 2.0,
-            jitter: 0.25,
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before attempt `n` (0-based), with jitter.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let base =
-            self.initial.as_secs_f64() * self.multiplier.max(1.0).powi(attempt.min(64) as i32);
-        let base = base.min(self.max.as_secs_f64());
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
-        Duration::try_from_secs_f64((base * factor).max(0.0)).unwrap_or(self.max)
-    }
-}
-
-/// Client settings, every one with a documented default.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) path: PathBuf,
-    pub(crate) name: String,
-    pub(crate) namespaces: Vec<NamespaceVersions>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) default_deadline: Duration,
-    pub(crate) max_frame_size: u32,
-    pub(crate) outbound_queue: usize,
-    pub(crate) event_buffer: usize,
-    pub(crate) reconnect: Option<Backoff>,
-    pub(crate) server_uids: Vec<u32>,
-    pub(crate) server_exe: Option<PathBuf>,
-    pub(crate) tls: Option<Arc<ClientTls>>,
-    pub(crate) token: Option<Arc<Token>>,
-}
-
-/// A session token held by the client: zeroized when dropped, never printed.
-pub(crate) struct Token(zeroize::Zeroizing<Vec<u8>>);
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<session token>")
-    }
-}
-
-/// Builds a [`Client`]. Setters take and return `self`.
-#[derive(Debug, Clone)]
-pub struct ClientBuilder {
-    config: Config,
-}
-
-impl ClientBuilder {
-    /// The name sent in `Hello`, for the server's logs. Default `"peerwire-client"`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.config.name = name.into();
-        self
-    }
-
-    /// Announces a namespace and the versions of it this client speaks. Methods and topics of
-    /// namespaces not announced cannot be used. The server reports a version mismatch in
-    /// `Welcome` and on each call into that namespace.
-    pub fn namespace(mut self, namespace: &str, versions: &[u32]) -> Self {
-        self.config.namespaces.push(NamespaceVersions {
-            namespace: namespace.into(),
-            versions: versions.to_vec(),
-            required: false,
-        });
-        self
-    }
-
-    /// Like [`namespace`](Self::namespace), but the server must speak it at one of `versions`
-    /// or refuse the session with a reason.
-    pub fn require_namespace(mut self, namespace: &str, versions: &[u32]) -> Self {
-        self.config.namespaces.push(NamespaceVersions {
-            namespace: namespace.into(),
-            versions: versions.to_vec(),
-            required: true,
-        });
-        self
-    }
-
-    /// Trusts a server running as `uid` (call again to trust several). The client checks the
-    /// server's credentials (`SO_PEERCRED` of the listening socket) before it sends anything,
-    /// and refuses a server of another uid: someone who squatted on the socket path, or a
-    /// process posing as the server ("display hijacking"). Default, when never called: the
-    /// client's own uid and root.
-    pub fn expect_server_uid(mut self, uid: u32) -> Self {
-        self.config.server_uids.push(uid);
-        self
-    }
-
-    /// Also requires the server process to run this executable (compared by device and inode,
-    /// resolved race-free through a pidfd; refused where the kernel cannot do that).
-    pub fn expect_server_exe(mut self, path: impl Into<PathBuf>) -> Self {
-        self.config.server_exe = Some(path.into());
-        self
-    }
-
-    /// Runs TLS 1.3 after the server's credentials are checked and before `Hello`, trusting
-    /// exactly the pinned server certificate (see [`peerwire_security::tls`]). Default: none.
-    pub fn tls(mut self, tls: ClientTls) -> Self {
-        self.config.tls = Some(Arc::new(tls));
-        self
-    }
-
-    /// Presents this one-time session token in `Hello`. A token is good for one session:
-    /// do not combine with [`reconnect`](Self::reconnect).
-    pub fn token(mut self, token: impl AsRef<str>) -> Self {
-        self.config.token = Some(Arc::new(Token(zeroize::Zeroizing::new(
-            token.as_ref().trim().as_bytes().to_vec(),
-        ))));
-        self
-    }
-
-    /// Reads the session token handed over by the launching server (an inherited pipe named by
-    /// `PEERWIRE_TOKEN_FD`, see `peerwire_security::launch`) and presents it in `Hello`.
-    pub fn token_from_launcher(self) -> std::io::Result<Self> {
-        match peerwire_security::launch::token_from_launcher()? {
-            Some(token) => Ok(self.token(token.as_str())),
-            None => Err(std::io::Error::other(format!(
-                "no session token was handed over ({} is not set)",
-                peerwire_security::launch::TOKEN_FD_ENV
-            ))),
-        }
-    }
-
-    /// Bound on connect plus handshake. Default 5 s.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.config.connect_timeout = timeout;
-        self
-    }
-
-    /// Deadline of [`Client::call`]. Default 30 s.
-    pub fn default_deadline(mut self, deadline: Duration) -> Self {
-        self.config.default_deadline = deadline;
-        self
-    }
-
-    /// Largest frame this client accepts (the server may choose less). Default 16 MiB.
-    pub fn max_frame_size(mut self, max: u32) -> Self {
-        self.config.max_frame_size = max;
-        self
-    }
-
-    /// Events buffered per subscription before further ones are dropped (the stream then
-    /// shows a gap in `seq`). Default 1024.
-    pub fn event_buffer(mut self, n: usize) -> Self {
-        self.config.event_buffer = n.max(1);
-        self
-    }
-
-    /// Reconnect automatically when the connection is lost, re-subscribing every topic.
-    /// Default: off.
-    pub fn reconnect(mut self, backoff: Backoff) -> Self {
-        self.config.reconnect = Some(backoff);
-        self
-    }
-
-    /// Connects and completes the handshake.
-    pub async fn connect(self) -> Result<Client, ConnectError> {
-        let (generation, _) = watch::channel(0);
-        let inner = Arc::new(Inner {
-            config: self.config,
-            conn: Mutex::new(None),
-            subs: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            closed: CancellationToken::new(),
-            generation,
-        });
-        let conn = conn::connect(&inner.config, Arc::downgrade(&inner)).await?;
-        inner.install(conn);
-        Ok(Client { inner })
-    }
-}
-
-/// One event received on a subscribed topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventMessage {
-    /// The topic.
-    pub topic: String,
-    /// Per connection and topic, starting at 1; a gap means events were dropped. Restarts at 1
-    /// after a reconnection.
-    pub seq: u64,
-    /// The encoded event.
-    pub payload: Bytes,
-}
-
-impl EventMessage {
-    /// Decodes the payload.
-    pub fn decode<M: Message + Default>(&self) -> Result<M, prost::DecodeError> {
-        M::decode(self.payload.clone())
-    }
-}
-
-/// Events of one topic, in the order the server sent them.
-#[derive(Debug)]
-pub struct EventStream {
-    topic: String,
-    rx: mpsc::Receiver<EventMessage>,
-}
-
-impl EventStream {
-    /// The topic, or the topics joined with `,`.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    /// The next event, or `None` once the client is closed.
-    pub async fn next(&mut self) -> Option<EventMessage> {
-        self.rx.recv().await
-    }
-}
-
-type Subscribers = HashMap<String, Vec<mpsc::Sender<EventMessage>>>;
+pub(crate) use events::Subscribers;
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
@@ -334,76 +106,6 @@ impl Inner {
     fn current(&self) -> Option<Arc<Conn>> {
         lock(&self.conn).clone().filter(|c| !c.is_closed())
     }
-
-    /// Delivers a pushed event to every local subscriber of its topic; never blocks.
-    pub(crate) fn deliver(&self, event: Event) {
-        let mut subs = lock(&self.subs);
-        let Some(list) = subs.get_mut(&event.topic) else {
-            tracing::debug!(topic = %event.topic, "event for a topic with no subscriber");
-            return;
-        };
-        let msg = EventMessage {
-            topic: event.topic,
-            seq: event.seq,
-            payload: event.payload,
-        };
-        list.retain(|tx| match tx.try_send(msg.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(topic = %msg.topic, seq = msg.seq, "subscriber is not keeping up: event dropped");
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
-    }
-
-    /// Called by a connection's reader when the connection is gone.
-    pub(crate) fn connection_lost(self: &Arc<Self>) {
-        if self.closed.is_cancelled() {
-            return;
-        }
-        let Some(backoff) = self.config.reconnect else {
-            return;
-        };
-        let weak = Arc::downgrade(self);
-        tokio::spawn(reconnect(weak, backoff));
-    }
-}
-
-async fn reconnect(weak: Weak<Inner>, backoff: Backoff) {
-    let mut attempt = 0;
-    loop {
-        tokio::time::sleep(backoff.delay(attempt)).await;
-        attempt = attempt.saturating_add(1);
-        let Some(inner) = weak.upgrade() else { return };
-        if inner.closed.is_cancelled() {
-            return;
-        }
-        match conn::connect(&inner.config, weak.clone()).await {
-            Ok(conn) => {
-                let topics: Vec<String> = lock(&inner.subs).keys().cloned().collect();
-                inner.install(conn);
-                tracing::info!(attempt, "reconnected");
-                if !topics.is_empty() {
-                    let client = Client { inner };
-                    if let Err(e) = client.server_subscribe(topics).await {
-                        tracing::warn!("re-subscribing after reconnect failed: {e}");
-                    }
-                }
-                return;
-            }
-            // Refusals will not go away by themselves: say so loudly, and keep trying (an
-            // operator may fix the policy or restart the right server).
-            Err(
-                e @ (ConnectError::UntrustedServer { .. }
-                | ConnectError::Handshake(_)
-                | ConnectError::Tls(_)),
-            ) => {
-                tracing::warn!(attempt, "reconnect refused: {e}")
-            }
-            Err(e) => tracing::debug!(attempt, "reconnect failed: {e}"),
-        }
-    }
 }
 
 /// A connection to a peerwire server. Cheap to clone; all clones share the connection.
@@ -422,27 +124,6 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Starts building a client for the server at `socket_path`.
-    pub fn builder(socket_path: impl Into<PathBuf>) -> ClientBuilder {
-        ClientBuilder {
-            config: Config {
-                path: socket_path.into(),
-                name: "peerwire-client".into(),
-                namespaces: vec![],
-                connect_timeout: Duration::from_secs(5),
-                default_deadline: Duration::from_secs(30),
-                max_frame_size: 16 * 1024 * 1024,
-                outbound_queue: 1024,
-                event_buffer: 1024,
-                reconnect: None,
-                server_uids: vec![],
-                server_exe: None,
-                tls: None,
-                token: None,
-            },
-        }
-    }
-
     /// True while a connection is up.
     pub fn is_connected(&self) -> bool {
         self.inner.current().is_some()
@@ -642,30 +323,5 @@ impl Client {
             conn.close();
         }
         lock(&self.inner.subs).clear();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_exponentially_within_jitter_and_is_capped() {
-        let b = Backoff::default();
-        for attempt in 0..12 {
-            let base = (0.05 * 2f64.powi(attempt as i32)).min(5.0);
-            for _ in 0..50 {
-                let d = b.delay(attempt).as_secs_f64();
-                assert!(
-                    d >= base * 0.75 - 1e-9 && d <= base * 1.25 + 1e-9,
-                    "attempt {attempt}: {d}"
-                );
-            }
-        }
-        // Jitter really varies the delay (so restarted clients do not reconnect in lockstep).
-        let samples: std::collections::HashSet<_> = (0..20).map(|_| b.delay(3)).collect();
-        assert!(samples.len() > 1);
-        // Huge attempt counts neither overflow nor exceed the cap.
-        assert!(b.delay(u32::MAX) <= Duration::from_secs_f64(5.0 * 1.25));
     }
 }

@@ -11,14 +11,12 @@
 //! any buffer is reserved for the body, so a peer announcing 4 GiB costs nothing but an error.
 //! A length of 0 would encode a `Frame` with no kind and is refused like any frame without a kind.
 //!
-//! The codec implements tokio-util's [`Decoder`] and [`Encoder`] so it plugs into
-//! `tokio_util::codec::Framed`, but it is plain code over a [`BytesMut`]: feed it bytes, take
-//! frames out. The limit can be changed between frames (the handshake raises it from
+//! The codec is plain code over a [`BytesMut`]: feed it bytes, take frames out. It knows no
+//! runtime; `peerwire-transport` adapts it to tokio-util's `Decoder` and `Encoder`. The limit can be changed between frames (the handshake raises it from
 //! [`HANDSHAKE_MAX_FRAME_SIZE`](crate::HANDSHAKE_MAX_FRAME_SIZE) to the negotiated size).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
-use tokio_util::codec::{Decoder, Encoder};
 
 use crate::v1::Frame;
 
@@ -128,11 +126,10 @@ impl FrameCodec {
     }
 }
 
-impl Decoder for FrameCodec {
-    type Item = Frame;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+impl FrameCodec {
+    /// Takes the next whole frame out of `src`: `None` until all its bytes are in. An announced
+    /// length over the limit fails as soon as the 4-byte prefix is in.
+    pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         let len = match self.state {
             DecodeState::Head => match self.decode_head(src)? {
                 Some(len) => {
@@ -159,7 +156,9 @@ impl Decoder for FrameCodec {
         Ok(Some(frame))
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+    /// Like [`FrameCodec::decode`] at the end of the stream: bytes left that make no whole
+    /// frame are [`CodecError::Truncated`].
+    pub fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() && matches!(self.state, DecodeState::Head) => Ok(None),
@@ -168,10 +167,10 @@ impl Decoder for FrameCodec {
     }
 }
 
-impl Encoder<&Frame> for FrameCodec {
-    type Error = CodecError;
-
-    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+impl FrameCodec {
+    /// Appends `frame`, length prefix first, to `dst`; a frame over the limit is
+    /// [`CodecError::OutgoingTooLarge`] and nothing is appended.
+    pub fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         let len = frame.encoded_len();
         let too_large = CodecError::OutgoingTooLarge {
             len,
@@ -207,12 +206,12 @@ pub fn frame_ready(buf: &[u8]) -> bool {
 pub const SPLIT_PAYLOAD: usize = 16 * 1024;
 
 impl FrameCodec {
-    /// Encodes `frame` like [`Encoder::encode`] would (the same frame, the same length), except
+    /// Encodes `frame` like [`FrameCodec::encode`] would (the same frame, the same length), except
     /// that a large payload (of a `Request`, `Response` or `Event`, at least [`SPLIT_PAYLOAD`]
     /// bytes) is not copied: everything before it goes into `dst`, and the payload, which must
     /// be written right after `dst`'s bytes, is returned (a cheap reference-counted clone).
     /// The payload field is put last in its message (protobuf allows fields in any order), so
-    /// the bytes differ from [`Encoder::encode`]'s where a field follows the payload's number.
+    /// the bytes differ from [`FrameCodec::encode`]'s where a field follows the payload's number.
     pub fn encode_split(
         &mut self,
         frame: &Frame,
@@ -281,14 +280,6 @@ impl FrameCodec {
         encode_key(payload_field, WireType::LengthDelimited, dst);
         encode_varint(n as u64, dst);
         Ok(Some(payload.clone()))
-    }
-}
-
-impl Encoder<Frame> for FrameCodec {
-    type Error = CodecError;
-
-    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        self.encode(&frame, dst)
     }
 }
 

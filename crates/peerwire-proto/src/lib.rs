@@ -8,20 +8,19 @@
 //!   limit in force *before* it allocates anything;
 //! - [`handshake`]: the `Hello` / `Welcome` / `Reject` state machines of both ends, including
 //!   protocol version and per-namespace version negotiation;
-//! - [`Status`] and [`names`]: status codes and `namespace.Name` validation shared by both ends;
-//! - `io` (feature `io`, off by default): the one tokio adapter both ends share, a frame writer.
+//! - [`Status`] and [`names`]: status codes and `namespace.Name` validation shared by both ends.
 //!
-//! The server and client crates drive these types over a Unix socket (optionally TLS); anyone can
-//! drive them over an in-memory buffer, which is how the unit tests run.
+//! No runtime is in its dependency tree (no tokio, no tokio-util). `peerwire-transport` drives
+//! these types over a Unix socket (optionally TLS); anyone can drive them over an in-memory
+//! buffer, which is how the unit tests run.
 //!
-//! Non-goals: sockets, TLS, timers, access control. Those live in `peerwire-security`,
-//! `peerwire-server` and `peerwire-client`.
+//! Non-goals: sockets, TLS, timers, access control. Those live in `peerwire-transport`,
+//! `peerwire-security`, `peerwire-server` and `peerwire-client`.
 //!
 //! ```
 //! use bytes::BytesMut;
 //! use peerwire_proto::codec::FrameCodec;
 //! use peerwire_proto::v1::{frame::Kind, Frame, Ping};
-//! use tokio_util::codec::{Decoder, Encoder};
 //!
 //! let mut codec = FrameCodec::new(64 * 1024);
 //! let mut wire = BytesMut::new();
@@ -35,8 +34,6 @@
 
 pub mod codec;
 pub mod handshake;
-#[cfg(feature = "io")]
-pub mod io;
 pub mod names;
 mod status;
 

@@ -249,8 +249,32 @@ impl SenderGuard {
         self.off.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Reads one chunk from `fd` into the unfilled part of `buf` (one `recvmsg` with the chunk's
+    /// sender) and checks its sender: a refused chunk is not kept, and fails the read with
+    /// `PermissionDenied` wrapping [`SenderRefused`] (see [`sender_refused`]); so does every
+    /// read after a refusal. Returns the bytes read (0: the end of the stream).
+    pub fn read_checked(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::io::Result<usize> {
+        let refused = |r| std::io::Error::new(std::io::ErrorKind::PermissionDenied, r);
+        if let Some(r) = self.refusal() {
+            return Err(refused(r));
+        }
+        let before = buf.filled().len();
+        let (n, sender) = crate::sys::recv_with_sender(fd, buf)?;
+        if n > 0 {
+            if let Err(r) = self.check(sender) {
+                buf.set_filled(before);
+                return Err(refused(r));
+            }
+        }
+        Ok(n)
+    }
+
     /// Checks the sender of a chunk just read (`pidfd` and `pid` from the kernel).
-    pub(crate) fn check(&self, sender: crate::sys::Sender) -> Result<(), SenderRefused> {
+    fn check(&self, sender: crate::sys::Sender) -> Result<(), SenderRefused> {
         let mut state = self.state();
         if let Some(refused) = &state.refused {
             return Err(refused.clone());

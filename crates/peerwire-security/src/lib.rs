@@ -6,11 +6,13 @@
 //! - [`exe`]: the executable a peer runs, resolved race-free through a pidfd (`SO_PEERPIDFD`);
 //! - [`sockpath`]: socket-path hardening (private directory, umask at bind, stale sockets,
 //!   systemd-provided sockets) and an audit for operators;
-//! - `sys` (private): the only `unsafe` code in peerwire, for socket options the safe wrappers
-//!   lack and for claiming the socket systemd passes.
+//! - [`sys`]: the only `unsafe` code in peerwire, behind safe signatures: socket options the
+//!   safe wrappers lack, claiming the socket systemd passes, the reactor registrations and
+//!   reads of `peerwire-transport`'s plain stream, and every other raw socket call.
 //!
 //! - [`identity`]: per-device key pairs and self-signed, pinned certificates (`peerwire init`);
-//! - [`tls`]: TLS 1.3 contexts for both ends that trust exactly the pinned peer certificate.
+//! - [`tls`]: TLS 1.3 contexts for both ends that trust exactly the pinned peer certificate
+//!   (the TLS session over a connection is `peerwire-transport`'s).
 //!
 //! - [`launch`]: spawning a client with its token on an inherited pipe;
 //! - [`token`]: one-time, time-limited session tokens bound to a peer, with a replay record.
@@ -41,14 +43,13 @@ pub mod cred;
 pub mod exe;
 pub mod identity;
 pub mod launch;
-pub mod plain;
 pub mod privilege;
 pub mod seal;
 pub mod securedir;
 pub mod sockpath;
 pub mod store;
 pub mod strict;
-mod sys;
+pub mod sys;
 pub mod tls;
 pub mod token;
 

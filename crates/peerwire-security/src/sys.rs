@@ -3,7 +3,15 @@
 //! - `SO_PEERGROUPS` (Linux >= 4.13): the supplementary groups of the peer, as of `connect`.
 //! - Taking ownership of a listening socket inherited from systemd (`LISTEN_FDS`, fd 3).
 //! - `SO_PASSPIDFD` (Linux >= 6.5) and `recvmsg` with `SCM_PIDFD`/`SCM_CREDENTIALS`: who sent
-//!   each chunk of a Unix stream ([`recv_with_sender`]).
+//!   each chunk of a Unix stream (`recv_with_sender`, behind `SenderGuard::read_checked`).
+//! - A reactor registration for one interest only ([`register`]) and `read` into a tokio
+//!   `ReadBuf` without zeroing it ([`read_into`]): `peerwire-transport`'s plain stream.
+//! - The remaining raw socket calls of the other crates, so that every one is here (in the
+//!   spirit of quinn-udp: one audited module with safe signatures): a peek at whether the peer
+//!   hung up ([`peer_hung_up`]) and whether an inherited socket listens for streams
+//!   ([`is_listening_stream`]).
+//!
+//! Every function here has a safe signature; callers need no `unsafe`.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -128,7 +136,7 @@ pub(crate) fn take_inherited_fd(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
 
 /// Reads from `fd` into the unfilled part of `buf` without zeroing it first (as tokio's own
 /// streams do): a 1 MiB frame's buffer is not cleared before every read.
-pub(crate) fn read_into(
+pub fn read_into(
     fd: std::os::fd::BorrowedFd<'_>,
     buf: &mut tokio::io::ReadBuf<'_>,
 ) -> std::io::Result<usize> {
@@ -146,7 +154,7 @@ pub(crate) fn read_into(
 }
 
 /// Registers `stream` with the current tokio reactor for `interest` only.
-pub(crate) fn register(
+pub fn register(
     stream: std::os::unix::net::UnixStream,
     interest: tokio::io::Interest,
 ) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::unix::net::UnixStream>> {
@@ -154,6 +162,31 @@ pub(crate) fn register(
     // for as long as the `AsyncFd` owns the stream (it is never swapped out through `get_mut`).
     let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(stream, interest) }?;
     Ok(fd)
+}
+
+/// True if the peer of the connected stream `socket` hung up without sending a byte: a
+/// non-blocking `recv(MSG_PEEK)` reads the end of the stream. Nothing is consumed; no data,
+/// nothing to read yet, or an error, is false.
+pub fn peer_hung_up(socket: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(
+            socket.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Ok(0)
+    )
+}
+
+/// True if `socket` is a stream socket in the listening state (`SO_ACCEPTCONN`, `SO_TYPE`):
+/// what an inherited socket (systemd's `ListenStream=`) must be.
+pub fn is_listening_stream(socket: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::sys::socket::{SockType, getsockopt, sockopt};
+    let listening = getsockopt(&socket, sockopt::AcceptConn).unwrap_or(false);
+    let stream = getsockopt(&socket, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
+    listening && stream
 }
 
 /// `SO_PASSPIDFD` and `SCM_PIDFD` (asm-generic values; `libc` does not define them yet).

@@ -134,7 +134,7 @@ impl EventQueue {
     }
 }
 
-use peerwire_proto::io::{FrameSink, WRITE_BATCH};
+use peerwire_transport::{FrameSink, WRITE_BATCH};
 
 use crate::registry::Outbox;
 
@@ -205,7 +205,7 @@ impl<F: std::future::Future + ?Sized> std::future::Future for Batched<F> {
 /// and never take the room that responses, pings and `Disconnect` events need in the sink.
 /// Returns when the sink is closed.
 pub(crate) async fn sink_loop(
-    sink: Arc<FrameSink<peerwire_security::plain::PlainWriter>>,
+    sink: Arc<FrameSink<peerwire_transport::plain::PlainWriter>>,
     events: Arc<EventQueue>,
 ) {
     let mut pending = Vec::new();

@@ -3,8 +3,8 @@
 //! `try_send`s, never across an `.await` (invariant, enforced by clippy's `await_holding_lock`).
 
 use bytes::Bytes;
-use peerwire_proto::io::{FrameSink, SinkError};
-use peerwire_security::plain::PlainWriter;
+use peerwire_transport::plain::PlainWriter;
+use peerwire_transport::{FrameSink, SinkError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,7 +46,7 @@ impl Outbox {
         self.0.try_send(&frame).map_err(|e| match e {
             SinkError::Full => Full::Queue,
             // Frames are checked against the session's limit before they get here.
-            SinkError::Closed | SinkError::Codec(_) => Full::Closed,
+            _ => Full::Closed,
         })
     }
 }

@@ -5,7 +5,6 @@ use std::io::ErrorKind;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{getsockopt, sockopt};
 use peerwire_security::sockpath;
 
 use crate::ServerError;
@@ -54,10 +53,7 @@ fn check_inherited(
     path: &Path,
     group: Option<u32>,
 ) -> Result<(), ServerError> {
-    let listening = getsockopt(&listener.as_fd(), sockopt::AcceptConn).unwrap_or(false);
-    let stream = getsockopt(&listener.as_fd(), sockopt::SockType)
-        .is_ok_and(|t| t == nix::sys::socket::SockType::Stream);
-    if !listening || !stream {
+    if !peerwire_security::sys::is_listening_stream(listener.as_fd()) {
         return Err(err(
             path,
             "the socket passed by systemd is not a listening stream socket (ListenStream= is needed)",

@@ -17,7 +17,6 @@ use peerwire_proto::codec::FrameCodec;
 use peerwire_proto::v1::{Frame, Hello, NamespaceVersions, frame::Kind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio_util::codec::{Decoder, Encoder};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
 

@@ -5,8 +5,8 @@
 //! time the peer reads what we wrote, the kernel's "room to write" wake-up also wakes our
 //! reactor, for nothing: on one CPU that is an extra pair of context switches per call. Here the
 //! read side is registered for readability only ([`PlainReader`]); writes are non-blocking
-//! `write`s on a duplicate of the descriptor ([`PlainWriter`], or `peerwire_proto`'s
-//! `FrameSink`), which wait for writability only when the socket is actually full, on a
+//! `write`s on a duplicate of the descriptor ([`PlainWriter`], or [`FrameSink`](crate::FrameSink)),
+//! which wait for writability only when the socket is actually full, on a
 //! registration made for that wait and dropped after it.
 
 use std::io::Write;
@@ -19,7 +19,8 @@ use std::task::{Context, Poll, ready};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
-use crate::exe::SenderGuard;
+use peerwire_security::exe::SenderGuard;
+use peerwire_security::sys;
 
 /// Splits a connected stream into its read side and its write side (a duplicate descriptor).
 pub fn split(stream: tokio::net::UnixStream) -> std::io::Result<(PlainReader, PlainWriter)> {
@@ -27,17 +28,18 @@ pub fn split(stream: tokio::net::UnixStream) -> std::io::Result<(PlainReader, Pl
 }
 
 /// Like [`split`], and with a guard, every chunk the read side reads is checked against it
-/// ([`SenderGuard`]): a chunk from a process the guard refuses fails the read with
-/// `PermissionDenied` wrapping [`crate::exe::SenderRefused`] (see
-/// [`crate::exe::sender_refused`]), and so does every read after it. The socket must pass its
-/// senders ([`crate::exe::pass_senders`], best set on the listening socket).
+/// ([`SenderGuard::read_checked`]): a chunk from a process the guard refuses fails the read with
+/// `PermissionDenied` wrapping [`SenderRefused`](peerwire_security::exe::SenderRefused) (see
+/// [`sender_refused`](peerwire_security::exe::sender_refused)), and so does every read after it.
+/// The socket must pass its senders ([`pass_senders`](peerwire_security::exe::pass_senders),
+/// best set on the listening socket).
 pub fn split_guarded(
     stream: tokio::net::UnixStream,
     guard: Option<Arc<SenderGuard>>,
 ) -> std::io::Result<(PlainReader, PlainWriter)> {
     let stream = stream.into_std()?;
     let writer = stream.try_clone()?;
-    let reader = crate::sys::register(stream, Interest::READABLE)?;
+    let reader = sys::register(stream, Interest::READABLE)?;
     Ok((PlainReader { fd: reader, guard }, PlainWriter::new(writer)))
 }
 
@@ -49,25 +51,6 @@ pub struct PlainReader {
     guard: Option<Arc<SenderGuard>>,
 }
 
-impl PlainReader {
-    /// One `recvmsg` with the chunk's sender, checked by `guard`; a refused chunk is not kept.
-    fn read_checked(&self, guard: &SenderGuard, buf: &mut ReadBuf<'_>) -> std::io::Result<usize> {
-        let refused = |r| std::io::Error::new(std::io::ErrorKind::PermissionDenied, r);
-        if let Some(r) = guard.refusal() {
-            return Err(refused(r));
-        }
-        let before = buf.filled().len();
-        let (n, sender) = crate::sys::recv_with_sender(self.fd.get_ref().as_fd(), buf)?;
-        if n > 0 {
-            if let Err(r) = guard.check(sender) {
-                buf.set_filled(before);
-                return Err(refused(r));
-            }
-        }
-        Ok(n)
-    }
-}
-
 impl AsyncRead for PlainReader {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -77,14 +60,14 @@ impl AsyncRead for PlainReader {
         if self.guard.as_ref().is_some_and(|g| g.is_stopped()) {
             // No check is needed any more: plain reads from now on, as if never guarded.
             self.guard = None;
-            let _ = crate::exe::pass_senders(self.fd.get_ref(), false);
+            let _ = peerwire_security::exe::pass_senders(self.fd.get_ref(), false);
         }
         loop {
             let mut ready_guard = ready!(self.fd.poll_read_ready(cx))?;
             let wanted = buf.remaining();
             let read = match &self.guard {
-                None => crate::sys::read_into(self.fd.get_ref().as_fd(), buf),
-                Some(guard) => self.read_checked(guard, buf),
+                None => sys::read_into(self.fd.get_ref().as_fd(), buf),
+                Some(guard) => guard.read_checked(self.fd.get_ref().as_fd(), buf),
             };
             match read {
                 Ok(n) => {
@@ -146,7 +129,7 @@ impl PlainWriter {
         let taken = self.waiting().take();
         let fd = match taken {
             Some(fd) => fd,
-            None => crate::sys::register(self.io.try_clone()?, Interest::WRITABLE)?,
+            None => sys::register(self.io.try_clone()?, Interest::WRITABLE)?,
         };
         let ready = fd.writable().await.map(|mut guard| guard.clear_ready());
         *self.waiting() = Some(fd);
@@ -164,7 +147,7 @@ impl PlainWriter {
     }
 }
 
-impl peerwire_proto::io::SinkIo for PlainWriter {
+impl crate::SinkIo for PlainWriter {
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
         PlainWriter::try_write(self, buf)
     }
@@ -204,7 +187,7 @@ impl AsyncWrite for PlainWriter {
                 }
             }
             if self.wait.is_none() {
-                let fd = crate::sys::register(self.io.try_clone()?, Interest::WRITABLE)?;
+                let fd = sys::register(self.io.try_clone()?, Interest::WRITABLE)?;
                 self.wait = Some(fd);
             }
             if let Some(fd) = &self.wait {
@@ -227,12 +210,11 @@ impl AsyncWrite for PlainWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FrameSink;
     use bytes::BytesMut;
     use peerwire_proto::codec::{FrameCodec, frame_ready};
-    use peerwire_proto::io::FrameSink;
     use peerwire_proto::v1::{Event, Frame, frame::Kind};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_util::codec::Decoder;
 
     /// Through a socket far smaller than what is written, both write paths wait for room and
     /// go on (the `AsyncWrite` one and the `FrameSink` one, which keeps its registration while
@@ -295,7 +277,7 @@ mod tests {
     /// every later read fails too.
     #[tokio::test]
     async fn a_guarded_reader_refuses_a_chunk_from_another_program() {
-        use crate::exe::{Executable, SenderGuard, pass_senders, sender_refused};
+        use peerwire_security::exe::{Executable, SenderGuard, pass_senders, sender_refused};
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         pass_senders(&a, true).unwrap();
         let me = Executable::from_path(std::env::current_exe().unwrap()).unwrap();

@@ -1,16 +1,14 @@
-//! Tokio adapters shared by the server and the client (feature `io`).
-//!
-//! The only I/O in this crate, kept out of the core API: [`FrameSink`], the outbound side of a
-//! connection, where the sending task writes its frame itself, through a [`Seal`] (a record
-//! layer such as TLS) if the connection has one.
+//! [`FrameSink`], the outbound side of a connection, where the sending task writes its frame
+//! itself, through a [`Seal`] (a record layer such as TLS) if the connection has one; and
+//! [`Opened`], the read side of a sealed connection.
 
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::ReadBuf;
 
-use crate::codec::{CodecError, FrameCodec};
-use crate::v1::Frame;
+use peerwire_proto::codec::{CodecError, FrameCodec};
+use peerwire_proto::v1::Frame;
 
 /// Bytes a corked sink gathers before it writes them anyway; also the most events the server
 /// moves into a sink at a time (see its event queue).
@@ -28,6 +26,7 @@ pub fn recycle(buf: &mut BytesMut) {
 
 /// Why a frame could not be handed to a [`FrameSink`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SinkError {
     /// The sink was closed, or an earlier write failed.
     #[error("connection closed")]
@@ -87,7 +86,7 @@ struct SinkState {
 }
 
 /// The non-blocking write side a [`FrameSink`] writes to: tokio's `OwnedWriteHalf`, or
-/// `peerwire_security::plain::PlainWriter`, which waits for room only when the socket is full.
+/// [`PlainWriter`](crate::plain::PlainWriter), which waits for room only when the socket is full.
 pub trait SinkIo: Send + Sync + 'static {
     /// Writes what the socket takes now; `WouldBlock` if it takes nothing.
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
@@ -611,11 +610,10 @@ impl<W: SinkIo> FrameSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::{Ping, frame::Kind};
+    use peerwire_proto::v1::{Ping, frame::Kind};
     use std::sync::Arc;
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
-    use tokio_util::codec::Decoder;
 
     fn ping(n: u64) -> Frame {
         Frame::new(Kind::Ping(Ping { nonce: n }))
@@ -625,7 +623,7 @@ mod tests {
     /// through a socket that takes them only as the peer reads, they arrive whole and in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sink_writes_large_payloads_in_place_and_in_order() {
-        use crate::v1::Event;
+        use peerwire_proto::v1::Event;
         let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
         let (_ra, wa) = a.into_split();
         let sink = Arc::new(FrameSink::new(
@@ -695,14 +693,14 @@ mod tests {
         sink.uncork();
         let mut codec = FrameCodec::new(1 << 20);
         for i in 0..10 {
-            while !crate::codec::frame_ready(&buf) {
+            while !peerwire_proto::codec::frame_ready(&buf) {
                 assert!(b.read_buf(&mut buf).await.unwrap() > 0);
             }
             assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), ping(i));
         }
         // Uncorked: the next frame goes out at once.
         sink.try_send(&ping(10)).unwrap();
-        while !crate::codec::frame_ready(&buf) {
+        while !peerwire_proto::codec::frame_ready(&buf) {
             assert!(b.read_buf(&mut buf).await.unwrap() > 0);
         }
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), ping(10));
