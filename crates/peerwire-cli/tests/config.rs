@@ -195,9 +195,9 @@ fn state_store_survives_sigkill_at_random_moments() {
     for round in 0..25u64 {
         let start = 1000 * (round + 1);
         let out = tmp.path().join("writer.out");
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(common::TESTKIT)
             .args([
-                "__state-writer",
+                "state-writer",
                 "--count",
                 "200",
                 "--start",

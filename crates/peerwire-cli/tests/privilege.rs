@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, as_user, ensure_group, ensure_user, open_tempdir, shared_bin};
+use common::{ServeProcess, TESTKIT, as_user, ensure_group, ensure_user, open_tempdir, shared_bin};
 use nix::sys::signal::Signal;
 
 const SERVICE: &str = "pwt-svc";
@@ -35,6 +35,27 @@ fn thread_statuses(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Every thread of `pid` (the runtime's too) runs as `uid`/`gid` with exactly `groups`, the
+/// capability sets `caps` (permitted, effective, bounding), none inheritable or ambient, and
+/// no_new_privs.
+fn assert_every_thread(pid: u32, uid: u32, gid: u32, groups: &str, caps: &str) {
+    let statuses = thread_statuses(pid);
+    assert!(statuses.len() >= 2, "the runtime's threads are there too");
+    for s in &statuses {
+        let u = uid.to_string();
+        let g = gid.to_string();
+        assert_eq!(status_field(s, "Uid"), [u.as_str(); 4].join(" "));
+        assert_eq!(status_field(s, "Gid"), [g.as_str(); 4].join(" "));
+        assert_eq!(status_field(s, "Groups"), groups);
+        for set in ["CapPrm", "CapEff", "CapBnd"] {
+            assert_eq!(status_field(s, set), caps, "{set}");
+        }
+        assert_eq!(status_field(s, "CapInh"), "0000000000000000");
+        assert_eq!(status_field(s, "CapAmb"), "0000000000000000");
+        assert_eq!(status_field(s, "NoNewPrivs"), "1");
+    }
+}
+
 fn serve_as_service(socket: &Path, extra: &[&str]) -> ServeProcess {
     let mut cmd = Command::new(shared_bin());
     cmd.args(["serve", "--user", SERVICE, "--socket"])
@@ -43,8 +64,29 @@ fn serve_as_service(socket: &Path, extra: &[&str]) -> ServeProcess {
     ServeProcess::spawn(cmd, socket)
 }
 
+/// `peerwire-testkit embedded-server`: an SDK process that embeds the server crate and goes
+/// through `peerwire_server::daemon`, with the same flags as `serve`.
+fn embedded_as_service(socket: &Path, extra: &[&str]) -> ServeProcess {
+    let mut cmd = Command::new(TESTKIT);
+    cmd.args(["embedded-server", "--user", SERVICE, "--socket"])
+        .arg(socket)
+        .args(extra);
+    ServeProcess::spawn(cmd, socket)
+}
+
 #[test]
 fn serve_user_drops_to_the_service_user_in_every_thread() {
+    drops_to_the_service_user_in_every_thread(serve_as_service);
+}
+
+#[test]
+fn an_embedding_process_drops_through_the_daemon_api_in_every_thread() {
+    drops_to_the_service_user_in_every_thread(embedded_as_service);
+}
+
+/// Starts a server as root with `start` (no extra flags, then a supplementary group and a kept
+/// capability), pings it as the service user and checks every thread's /proc status.
+fn drops_to_the_service_user_in_every_thread(start: fn(&Path, &[&str]) -> ServeProcess) {
     let svc_gid = ensure_group(SERVICE);
     let uid = ensure_user(SERVICE, SERVICE);
     let display = ensure_group("pwt-display");
@@ -63,7 +105,7 @@ fn serve_user_drops_to_the_service_user_in_every_thread() {
         ),
     ] {
         let socket = dir.path().join(format!("run-{}/s.sock", groups.len()));
-        let mut server = serve_as_service(&socket, &extra);
+        let mut server = start(&socket, &extra);
         let pid = server.child.id();
         // The server answers a client of its own uid (its default policy).
         let out = as_user(uid, svc_gid, &[])
@@ -84,21 +126,7 @@ fn serve_user_drops_to_the_service_user_in_every_thread() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let statuses = thread_statuses(pid);
-        assert!(statuses.len() >= 2, "the runtime's threads are there too");
-        for s in &statuses {
-            let u = uid.to_string();
-            let g = svc_gid.to_string();
-            assert_eq!(status_field(s, "Uid"), [u.as_str(); 4].join(" "));
-            assert_eq!(status_field(s, "Gid"), [g.as_str(); 4].join(" "));
-            assert_eq!(status_field(s, "Groups"), groups);
-            for set in ["CapPrm", "CapEff", "CapBnd"] {
-                assert_eq!(status_field(s, set), caps, "{set}");
-            }
-            assert_eq!(status_field(s, "CapInh"), "0000000000000000");
-            assert_eq!(status_field(s, "CapAmb"), "0000000000000000");
-            assert_eq!(status_field(s, "NoNewPrivs"), "1");
-        }
+        assert_every_thread(pid, uid, svc_gid, &groups, caps);
         // The socket and its directory belong to the service user.
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::symlink_metadata(&socket).unwrap().uid(), uid);

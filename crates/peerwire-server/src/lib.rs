@@ -46,6 +46,7 @@
 
 mod config;
 mod conn;
+pub mod daemon;
 mod fds;
 mod logs;
 mod notify;

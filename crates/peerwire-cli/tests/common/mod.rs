@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_peerwire");
+/// The test-support binary (never shipped): helper processes such as an embedding SDK process.
+pub const TESTKIT: &str = env!("CARGO_BIN_EXE_peerwire-testkit");
 
 /// Logs of the test process go to the test output (shown on failure), filtered by RUST_LOG.
 pub fn init_logs() {

@@ -1,0 +1,158 @@
+//! `peerwire serve`: the reference server (echo.Echo, echo.Sleep, push topic echo.Tick), started
+//! through the privileged start-up of [`peerwire_server::daemon`].
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use peerwire_server::Status;
+use peerwire_server::daemon::{self, Daemon, DaemonError, RunningAs};
+use peerwire_server::settings::{AccessSection, LimitsSection, ServerConfig, TlsSection};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::args::ServeArgs;
+
+/// `peerwire serve`: the privileged start-up of [`peerwire_server::daemon`] (harden, refuse root,
+/// socket directory, privilege drop, harden again, verify), then the runtime and the server.
+pub(crate) fn main(args: ServeArgs) -> anyhow::Result<()> {
+    // Hardened before the configuration (and a sealed configuration's key) is read.
+    let hardened = daemon::harden()?;
+    let ServeArgs {
+        config,
+        key,
+        socket,
+        tick_ms,
+        tick_message,
+        grace_ms,
+        require_token,
+        access,
+        tls,
+        user,
+        groups,
+        keep_caps,
+        allow_root,
+    } = args;
+    // Flags or a file: either way one ServerConfig, validated and turned into a builder the
+    // same way.
+    let config = match config {
+        Some(path) => ServerConfig::load(&path, key.ring()?.as_ref())?,
+        None => ServerConfig {
+            socket: socket.context("--socket is required without --config")?,
+            socket_group: access.socket_group.clone(),
+            access: AccessSection {
+                allow_uids: access.allow_uid.clone(),
+                allow_groups: access.allow_group.clone(),
+                allow_exes: access.allow_exe.clone(),
+            },
+            tls: TlsSection {
+                mode: tls.tls.to_string(),
+                identity: tls.identity.clone(),
+                require_token,
+            },
+            limits: LimitsSection {
+                shutdown_grace_ms: Some(grace_ms),
+                ..Default::default()
+            },
+        },
+    };
+    let mut start = Daemon::new(&config.socket);
+    if let Some(user) = &user {
+        start.user(user);
+    }
+    for group in groups {
+        start.group(group);
+    }
+    for cap in keep_caps {
+        start.keep_capability(cap);
+    }
+    if let Some(group) = &config.socket_group {
+        start.socket_group(group);
+    }
+    start.allow_root(allow_root);
+    let ready = match start.start_hardened(hardened) {
+        Err(DaemonError::RootRefused) => bail!(
+            "refusing to run as root: give --user NAME (the service user to become after binding \
+             the socket), or --allow-root for a test setup"
+        ),
+        other => other?,
+    };
+    match ready.running_as() {
+        RunningAs::ServiceUser(spec) => eprintln!(
+            "peerwire serve: running as uid {} gid {} with {} capabilities, no_new_privs set",
+            spec.uid,
+            spec.gid,
+            if spec.keep.is_empty() {
+                "no".to_string()
+            } else {
+                format!("{:?}", spec.keep)
+            }
+        ),
+        RunningAs::Root => eprintln!(
+            "peerwire serve: WARNING: running as root (--allow-root); use --user NAME in production"
+        ),
+        _ => {}
+    }
+    ready
+        .runtime()?
+        .block_on(serve(config, tick_ms, tick_message))
+}
+
+async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyhow::Result<()> {
+    let socket = config.socket.clone();
+    let mode = config.tls_mode()?;
+    let mut builder = config.builder()?;
+    builder
+        .name("peerwire-serve")
+        .namespace("echo", &[1])
+        .method("echo.Echo", |_ctx, req: Vec<u8>| async move {
+            Ok::<_, Status>(req)
+        })
+        .method("echo.Sleep", |_ctx, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Status>(ms)
+        });
+    // Before the socket answers: a SIGTERM sent as soon as it does must find the handler.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let server = builder.bind()?;
+    let handle = server.handle();
+    eprintln!(
+        "peerwire serve: listening on {} (TLS: {mode})",
+        socket.display()
+    );
+    let tick = Duration::from_millis(tick_ms.max(1));
+    let ticker = handle.clone();
+    tokio::spawn(async move {
+        let mut n: u64 = 0;
+        let mut interval = tokio::time::interval(tick);
+        while !ticker.is_shutting_down() {
+            interval.tick().await;
+            n += 1;
+            let _ = ticker.broadcast("echo.Tick", &format!("{tick_message} {n}"));
+        }
+    });
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("peerwire serve: shutting down");
+        stopper.shutdown();
+    });
+    server.run().await?;
+    let s = handle.stats();
+    eprintln!(
+        "peerwire serve: stopped after {} connections ({} admitted, {} denied, {} over a limit), \
+         {} TLS failures, {} sessions, {} requests, {} handshake failures, {} protocol errors",
+        s.connections,
+        s.accepted,
+        s.denied,
+        s.limit_refusals,
+        s.tls_failures,
+        s.sessions,
+        s.requests,
+        s.handshake_failures,
+        s.protocol_errors
+    );
+    Ok(())
+}
