@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use heck::{ToShoutySnakeCase, ToSnakeCase};
+use heck::{ToShoutySnakeCase, ToSnakeCase, ToUpperCamelCase};
 use prost_build::{Comments, Method, Service, ServiceGenerator};
 
 use crate::{Kind, ServiceInfo};
@@ -224,7 +224,8 @@ fn client(buf: &mut String, service: &Service, rpcs: &[Rpc<'_>], shouty: &str) {
             let _ = writeln!(
                 buf,
                 "{d}    {}({}),",
-                rpc.method.proto_name, rpc.method.output_type
+                rpc.method.proto_name.to_upper_camel_case(),
+                rpc.method.output_type
             );
         }
         let _ = write!(
@@ -246,7 +247,8 @@ fn client(buf: &mut String, service: &Service, rpcs: &[Rpc<'_>], shouty: &str) {
             let _ = writeln!(
                 buf,
                 "            {} => Some(event.decode().map(Self::{})),",
-                rpc.konst, rpc.method.proto_name
+                rpc.konst,
+                rpc.method.proto_name.to_upper_camel_case()
             );
         }
         buf.push_str("            _ => None,\n        }\n    }\n}\n");
