@@ -89,7 +89,7 @@ pub(crate) fn serve(path: &Path, identity: &Path, mode: ServerMode) -> anyhow::R
         if matches!(mode, ServerMode::PlainExe) {
             policy.allow_exe(std::env::current_exe()?)?;
         }
-        b.access_policy(policy);
+        b = b.access_policy(policy);
         let mut limits = Limits::default();
         // 1,000 idle connections and 200 measured set-ups from one uid; the fan-out's events
         // queued rather than the subscriber disconnected (the client counts what arrives).
@@ -97,19 +97,19 @@ pub(crate) fn serve(path: &Path, identity: &Path, mode: ServerMode) -> anyhow::R
         limits.max_connections_per_uid = 4096;
         limits.outbound_queue = 1 << 20;
         limits.outbound_queue_bytes = 256 << 20;
-        b.limits(limits);
-        service::add_bench(&mut b, Arc::new(Bench));
+        b = b.limits(limits);
+        b = service::add_bench(b, Arc::new(Bench));
         match mode {
             ServerMode::Plain | ServerMode::PlainExe => {}
             ServerMode::MutualTls => {
-                b.tls(ServerTls::from_dir(identity, TlsMode::Mutual)?.context("no TLS")?);
+                b = b.tls(ServerTls::from_dir(identity, TlsMode::Mutual)?.context("no TLS")?);
             }
             ServerMode::ServerTlsToken => {
-                b.tls(ServerTls::from_dir(identity, TlsMode::ServerAuth)?.context("no TLS")?);
+                b = b.tls(ServerTls::from_dir(identity, TlsMode::ServerAuth)?.context("no TLS")?);
                 let secret = DeviceSecret::read(&identity.join("server/token.key"))
                     .context("reading the device secret")?;
                 let store = path.with_extension("tokens");
-                b.require_tokens(Verifier::new(&secret, &store, 1 << 16)?);
+                b = b.require_tokens(Verifier::new(&secret, &store, 1 << 16)?);
             }
         }
         let server = b.bind()?;

@@ -250,12 +250,12 @@ pub fn display_server(path: &Path, log: impl Fn(String) + Send + Sync + 'static)
         inputs: AtomicU32::new(0),
     });
     let mut builder = Server::builder(path);
-    builder.name("display-server");
-    display::add_session_setup(&mut builder, service.clone());
-    display::add_system(&mut builder, service.clone());
-    display::add_template_runtime(&mut builder, service.clone());
-    display::add_window_manager(&mut builder, service.clone());
-    display::add_interaction_manager(&mut builder, service);
+    builder = builder.name("display-server");
+    builder = display::add_session_setup(builder, service.clone());
+    builder = display::add_system(builder, service.clone());
+    builder = display::add_template_runtime(builder, service.clone());
+    builder = display::add_window_manager(builder, service.clone());
+    builder = display::add_interaction_manager(builder, service);
     builder
 }
 

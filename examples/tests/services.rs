@@ -34,7 +34,7 @@ async fn dropping_a_subscription_unsubscribes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
     let mut builder = Server::builder(&path);
-    display::add_system(&mut builder, Arc::new(Fixed));
+    builder = display::add_system(builder, Arc::new(Fixed));
     let server = builder.bind().unwrap();
     let handle = server.handle();
     tokio::spawn(server.run());
@@ -103,7 +103,7 @@ async fn a_missing_service_or_another_version_is_a_typed_error() {
     let path = dir.path().join("s.sock");
     let mut builder = Server::builder(&path);
     // The server speaks `system` at version 2 only, and has no `window_manager` at all.
-    builder.namespace(display::SYSTEM_NAMESPACE, &[2]);
+    builder = builder.namespace(display::SYSTEM_NAMESPACE, &[2]);
     let server = builder.bind().unwrap();
     let handle = server.handle();
     tokio::spawn(server.run());

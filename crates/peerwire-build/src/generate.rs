@@ -145,29 +145,17 @@ fn server(buf: &mut String, service: &Service, rpcs: &[Rpc<'_>], shouty: &str) {
         buf,
         "/// Registers `service`'s handlers on `builder` and declares namespace \
          [`{shouty}_NAMESPACE`] at version [`{shouty}_VERSION`].\n\
-         pub fn add_{snake}<T: {name}>(builder: &mut ::peerwire_server::ServerBuilder, {arg}: \
-         ::std::sync::Arc<T>) -> &mut ::peerwire_server::ServerBuilder {{\n    \
-         builder.namespace({shouty}_NAMESPACE, &[{shouty}_VERSION]);\n"
+         pub fn add_{snake}<T: {name}>(builder: ::peerwire_server::ServerBuilder, {arg}: \
+         ::std::sync::Arc<T>) -> ::peerwire_server::ServerBuilder {{\n"
     );
-    for rpc in rpcs {
-        let m = rpc.method;
-        let (register, args, ty) = match rpc.kind {
-            Kind::Request => ("method", "ctx, request", format!(": {}", m.input_type)),
-            Kind::Notification => ("on_event", "ctx, event", format!(": {}", m.input_type)),
-            Kind::Raw => ("raw_method", "ctx, payload", String::new()),
-            Kind::Topic => continue,
-        };
-        let (a, b) = args.split_once(", ").unwrap_or((args, ""));
-        let _ = write!(
+    if handlers {
+        register(buf, rpcs, shouty);
+    } else {
+        let _ = writeln!(
             buf,
-            "    let s = ::std::sync::Arc::clone(&service);\n    \
-             builder.{register}({}, move |{a}, {b}{ty}| {{\n        \
-             let s = ::std::sync::Arc::clone(&s);\n        \
-             async move {{ s.{}({args}).await }}\n    }});\n",
-            rpc.konst, m.name
+            "    builder.namespace({shouty}_NAMESPACE, &[{shouty}_VERSION])\n}}"
         );
     }
-    buf.push_str("    builder\n}\n");
     let topics: Vec<&Rpc<'_>> = rpcs.iter().filter(|r| r.kind == Kind::Topic).collect();
     if topics.is_empty() {
         return;
@@ -347,4 +335,31 @@ fn client(buf: &mut String, service: &Service, rpcs: &[Rpc<'_>], shouty: &str) {
         );
     }
     buf.push_str("}\n");
+}
+
+/// The body of `add_<service>` when it has handlers: namespace, one registration per rpc.
+fn register(buf: &mut String, rpcs: &[Rpc<'_>], shouty: &str) {
+    let _ = writeln!(
+        buf,
+        "    let mut builder = builder.namespace({shouty}_NAMESPACE, &[{shouty}_VERSION]);"
+    );
+    for rpc in rpcs {
+        let m = rpc.method;
+        let (register, args, ty) = match rpc.kind {
+            Kind::Request => ("method", "ctx, request", format!(": {}", m.input_type)),
+            Kind::Notification => ("on_event", "ctx, event", format!(": {}", m.input_type)),
+            Kind::Raw => ("raw_method", "ctx, payload", String::new()),
+            Kind::Topic => continue,
+        };
+        let (a, b) = args.split_once(", ").unwrap_or((args, ""));
+        let _ = write!(
+            buf,
+            "    let s = ::std::sync::Arc::clone(&service);\n    \
+             builder = builder.{register}({}, move |{a}, {b}{ty}| {{\n        \
+             let s = ::std::sync::Arc::clone(&s);\n        \
+             async move {{ s.{}({args}).await }}\n    }});\n",
+            rpc.konst, m.name
+        );
+    }
+    buf.push_str("    builder\n}\n");
 }

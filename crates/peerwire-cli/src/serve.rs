@@ -116,8 +116,8 @@ async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyh
     let socket = config.socket.clone();
     let mode = config.tls_mode()?;
     let mut builder = config.builder()?;
-    builder.name("peerwire-serve");
-    echo::add_echo(&mut builder, Arc::new(Reference));
+    builder = builder.name("peerwire-serve");
+    builder = echo::add_echo(builder, Arc::new(Reference));
     // Before the socket answers: a SIGTERM sent as soon as it does must find the handler.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -22,7 +22,7 @@
 //! # let dir = tempfile::tempdir()?;
 //! # let path = dir.path().join("sdk.sock");
 //! # let mut builder = Server::builder(&path);
-//! # builder.method("echo.Echo", |_ctx, n: u64| async move { Ok::<_, Status>(n) });
+//! # builder = builder.method("echo.Echo", |_ctx, n: u64| async move { Ok::<_, Status>(n) });
 //! # let server = builder.bind()?;
 //! # let handle = server.handle();
 //! # tokio::spawn(server.run());

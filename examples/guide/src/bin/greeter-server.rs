@@ -15,8 +15,8 @@ async fn main() -> anyhow::Result<()> {
     let tls = ServerTls::from_dir(identity.as_ref(), TlsMode::Mutual)?
         .context("mutual TLS needs an identity")?;
     let mut builder = Server::builder(socket);
-    builder.tls(tls);
-    greeter::add_greeter(&mut builder, Arc::new(MyGreeter::default()));
+    builder = builder.tls(tls);
+    builder = greeter::add_greeter(builder, Arc::new(MyGreeter::default()));
     let server = builder.bind()?;
     println!("listening on {}", server.path().display());
     server.run().await?;
