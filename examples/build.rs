@@ -1,11 +1,10 @@
-//! Generates the example display protocol from `proto/display/v1/display.proto` with protox
-//! (pure Rust, no system `protoc`).
+//! Generates the example display protocol (`proto/display/v1/display.proto`) and the reference
+//! echo service of `peerwire serve` (`proto/echo/v1/echo.proto`) with peerwire-build: the
+//! messages, and per service a server trait, its registration, typed push helpers and a typed
+//! client (protox, no system `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
-    let file = "display/v1/display.proto";
-    println!("cargo:rerun-if-changed={}", root.join(file).display());
-    let fds = protox::compile([file], [&root])?;
-    prost_build::Config::new().compile_fds(fds)?;
+    peerwire_build::compile_protos(&["display/v1/display.proto", "echo/v1/echo.proto"], &[root])?;
     Ok(())
 }

@@ -235,6 +235,12 @@ async fn measure_system(
         }
         System::Peerwire | System::PeerwireTls => {
             steps.common::<pw::Pw>(t, p).await?;
+            // The generated client's round trip beside the string API's (rtt-64B above).
+            let typed = <pw::PwTyped as Client>::connect(t).await?;
+            steps
+                .run("rtt-64B-generated", measure::rtt(&typed, 64, p))
+                .await?;
+            typed.close().await;
             steps.run("fanout8", pw::fanout(t, p)).await?;
             if memory && system == System::Peerwire {
                 let idle = measure::idle_memory::<pw::Pw>(t, server_pid, p);

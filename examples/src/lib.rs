@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use peerwire_client::{Client, ClientTls, EventMessage, TlsMode};
-use peerwire_server::{Server, ServerBuilder, Status};
+use peerwire_client::{Client, ClientTls, EventMessage, Pushed, TlsMode};
+use peerwire_server::{ConnectionContext, RequestContext, Server, ServerBuilder, Status};
 
 /// Logs to stderr (never mixed with a program's output), filtered by `RUST_LOG`, else `default`
 /// (for example `"warn"`). Shared by the example binaries and the `peerwire` command.
@@ -48,38 +48,43 @@ pub fn init_logging(default: &str) {
         .init();
 }
 
-/// Generated types of `proto/display/v1/display.proto`.
+/// Generated from `proto/display/v1/display.proto` by peerwire-build: the messages, and per
+/// service (one per namespace) a server trait, its `add_*` registration, a publisher for its
+/// topics and a typed client.
 #[allow(missing_docs, clippy::all)]
 pub mod display {
     include!(concat!(env!("OUT_DIR"), "/display.v1.rs"));
 }
 
+/// Generated from `proto/echo/v1/echo.proto`: the reference service of `peerwire serve`
+/// (namespace `echo`, version 1), called by `peerwire ping`.
+#[allow(missing_docs, clippy::all)]
+pub mod echo {
+    include!(concat!(env!("OUT_DIR"), "/echo.v1.rs"));
+}
+
 use display::{
     AlexaState, AuthorizationCode, ClearTemplate, ClientInitialized, GetStateRequest,
-    InitializeRequest, InitializeResponse, KeyCode, KeyEvent, RenderTemplate, State, SystemState,
-    TouchEvent, Window, WindowAck, WindowReport,
+    InitializeRequest, InitializeResponse, InteractionManager, InteractionManagerClient, KeyCode,
+    KeyEvent, RenderTemplate, SessionSetup, SessionSetupClient, State, System, SystemClient,
+    SystemEvent, SystemPublisher, SystemState, TemplateRuntime, TemplateRuntimeClient,
+    TemplateRuntimeEvent, TemplateRuntimePublisher, TouchEvent, Window, WindowAck, WindowManager,
+    WindowManagerClient, WindowReport,
 };
 
-/// The namespaces of the display protocol, all at version 1.
+/// The namespaces of the display protocol, all at version 1 (from the .proto).
 pub const NAMESPACES: &[&str] = &[
-    "session_setup",
-    "system",
-    "template_runtime",
-    "window_manager",
-    "interaction_manager",
+    display::SESSION_SETUP_NAMESPACE,
+    display::SYSTEM_NAMESPACE,
+    display::TEMPLATE_RUNTIME_NAMESPACE,
+    display::WINDOW_MANAGER_NAMESPACE,
+    display::INTERACTION_MANAGER_NAMESPACE,
 ];
 
 /// Topics the server pushes on.
-pub const TOPICS: &[&str] = &[
-    TOPIC_ALEXA_STATE,
-    TOPIC_AUTHORIZATION,
-    TOPIC_RENDER,
-    TOPIC_CLEAR,
-];
-const TOPIC_ALEXA_STATE: &str = "system.SetAlexaState";
-const TOPIC_AUTHORIZATION: &str = "system.CompleteAuthorization";
-const TOPIC_RENDER: &str = "template_runtime.RenderTemplate";
-const TOPIC_CLEAR: &str = "template_runtime.ClearTemplate";
+pub fn topics() -> Vec<&'static str> {
+    [SystemEvent::TOPICS, TemplateRuntimeEvent::TOPICS].concat()
+}
 
 #[derive(Default)]
 struct DisplayState {
@@ -88,7 +93,7 @@ struct DisplayState {
     template: String,
 }
 
-type Log = Arc<dyn Fn(String) + Send + Sync>;
+type Log = Box<dyn Fn(String) + Send + Sync>;
 
 fn state_name(state: i32) -> &'static str {
     State::try_from(state).map_or("UNKNOWN", |s| {
@@ -96,173 +101,161 @@ fn state_name(state: i32) -> &'static str {
     })
 }
 
-/// The SDK side: a server builder with the display protocol's handlers registered. `log`
-/// receives one line per thing the server does.
-pub fn display_server(path: &Path, log: impl Fn(String) + Send + Sync + 'static) -> ServerBuilder {
-    let log: Log = Arc::new(log);
-    let state = Arc::new(Mutex::new(DisplayState::default()));
-    let inputs = Arc::new(AtomicU32::new(0));
-    let mut builder = Server::builder(path);
-    builder.name("display-server");
-    for ns in NAMESPACES {
-        builder.namespace(ns, &[1]);
+/// The SDK side's state: one value implementing every service of the display protocol.
+struct Display {
+    log: Log,
+    state: Mutex<DisplayState>,
+    inputs: AtomicU32,
+}
+
+impl Display {
+    fn set_state(&self, publisher: &SystemPublisher, state: State) {
+        if let Ok(mut st) = self.state.lock() {
+            st.state = state as i32;
+        }
+        let _ = publisher.set_alexa_state(&AlexaState {
+            state: state as i32,
+        });
+    }
+}
+
+impl SessionSetup for Display {
+    async fn initialize(
+        &self,
+        ctx: RequestContext,
+        req: InitializeRequest,
+    ) -> Result<InitializeResponse, Status> {
+        (self.log)(format!(
+            "Initialize from {} ({}): {}x{} renderer {:?}",
+            ctx.connection().client_name(),
+            ctx.connection().peer(),
+            req.width,
+            req.height,
+            req.renderer
+        ));
+        Ok(InitializeResponse {
+            assistant_name: "Alexa".into(),
+            locale: "en-US".into(),
+            topics: topics().into_iter().map(str::to_owned).collect(),
+        })
     }
 
-    let l = log.clone();
-    builder.method(
-        "session_setup.Initialize",
-        move |ctx, req: InitializeRequest| {
-            l(format!(
-                "Initialize from {} ({}): {}x{} renderer {:?}",
-                ctx.connection().client_name(),
-                ctx.connection().peer(),
-                req.width,
-                req.height,
-                req.renderer
-            ));
-            async move {
-                Ok::<_, Status>(InitializeResponse {
-                    assistant_name: "Alexa".into(),
-                    locale: "en-US".into(),
-                    topics: TOPICS.iter().map(|t| (*t).to_owned()).collect(),
-                })
-            }
-        },
-    );
-
-    let (l, s) = (log.clone(), state.clone());
-    builder.on_event(
-        "session_setup.ClientInitialized",
-        move |ctx, ev: ClientInitialized| {
-            l(format!(
-                "client initialized (renderer {}); asking the user to sign in",
-                ev.renderer_version
-            ));
-            let s = s.clone();
-            async move {
-                let code = AuthorizationCode {
-                    url: "https://amazon.com/us/code".into(),
-                    code: "PW7Q2X".into(),
-                };
-                let push = |topic: &str,
-                            msg: &dyn Fn(
-                    &peerwire_server::ServerHandle,
-                )
-                    -> Result<(), peerwire_server::PushError>| {
-                    if let Err(e) = msg(ctx.server()) {
-                        tracing::warn!(topic, "push failed: {e}");
-                    }
-                };
-                push(TOPIC_AUTHORIZATION, &|h| {
-                    h.send_event(ctx.id(), TOPIC_AUTHORIZATION, &code)
-                });
-                // The user completes the sign-in on their phone; the assistant becomes idle.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                if let Ok(mut st) = s.lock() {
-                    st.authorized = true;
-                    st.state = State::Idle as i32;
-                }
-                push(TOPIC_ALEXA_STATE, &|h| {
-                    h.broadcast(
-                        TOPIC_ALEXA_STATE,
-                        &AlexaState {
-                            state: State::Idle as i32,
-                        },
-                    )
-                    .map(|_| ())
-                });
-            }
-        },
-    );
-
-    let (l, s, n) = (log.clone(), state.clone(), inputs.clone());
-    builder.on_event("interaction_manager.Key", move |ctx, ev: KeyEvent| {
-        n.fetch_add(1, Ordering::Relaxed);
-        let (l, s) = (l.clone(), s.clone());
-        async move {
-            if ev.key != KeyCode::Talk as i32 || !ev.pressed {
-                return;
-            }
-            l("talk button pressed: running an interaction".into());
-            let handle = ctx.server().clone();
-            let set = |state: State| {
-                if let Ok(mut st) = s.lock() {
-                    st.state = state as i32;
-                }
-                let _ = handle.broadcast(
-                    TOPIC_ALEXA_STATE,
-                    &AlexaState {
-                        state: state as i32,
-                    },
-                );
-            };
-            set(State::Listening);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            set(State::Thinking);
-            let template = RenderTemplate {
-                template_type: "WeatherTemplate".into(),
-                token: "weather-1".into(),
-                title: "Seattle".into(),
-                fields: [("temperature", "12°C"), ("condition", "Cloudy")]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect(),
-            };
-            if let Ok(mut st) = s.lock() {
-                st.template = template.token.clone();
-            }
-            let _ = handle.broadcast(TOPIC_RENDER, &template);
-            set(State::Speaking);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            set(State::Idle);
+    async fn client_initialized(&self, ctx: ConnectionContext, ev: ClientInitialized) {
+        (self.log)(format!(
+            "client initialized (renderer {}); asking the user to sign in",
+            ev.renderer_version
+        ));
+        let publisher = SystemPublisher::new(ctx.server().clone());
+        let code = AuthorizationCode {
+            url: "https://amazon.com/us/code".into(),
+            code: "PW7Q2X".into(),
+        };
+        if let Err(e) = publisher.complete_authorization_to(ctx.id(), &code) {
+            tracing::warn!("push of the sign-in code failed: {e}");
         }
-    });
-
-    let (l, s, n) = (log.clone(), state.clone(), inputs.clone());
-    builder.on_event("interaction_manager.Touch", move |ctx, ev: TouchEvent| {
-        n.fetch_add(1, Ordering::Relaxed);
-        l(format!("touch at ({}, {}) on {:?}", ev.x, ev.y, ev.element));
-        let s = s.clone();
-        async move {
-            if ev.element == "dismiss" {
-                let token = s
-                    .lock()
-                    .map(|mut st| std::mem::take(&mut st.template))
-                    .unwrap_or_default();
-                let _ = ctx
-                    .server()
-                    .broadcast(TOPIC_CLEAR, &ClearTemplate { token });
-            }
+        // The user completes the sign-in on their phone; the assistant becomes idle.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(mut st) = self.state.lock() {
+            st.authorized = true;
         }
-    });
+        self.set_state(&publisher, State::Idle);
+    }
+}
 
-    let (s, n) = (state.clone(), inputs.clone());
-    builder.method("system.GetState", move |_ctx, _req: GetStateRequest| {
-        let reply = s
+impl System for Display {
+    async fn get_state(
+        &self,
+        _ctx: RequestContext,
+        _req: GetStateRequest,
+    ) -> Result<SystemState, Status> {
+        let st = self
+            .state
             .lock()
-            .map(|st| SystemState {
-                state: st.state,
-                authorized: st.authorized,
-                locale: "en-US".into(),
-                input_events: n.load(Ordering::Relaxed),
-                current_template: st.template.clone(),
-            })
-            .map_err(|_| ());
-        async move { reply.map_err(|_| Status::internal("state unavailable")) }
-    });
+            .map_err(|_| Status::internal("state unavailable"))?;
+        Ok(SystemState {
+            state: st.state,
+            authorized: st.authorized,
+            locale: "en-US".into(),
+            input_events: self.inputs.load(Ordering::Relaxed),
+            current_template: st.template.clone(),
+        })
+    }
+}
 
-    let l = log;
-    builder.method(
-        "window_manager.SetVisibleWindows",
-        move |_ctx, req: WindowReport| {
-            l(format!("renderer reports {} window(s)", req.windows.len()));
-            async move {
-                Ok::<_, Status>(WindowAck {
-                    accepted: req.windows.len() as u32,
-                })
-            }
-        },
-    );
+impl TemplateRuntime for Display {}
+
+impl WindowManager for Display {
+    async fn set_visible_windows(
+        &self,
+        _ctx: RequestContext,
+        req: WindowReport,
+    ) -> Result<WindowAck, Status> {
+        (self.log)(format!("renderer reports {} window(s)", req.windows.len()));
+        Ok(WindowAck {
+            accepted: req.windows.len() as u32,
+        })
+    }
+}
+
+impl InteractionManager for Display {
+    async fn key(&self, ctx: ConnectionContext, ev: KeyEvent) {
+        self.inputs.fetch_add(1, Ordering::Relaxed);
+        if ev.key != KeyCode::Talk as i32 || !ev.pressed {
+            return;
+        }
+        (self.log)("talk button pressed: running an interaction".into());
+        let system = SystemPublisher::new(ctx.server().clone());
+        self.set_state(&system, State::Listening);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        self.set_state(&system, State::Thinking);
+        let template = RenderTemplate {
+            template_type: "WeatherTemplate".into(),
+            token: "weather-1".into(),
+            title: "Seattle".into(),
+            fields: [("temperature", "12°C"), ("condition", "Cloudy")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        };
+        if let Ok(mut st) = self.state.lock() {
+            st.template = template.token.clone();
+        }
+        let _ = TemplateRuntimePublisher::new(ctx.server().clone()).render_template(&template);
+        self.set_state(&system, State::Speaking);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        self.set_state(&system, State::Idle);
+    }
+
+    async fn touch(&self, ctx: ConnectionContext, ev: TouchEvent) {
+        self.inputs.fetch_add(1, Ordering::Relaxed);
+        (self.log)(format!("touch at ({}, {}) on {:?}", ev.x, ev.y, ev.element));
+        if ev.element == "dismiss" {
+            let token = self
+                .state
+                .lock()
+                .map(|mut st| std::mem::take(&mut st.template))
+                .unwrap_or_default();
+            let _ = TemplateRuntimePublisher::new(ctx.server().clone())
+                .clear_template(&ClearTemplate { token });
+        }
+    }
+}
+
+/// The SDK side: a server builder with the display protocol's services registered. `log`
+/// receives one line per thing the server does.
+pub fn display_server(path: &Path, log: impl Fn(String) + Send + Sync + 'static) -> ServerBuilder {
+    let service = Arc::new(Display {
+        log: Box::new(log),
+        state: Mutex::new(DisplayState::default()),
+        inputs: AtomicU32::new(0),
+    });
+    let mut builder = Server::builder(path);
+    builder = builder.name("display-server");
+    builder = display::add_session_setup(builder, service.clone());
+    builder = display::add_system(builder, service.clone());
+    builder = display::add_template_runtime(builder, service.clone());
+    builder = display::add_window_manager(builder, service.clone());
+    builder = display::add_interaction_manager(builder, service);
     builder
 }
 
@@ -289,9 +282,11 @@ pub async fn run_display_client(
     if let Some(tls) = tls {
         builder = builder.tls(tls);
     }
-    for ns in NAMESPACES {
-        builder = builder.require_namespace(ns, &[1]);
-    }
+    builder = SessionSetupClient::announce(builder);
+    builder = SystemClient::announce(builder);
+    builder = TemplateRuntimeClient::announce(builder);
+    builder = WindowManagerClient::announce(builder);
+    builder = InteractionManagerClient::announce(builder);
     let client = builder
         .connect()
         .await
@@ -306,47 +301,45 @@ pub async fn run_display_client(
             .map(|c| c.to_string())
             .unwrap_or_default()
     ));
-    let init: InitializeResponse = client
-        .call(
-            "session_setup.Initialize",
-            &InitializeRequest {
-                renderer: "opengl-es".into(),
-                width: 1280,
-                height: 800,
-                supported_templates: vec!["WeatherTemplate".into()],
-            },
-        )
+    let setup = SessionSetupClient::new(client.clone())?;
+    let system = SystemClient::new(client.clone())?;
+    let windows = WindowManagerClient::new(client.clone())?;
+    let input = InteractionManagerClient::new(client.clone())?;
+    TemplateRuntimeClient::new(client.clone())?;
+    let init = setup
+        .initialize(&InitializeRequest {
+            renderer: "opengl-es".into(),
+            width: 1280,
+            height: 800,
+            supported_templates: vec!["WeatherTemplate".into()],
+        })
         .await?;
     say(format!(
         "initialized: assistant {} ({})",
         init.assistant_name, init.locale
     ));
-    let topics: Vec<&str> = init.topics.iter().map(String::as_str).collect();
-    let mut events = client.subscribe_many(&topics).await?;
+    // One stream for both services' topics keeps their events in the order the server sent
+    // them (a state change, then the template it goes with).
+    let topics = topics();
+    let mut events = client.subscribe_typed(&topics, directive).await?;
     say(format!("subscribed to {}", topics.join(", ")));
-    let ack: WindowAck = client
-        .call(
-            "window_manager.SetVisibleWindows",
-            &WindowReport {
-                windows: vec![Window {
-                    id: "main".into(),
-                    width: 1280,
-                    height: 800,
-                }],
-            },
-        )
+    let ack = windows
+        .set_visible_windows(&WindowReport {
+            windows: vec![Window {
+                id: "main".into(),
+                width: 1280,
+                height: 800,
+            }],
+        })
         .await?;
     say(format!(
         "window manager accepted {} window(s)",
         ack.accepted
     ));
-    client
-        .notify(
-            "session_setup.ClientInitialized",
-            &ClientInitialized {
-                renderer_version: "1.0".into(),
-            },
-        )
+    setup
+        .client_initialized(&ClientInitialized {
+            renderer_version: "1.0".into(),
+        })
         .await?;
 
     let mut talked = false;
@@ -358,33 +351,27 @@ pub async fn run_display_client(
         else {
             bail!("the server closed the session");
         };
-        match draw(&ev)? {
+        match draw(ev?) {
             Drawn::Line(line) => say(line),
             Drawn::State(line, state) => {
                 say(line);
                 if state == State::Idle && !talked {
                     talked = true;
                     say("user presses the talk button".into());
-                    client
-                        .notify(
-                            "interaction_manager.Key",
-                            &KeyEvent {
-                                key: KeyCode::Talk as i32,
-                                pressed: true,
-                            },
-                        )
+                    input
+                        .key(&KeyEvent {
+                            key: KeyCode::Talk as i32,
+                            pressed: true,
+                        })
                         .await?;
                 } else if state == State::Idle && rendered {
                     say("user taps \"dismiss\"".into());
-                    client
-                        .notify(
-                            "interaction_manager.Touch",
-                            &TouchEvent {
-                                x: 1200,
-                                y: 40,
-                                element: "dismiss".into(),
-                            },
-                        )
+                    input
+                        .touch(&TouchEvent {
+                            x: 1200,
+                            y: 40,
+                            element: "dismiss".into(),
+                        })
                         .await?;
                 }
             }
@@ -398,7 +385,7 @@ pub async fn run_display_client(
             }
         }
     }
-    let state: SystemState = client.call("system.GetState", &GetStateRequest {}).await?;
+    let state = system.get_state(&GetStateRequest {}).await?;
     say(format!(
         "GetState: assistant {}, authorized {}, {} input event(s) received, template {:?}",
         state_name(state.state),
@@ -411,6 +398,18 @@ pub async fn run_display_client(
     Ok(transcript)
 }
 
+/// A directive from either service the renderer subscribes to.
+enum Directive {
+    System(SystemEvent),
+    Template(TemplateRuntimeEvent),
+}
+
+fn directive(ev: &EventMessage) -> Option<Result<Directive, prost::DecodeError>> {
+    SystemEvent::decode(ev)
+        .map(|r| r.map(Directive::System))
+        .or_else(|| TemplateRuntimeEvent::decode(ev).map(|r| r.map(Directive::Template)))
+}
+
 enum Drawn {
     Line(String),
     State(String, State),
@@ -418,10 +417,9 @@ enum Drawn {
     Cleared(String),
 }
 
-fn draw(ev: &EventMessage) -> anyhow::Result<Drawn> {
-    Ok(match ev.topic.as_str() {
-        TOPIC_ALEXA_STATE => {
-            let s: AlexaState = ev.decode()?;
+fn draw(ev: Pushed<Directive>) -> Drawn {
+    match ev.event {
+        Directive::System(SystemEvent::SetAlexaState(s)) => {
             let state = State::try_from(s.state).unwrap_or(State::Unknown);
             Drawn::State(
                 format!(
@@ -432,15 +430,11 @@ fn draw(ev: &EventMessage) -> anyhow::Result<Drawn> {
                 state,
             )
         }
-        TOPIC_AUTHORIZATION => {
-            let c: AuthorizationCode = ev.decode()?;
-            Drawn::Line(format!(
-                "draw: sign-in screen: visit {} and enter {}",
-                c.url, c.code
-            ))
-        }
-        TOPIC_RENDER => {
-            let t: RenderTemplate = ev.decode()?;
+        Directive::System(SystemEvent::CompleteAuthorization(c)) => Drawn::Line(format!(
+            "draw: sign-in screen: visit {} and enter {}",
+            c.url, c.code
+        )),
+        Directive::Template(TemplateRuntimeEvent::RenderTemplate(t)) => {
             let mut fields: Vec<_> = t.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
             fields.sort();
             Drawn::Template(format!(
@@ -450,10 +444,8 @@ fn draw(ev: &EventMessage) -> anyhow::Result<Drawn> {
                 fields.join(", ")
             ))
         }
-        TOPIC_CLEAR => {
-            let c: ClearTemplate = ev.decode()?;
+        Directive::Template(TemplateRuntimeEvent::ClearTemplate(c)) => {
             Drawn::Cleared(format!("draw: clear template {}", c.token))
         }
-        other => Drawn::Line(format!("ignored event on {other}")),
-    })
+    }
 }

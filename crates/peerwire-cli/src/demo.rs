@@ -46,7 +46,7 @@ pub(crate) async fn run(mode: TlsMode) -> anyhow::Result<()> {
     };
     let mut builder = peerwire_examples::display_server(&path, |l| say!("[server] {l}"));
     if let Some(server_tls) = tls.server()? {
-        builder.tls(server_tls);
+        builder = builder.tls(server_tls);
     }
     let server = builder.bind()?;
     let handle = server.handle();

@@ -1,9 +1,11 @@
-//! `peerwire ping`: round trips to a server's echo.Echo, with latency percentiles.
+//! `peerwire ping`: round trips to a server's echo service (`proto/echo/v1/echo.proto`, through
+//! its generated client), with latency percentiles.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use peerwire_client::Client;
+use peerwire_examples::echo::{EchoClient, echo_names};
 
 use crate::args::{PingArgs, resolve_uid};
 
@@ -18,9 +20,7 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<()> {
         token_stdin,
         tls,
     } = args;
-    let mut builder = Client::builder(&socket)
-        .name("peerwire-ping")
-        .require_namespace("echo", &[1]);
+    let mut builder = EchoClient::announce(Client::builder(&socket).name("peerwire-ping"));
     for u in &expect_server_uid {
         builder = builder.expect_server_uid(resolve_uid(u)?);
     }
@@ -42,9 +42,9 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<()> {
     } else if std::env::var_os(peerwire_security::launch::TOKEN_FD_ENV).is_some() {
         builder = builder.token_from_launcher()?;
     }
-    let client = builder.connect().await?;
+    let client = EchoClient::new(builder.connect().await?)?;
     let mut ticks = match wait_tick {
-        true => Some(client.subscribe("echo.Tick").await?),
+        true => Some(client.subscribe_tick().await?),
         false => None,
     };
     let payload = match &message {
@@ -55,7 +55,7 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<()> {
     let mut samples = Vec::with_capacity(count as usize);
     for i in 0..count {
         let start = Instant::now();
-        let back: Vec<u8> = client.call("echo.Echo", &payload).await?;
+        let back = client.echo(&payload).await?;
         let rtt = start.elapsed();
         if back != payload {
             bail!("echo {i} came back different");
@@ -65,13 +65,17 @@ pub(crate) async fn run(args: PingArgs) -> anyhow::Result<()> {
     if let Some(ticks) = &mut ticks {
         let tick = tokio::time::timeout(Duration::from_secs(10), ticks.next())
             .await
-            .context("no echo.Tick within 10 s")?
-            .context("the connection closed")?;
+            .with_context(|| format!("no {} within 10 s", echo_names::TICK))?
+            .context("the connection closed")??;
         // The content is not printed: a tracer of this process then sees it only on the socket.
-        let text = tick.decode::<String>()?;
-        say!("event {} #{} ({} bytes)", tick.topic, tick.seq, text.len());
+        say!(
+            "event {} #{} ({} bytes)",
+            ticks.topic(),
+            tick.seq,
+            tick.event.len()
+        );
     }
-    client.close().await;
+    client.client().close().await;
     samples.sort();
     let pick = |q: f64| {
         samples

@@ -1,12 +1,14 @@
 //! `peerwire serve`: the reference server (echo.Echo, echo.Sleep, push topic echo.Tick), started
 //! through the privileged start-up of [`peerwire_server::daemon`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use peerwire_server::Status;
+use peerwire_examples::echo;
 use peerwire_server::daemon::{self, Daemon, DaemonError, RunningAs};
 use peerwire_server::settings::{AccessSection, LimitsSection, ServerConfig, TlsSection};
+use peerwire_server::{RequestContext, Status};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::ServeArgs;
@@ -96,22 +98,28 @@ pub(crate) fn main(args: ServeArgs) -> anyhow::Result<()> {
         .block_on(serve(config, tick_ms, tick_message))
 }
 
+/// The reference service: `proto/echo/v1/echo.proto`.
+struct Reference;
+
+impl echo::Echo for Reference {
+    async fn echo(&self, _ctx: RequestContext, request: Vec<u8>) -> Result<Vec<u8>, Status> {
+        Ok(request)
+    }
+
+    async fn sleep(&self, _ctx: RequestContext, ms: u64) -> Result<u64, Status> {
+        // What a test waits for to know the call is in flight (RUST_LOG=echo=info).
+        tracing::info!(target: "echo", "echo.Sleep started: {ms} ms");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(ms)
+    }
+}
+
 async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyhow::Result<()> {
     let socket = config.socket.clone();
     let mode = config.tls_mode()?;
     let mut builder = config.builder()?;
-    builder
-        .name("peerwire-serve")
-        .namespace("echo", &[1])
-        .method("echo.Echo", |_ctx, req: Vec<u8>| async move {
-            Ok::<_, Status>(req)
-        })
-        .method("echo.Sleep", |_ctx, ms: u64| async move {
-            // What a test waits for to know the call is in flight (RUST_LOG=echo=info).
-            tracing::info!(target: "echo", "echo.Sleep started: {ms} ms");
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, Status>(ms)
-        });
+    builder = builder.name("peerwire-serve");
+    builder = echo::add_echo(builder, Arc::new(Reference));
     // Before the socket answers: a SIGTERM sent as soon as it does must find the handler.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -122,14 +130,15 @@ async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyh
         socket.display()
     );
     let tick = Duration::from_millis(tick_ms.max(1));
-    let ticker = handle.clone();
+    let ticker = echo::EchoPublisher::new(handle.clone());
+    let running = handle.clone();
     tokio::spawn(async move {
         let mut n: u64 = 0;
         let mut interval = tokio::time::interval(tick);
-        while !ticker.is_shutting_down() {
+        while !running.is_shutting_down() {
             interval.tick().await;
             n += 1;
-            let _ = ticker.broadcast("echo.Tick", &format!("{tick_message} {n}"));
+            let _ = ticker.tick(&format!("{tick_message} {n}"));
         }
     });
     let stopper = handle.clone();

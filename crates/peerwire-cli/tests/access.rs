@@ -228,7 +228,7 @@ async fn socket_and_directory_are_never_more_open_than_configured() {
             let socket_modes = observe_modes(&socket, || {
                 let mut b = Server::builder(&socket);
                 if let Some(g) = group {
-                    b.socket_group(g);
+                    b = b.socket_group(g);
                 }
                 server = Some(b.bind().unwrap());
             });

@@ -141,9 +141,9 @@ async fn silent_connections_of_a_uid_cannot_lock_out_its_genuine_client() {
     let mut builder = Server::builder(&socket);
     let mut limits = Limits::default();
     limits.handshake_timeout = Duration::from_secs(60);
-    builder.limits(limits);
-    builder.namespace("echo", &[1]);
-    builder.method("echo.Echo", |_ctx, req: Vec<u8>| async move { Ok(req) });
+    builder = builder.limits(limits);
+    builder = builder.namespace("echo", &[1]);
+    builder = builder.method("echo.Echo", |_ctx, req: Vec<u8>| async move { Ok(req) });
     let server = builder.bind().unwrap();
     let handle = server.handle();
     tokio::spawn(server.run());

@@ -337,7 +337,8 @@ async fn slow_subscribers_are_handled_by_their_topic_policy_and_never_block_a_pu
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("run/s.sock");
     let mut b = Server::builder(&socket);
-    b.namespace("feed", &[1])
+    b = b
+        .namespace("feed", &[1])
         .topic_policy("feed.State", SlowConsumerPolicy::KeepLatest)
         .topic_policy("feed.Log", SlowConsumerPolicy::DropOldest)
         .topic_policy("feed.Alarm", SlowConsumerPolicy::Disconnect);

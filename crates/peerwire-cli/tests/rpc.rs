@@ -21,14 +21,12 @@ use peerwire_server::{Limits, PeerCredentials, Server, ServerHandle, Status};
 /// Starts an in-process server built by `setup`; returns its handle and the join handle.
 fn start(
     path: &std::path::Path,
-    setup: impl FnOnce(&mut peerwire_server::ServerBuilder),
+    setup: impl FnOnce(peerwire_server::ServerBuilder) -> peerwire_server::ServerBuilder,
 ) -> (
     ServerHandle,
     tokio::task::JoinHandle<Result<(), peerwire_server::ServerError>>,
 ) {
-    let mut builder = Server::builder(path);
-    setup(&mut builder);
-    let server = builder.bind().unwrap();
+    let server = setup(Server::builder(path)).bind().unwrap();
     let handle = server.handle();
     (handle, tokio::spawn(server.run()))
 }
@@ -79,8 +77,9 @@ async fn pushes_reach_exactly_the_subscribers_in_order() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
-    let (handle, _run) = start(&path, |b| {
-        b.namespace("news", &[1]).namespace("other", &[1]);
+    let (handle, _run) = start(&path, |mut b| {
+        b = b.namespace("news", &[1]).namespace("other", &[1]);
+        b
     });
     // Clients 0-2 subscribe to news.A, 2-3 to news.B, 4 to nothing.
     let topics: [&[&str]; 5] = [
@@ -172,8 +171,8 @@ async fn deadline_exceeded_cancels_the_handler() {
     let dropped = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU32::new(0));
     let (d, c) = (dropped.clone(), completed.clone());
-    let (handle, _run) = start(&path, move |b| {
-        b.method("slow.Sleep", move |_ctx, ms: u64| {
+    let (handle, _run) = start(&path, move |mut b| {
+        b = b.method("slow.Sleep", move |_ctx, ms: u64| {
             let (d, c) = (d.clone(), c.clone());
             async move {
                 let _flag = DropFlag(d);
@@ -182,6 +181,7 @@ async fn deadline_exceeded_cancels_the_handler() {
                 Ok::<_, Status>(ms)
             }
         });
+        b
     });
     let client = Client::builder(&path)
         .namespace("slow", &[1])
@@ -232,16 +232,17 @@ async fn panicking_handler_only_fails_its_request() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
-    let (handle, _run) = start(&path, |b| {
-        b.method("t.Boom", |_ctx, n: u32| async move {
+    let (handle, _run) = start(&path, |mut b| {
+        b = b.method("t.Boom", |_ctx, n: u32| async move {
             if n > 0 {
                 panic!("handler bug");
             }
             Ok::<_, Status>(n)
         });
-        b.method("t.Fail", |_ctx, _n: u32| async move {
+        b = b.method("t.Fail", |_ctx, _n: u32| async move {
             Err::<u32, _>(Status::failed_precondition("not now"))
         });
+        b
     });
     let client = Client::builder(&path)
         .namespace("t", &[1])
@@ -272,12 +273,13 @@ async fn namespace_mismatch_is_reported_not_dropped() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
-    let (_handle, _run) = start(&path, |b| {
-        b.namespace("display", &[2, 3]);
-        b.method(
+    let (_handle, _run) = start(&path, |mut b| {
+        b = b.namespace("display", &[2, 3]);
+        b = b.method(
             "display.Get",
             |_ctx, n: u32| async move { Ok::<_, Status>(n) },
         );
+        b
     });
     // Optional namespace at a version the server does not speak: session works, call says why.
     let client = Client::builder(&path)
@@ -348,11 +350,12 @@ async fn handler_sees_peer_credentials() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
-    let (_handle, _run) = start(&path, |b| {
-        b.method("who.Am", |ctx, _n: u32| async move {
+    let (_handle, _run) = start(&path, |mut b| {
+        b = b.method("who.Am", |ctx, _n: u32| async move {
             let p = ctx.connection().peer();
             Ok::<_, Status>(format!("{} {} {}", p.uid, p.gid, p.pid.unwrap_or(0)))
         });
+        b
     });
     // The handler sees what the kernel says about the connecting process (this one).
     let client = Client::builder(&path)
@@ -376,7 +379,7 @@ async fn socket_is_private_and_removed_on_exit() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run/peerwire/s.sock");
-    let (handle, run) = start(&path, |_| {});
+    let (handle, run) = start(&path, |b| b);
     let dir_mode = std::fs::metadata(path.parent().unwrap())
         .unwrap()
         .permissions()
@@ -409,9 +412,10 @@ async fn handshake_timeout_and_idle_timeout() {
     limits.handshake_timeout = Duration::from_millis(200);
     limits.keepalive_interval = Duration::from_millis(100);
     limits.idle_timeout = Duration::from_millis(500);
-    let (handle, _run) = start(&path, move |b| {
-        b.limits(limits);
-        b.method("t.Echo", |_ctx, n: u32| async move { Ok::<_, Status>(n) });
+    let (handle, _run) = start(&path, move |mut b| {
+        b = b.limits(limits);
+        b = b.method("t.Echo", |_ctx, n: u32| async move { Ok::<_, Status>(n) });
+        b
     });
     // Silent after connect: Reject(HANDSHAKE_TIMEOUT), then EOF.
     let mut silent = RawClient::connect(&path).await;
@@ -467,70 +471,33 @@ async fn builder_refuses_invalid_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
     let echo = |_ctx, n: u32| async move { Ok::<_, Status>(n) };
-    let refused = |setup: &dyn Fn(&mut peerwire_server::ServerBuilder), what: &str| {
-        let mut b = Server::builder(&path);
-        setup(&mut b);
-        let err = b.bind().unwrap_err().to_string();
-        assert!(err.contains(what), "{err} should mention {what}");
-        assert!(
-            !path.exists(),
-            "nothing may be bound for an invalid configuration"
-        );
-    };
-    refused(
-        &|b| {
-            b.method("NoNamespace", echo);
-        },
-        "no namespace",
-    );
-    refused(
-        &|b| {
-            b.method("peerwire.Subscribe", echo);
-        },
-        "reserved",
-    );
-    refused(
-        &|b| {
-            b.method("a.B", echo).method("a.B", echo);
-        },
-        "twice",
-    );
-    refused(
-        &|b| {
-            b.namespace("Bad", &[1]);
-        },
-        "invalid namespace",
-    );
-    refused(
-        &|b| {
-            b.namespace("ok", &[]);
-        },
-        "versions",
-    );
+    let refused =
+        |setup: &dyn Fn(peerwire_server::ServerBuilder) -> peerwire_server::ServerBuilder,
+         what: &str| {
+            let err = setup(Server::builder(&path))
+                .bind()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(what), "{err} should mention {what}");
+            assert!(
+                !path.exists(),
+                "nothing may be bound for an invalid configuration"
+            );
+        };
+    refused(&|b| b.method("NoNamespace", echo), "no namespace");
+    refused(&|b| b.method("peerwire.Subscribe", echo), "reserved");
+    refused(&|b| b.method("a.B", echo).method("a.B", echo), "twice");
+    refused(&|b| b.namespace("Bad", &[1]), "invalid namespace");
+    refused(&|b| b.namespace("ok", &[]), "versions");
     let mut l = Limits::default();
     l.idle_timeout = l.keepalive_interval;
-    refused(
-        &|b| {
-            b.limits(l);
-        },
-        "idle timeout",
-    );
+    refused(&|b| b.limits(l), "idle timeout");
     let mut l = Limits::default();
     l.max_deadline = Duration::from_secs(7 * 24 * 3600);
-    refused(
-        &|b| {
-            b.limits(l);
-        },
-        "24 h",
-    );
+    refused(&|b| b.limits(l), "24 h");
     let mut l = Limits::default();
     l.max_frame_size = 10;
-    refused(
-        &|b| {
-            b.limits(l);
-        },
-        "frame size",
-    );
+    refused(&|b| b.limits(l), "frame size");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,9 +510,9 @@ async fn per_connection_limits_answer_with_the_limit_and_its_value() {
     limits.max_subscriptions = 1;
     // Each handler says when it has started: then its call is in flight.
     let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
-    let (handle, _run) = start(&path, move |b| {
-        b.limits(limits);
-        b.method("slow.Sleep", move |_ctx, ms: u64| {
+    let (handle, _run) = start(&path, move |mut b| {
+        b = b.limits(limits);
+        b = b.method("slow.Sleep", move |_ctx, ms: u64| {
             let started_tx = started_tx.clone();
             async move {
                 let _ = started_tx.send(ms);
@@ -553,6 +520,7 @@ async fn per_connection_limits_answer_with_the_limit_and_its_value() {
                 Ok::<_, Status>(ms)
             }
         });
+        b
     });
     let client = Client::builder(&path)
         .namespace("slow", &[1])
@@ -598,8 +566,9 @@ async fn raw_bytes_methods_carry_large_payloads_intact() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
-    let (_handle, _run) = start(&path, |b| {
-        b.namespace("blob", &[1])
+    let (_handle, _run) = start(&path, |mut b| {
+        b = b
+            .namespace("blob", &[1])
             .raw_method("blob.Reverse", |_ctx, data: bytes::Bytes| async move {
                 let mut v = data.to_vec();
                 v.reverse();
@@ -612,6 +581,7 @@ async fn raw_bytes_methods_carry_large_payloads_intact() {
             .method("blob.Len", |_ctx, v: Vec<u8>| async move {
                 Ok::<_, Status>(v.len() as u64)
             });
+        b
     });
     let client = Client::builder(&path)
         .namespace("blob", &[1])
@@ -764,8 +734,9 @@ async fn a_connection_is_registered_before_the_client_sees_its_welcome() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
-    let (handle, _run) = start(&path, |b| {
-        b.namespace("news", &[1]);
+    let (handle, _run) = start(&path, |mut b| {
+        b = b.namespace("news", &[1]);
+        b
     });
     for i in 0..200 {
         let client = Client::builder(&path)

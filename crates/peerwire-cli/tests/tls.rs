@@ -277,8 +277,8 @@ async fn certificates_signed_by_a_pinned_key_and_wrong_pins_are_refused() {
     let client_a = Identity::load(&a, Role::Client).unwrap();
     let socket = tmp.path().join("run/s.sock");
     let mut builder = Server::builder(&socket);
-    builder.tls(ServerTls::new(&server_a, TlsMode::Mutual).unwrap());
-    builder.method("echo.Echo", |_ctx, v: Vec<u8>| async move {
+    builder = builder.tls(ServerTls::new(&server_a, TlsMode::Mutual).unwrap());
+    builder = builder.method("echo.Echo", |_ctx, v: Vec<u8>| async move {
         Ok::<_, peerwire_server::Status>(v)
     });
     let server = builder.bind().unwrap();
@@ -355,8 +355,8 @@ async fn tls_handshake_counts_against_the_handshake_timeout() {
     let mut limits = Limits::default();
     limits.handshake_timeout = Duration::from_millis(300);
     let mut builder = Server::builder(&socket);
-    builder.limits(limits);
-    builder.tls(
+    builder = builder.limits(limits);
+    builder = builder.tls(
         ServerTls::from_dir(&tmp.path().join("id"), TlsMode::Mutual)
             .unwrap()
             .unwrap(),
@@ -468,8 +468,8 @@ async fn a_denied_peer_learns_why_even_when_it_expected_tls() {
     init(&id, "d");
     let socket = tmp.path().join("run/s.sock");
     let mut builder = Server::builder(&socket);
-    builder.access_policy(peerwire_server::AccessPolicy::nobody());
-    builder.tls(ServerTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap());
+    builder = builder.access_policy(peerwire_server::AccessPolicy::nobody());
+    builder = builder.tls(ServerTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap());
     let server = builder.bind().unwrap();
     tokio::spawn(server.run());
     // The access policy answers in plain text before any TLS byte is parsed; the client
@@ -502,7 +502,7 @@ fn mutual_tls_server() -> (
     init(&id, "d");
     let socket = tmp.path().join("run/s.sock");
     let mut builder = Server::builder(&socket);
-    builder.tls(ServerTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap());
+    builder = builder.tls(ServerTls::from_dir(&id, TlsMode::Mutual).unwrap().unwrap());
     (tmp, id, socket, builder)
 }
 
@@ -515,7 +515,7 @@ async fn a_forged_tls_record_closes_only_its_connection() {
     use std::sync::Arc;
     use tokio::io::AsyncReadExt as _;
     let (_tmp, id, socket, mut builder) = mutual_tls_server();
-    builder.method("echo.Echo", |_ctx, v: Vec<u8>| async move {
+    builder = builder.method("echo.Echo", |_ctx, v: Vec<u8>| async move {
         Ok::<_, peerwire_server::Status>(v)
     });
     let server = builder.bind().unwrap();
@@ -607,10 +607,10 @@ async fn large_messages_cross_tls_intact_both_ways() {
             .collect::<Vec<u8>>()
             .into()
     };
-    builder.raw_method("bulk.Echo", |_ctx, v: bytes::Bytes| async move {
+    builder = builder.raw_method("bulk.Echo", |_ctx, v: bytes::Bytes| async move {
         Ok::<_, peerwire_server::Status>(v)
     });
-    builder.method("bulk.Push", move |ctx, n: u64| async move {
+    builder = builder.method("bulk.Push", move |ctx, n: u64| async move {
         let server = ctx.connection().server().clone();
         for i in 0..n {
             // Each event: its index, then 256 KiB of its pattern.

@@ -2,12 +2,17 @@
 //! subscription, and their delivery to every local subscriber.
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Weak;
+use std::task::{Context, Poll};
 
-use peerwire_proto::v1::Event;
+use futures_util::Stream;
+use peerwire_proto::METHOD_UNSUBSCRIBE;
+use peerwire_proto::v1::{Event, SubscribeRequest, SubscribeResponse};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::{Bytes, Inner, lock};
+use crate::{Bytes, Client, Inner, lock};
 
 /// One event received on a subscribed topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,11 +33,76 @@ impl EventMessage {
     }
 }
 
-/// Events of one topic, in the order the server sent them.
+/// Events of one topic (or of several, see [`Client::subscribe_many`]), in the order the server
+/// sent them. It is a [`Stream`]; dropping it unsubscribes: once no other stream of this client
+/// wants a topic, the client sends `peerwire.Unsubscribe` and the server stops pushing it to
+/// this connection.
 #[derive(Debug)]
 pub struct EventStream {
     pub(crate) topic: String,
+    pub(crate) topics: Vec<String>,
     pub(crate) rx: mpsc::Receiver<EventMessage>,
+    pub(crate) client: Weak<Inner>,
+}
+
+impl Stream for EventStream {
+    type Item = EventMessage;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<EventMessage>> {
+        self.get_mut().rx.poll_recv(cx)
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.rx.close();
+        let Some(inner) = self.client.upgrade() else {
+            return;
+        };
+        let gone: Vec<String> = {
+            let mut subs = lock(&inner.subs);
+            self.topics
+                .iter()
+                .filter(|topic| {
+                    let Some(list) = subs.get_mut(*topic) else {
+                        return false;
+                    };
+                    list.retain(|tx| !tx.is_closed());
+                    let empty = list.is_empty();
+                    if empty {
+                        subs.remove(*topic);
+                    }
+                    empty
+                })
+                .cloned()
+                .collect()
+        };
+        // Outside a runtime (or after close) there is no connection to tell.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if gone.is_empty() || inner.closed.is_cancelled() {
+            return;
+        }
+        let client = Client { inner };
+        runtime.spawn(async move {
+            // A topic subscribed again meanwhile keeps its server-side subscription.
+            let topics: Vec<String> = {
+                let subs = lock(&client.inner.subs);
+                gone.into_iter().filter(|t| !subs.contains_key(t)).collect()
+            };
+            if topics.is_empty() {
+                return;
+            }
+            let request = SubscribeRequest { topics };
+            if let Err(e) = client
+                .call::<_, SubscribeResponse>(METHOD_UNSUBSCRIBE, &request)
+                .await
+            {
+                tracing::debug!("unsubscribe of {:?} failed: {e}", request.topics);
+            }
+        });
+    }
 }
 
 impl EventStream {

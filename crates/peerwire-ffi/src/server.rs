@@ -584,16 +584,16 @@ pub unsafe extern "C" fn peerwire_server_start(
         let grace = o.config.limits().map_err(|e| config(&e))?.shutdown_grace;
         let mut builder = o.config.builder().map_err(|e| config(&e))?;
         if let Some(name) = &o.name {
-            builder.name(name);
+            builder = builder.name(name);
         }
         for (ns, versions) in &o.namespaces {
-            builder.namespace(ns, versions);
+            builder = builder.namespace(ns, versions);
         }
         let server_ptr = Arc::new(AtomicPtr::new(std::ptr::null_mut()));
         for (name, cb) in o.methods.iter().cloned() {
             let server_ptr = server_ptr.clone();
             let method = c_string(&name);
-            builder.raw_method(&name, move |ctx, payload: Bytes| {
+            builder = builder.raw_method(&name, move |ctx, payload: Bytes| {
                 let (tx, rx) = oneshot::channel();
                 let responder = handle::give(peerwire_responder {
                     magic: peerwire_responder::MAGIC,
@@ -638,20 +638,23 @@ pub unsafe extern "C" fn peerwire_server_start(
         for (topic, cb) in o.events.iter().cloned() {
             let server_ptr = server_ptr.clone();
             let name = c_string(&topic);
-            builder.on_event(&topic, move |ctx, event: crate::raw_message::RawMessage| {
-                let strings = Info {
-                    client_name: c_string(ctx.client_name()),
-                    name: name.clone(),
-                };
-                let info = peer_info(&server_ptr, &ctx, &strings, 0);
-                let payload = event.0;
-                in_callback("event callback", || {
-                    // SAFETY: a function pointer the program registered for this topic, with
-                    // its own user_data; `info`, `strings` and `payload` outlive the call.
-                    unsafe { (cb.f)(cb.user_data.ptr(), &info, payload.as_ptr(), payload.len()) }
+            builder =
+                builder.on_event(&topic, move |ctx, event: crate::raw_message::RawMessage| {
+                    let strings = Info {
+                        client_name: c_string(ctx.client_name()),
+                        name: name.clone(),
+                    };
+                    let info = peer_info(&server_ptr, &ctx, &strings, 0);
+                    let payload = event.0;
+                    in_callback("event callback", || {
+                        // SAFETY: a function pointer the program registered for this topic, with
+                        // its own user_data; `info`, `strings` and `payload` outlive the call.
+                        unsafe {
+                            (cb.f)(cb.user_data.ptr(), &info, payload.as_ptr(), payload.len())
+                        }
+                    });
+                    async {}
                 });
-                async {}
-            });
         }
         let mut rt = tokio::runtime::Builder::new_multi_thread();
         rt.worker_threads(o.threads)

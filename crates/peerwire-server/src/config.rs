@@ -156,8 +156,8 @@ mod tests {
 
     #[tokio::test]
     async fn every_problem_is_typed_and_the_first_is_the_source() {
-        let mut b = Server::builder("/nonexistent-peerwire-test/s.sock");
-        b.namespace("peerwire", &[1])
+        let b = Server::builder("/nonexistent-peerwire-test/s.sock")
+            .namespace("peerwire", &[1])
             .method(
                 "echo.Echo",
                 |_ctx, r: String| async move { Ok::<_, Status>(r) },

@@ -36,8 +36,8 @@
 //!     let ready = daemon.start()?; // harden, refuse root, directory, drop, harden, verify
 //!     let runtime = ready.runtime()?; // the first thread other than main starts here
 //!     runtime.block_on(async {
-//!         let mut builder = Server::builder("/run/peerwire/sdk.sock");
-//!         builder.method("echo.Echo", |_ctx, b: Vec<u8>| async move { Ok::<_, Status>(b) });
+//!         let builder = Server::builder("/run/peerwire/sdk.sock")
+//!             .method("echo.Echo", |_ctx, b: Vec<u8>| async move { Ok::<_, Status>(b) });
 //!         builder.bind()?.run().await?;
 //!         Ok(())
 //!     })

@@ -22,7 +22,7 @@
 //! let path = dir.path().join("sdk.sock");
 //! let mut builder = Server::builder(&path);
 //! // Any prost message can be a request or response; here the well-known `String` wrapper.
-//! builder.method("echo.Hello", |ctx, name: String| async move {
+//! builder = builder.method("echo.Hello", |ctx, name: String| async move {
 //!     Ok::<_, Status>(format!("hello {name}, uid {}", ctx.connection().peer().uid))
 //! });
 //! let server = builder.bind()?;
@@ -135,7 +135,8 @@ impl From<ConfigProblem> for ServerError {
     }
 }
 
-/// Collects what a [`Server`] needs. Setters take `&mut self`; [`bind`](Self::bind) validates.
+/// Collects what a [`Server`] needs. Setters take and return the builder by value, like
+/// tonic's and [`ClientBuilder`](https://docs.rs/peerwire-client)'s; [`bind`](Self::bind) validates.
 #[derive(Debug)]
 pub struct ServerBuilder {
     path: PathBuf,
@@ -153,19 +154,19 @@ pub struct ServerBuilder {
 
 impl ServerBuilder {
     /// Sets the name announced in `Welcome`. Default `"peerwire"`.
-    pub fn name(&mut self, name: impl Into<String>) -> &mut Self {
+    pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// Sets the limits. Default [`Limits::default()`].
-    pub fn limits(&mut self, limits: Limits) -> &mut Self {
+    pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
     }
 
     /// Sets who may connect. Default [`AccessPolicy::own_uid`]: only the server's own uid.
-    pub fn access_policy(&mut self, policy: AccessPolicy) -> &mut Self {
+    pub fn access_policy(mut self, policy: AccessPolicy) -> Self {
         self.policy = policy;
         self
     }
@@ -173,7 +174,7 @@ impl ServerBuilder {
     /// Runs TLS 1.3 on every connection, after the access policy and before `Hello` (see
     /// [`peerwire_security::tls`]). Default: no TLS. A failed TLS handshake closes that
     /// connection with a log line naming the peer; nothing else is affected.
-    pub fn tls(&mut self, tls: ServerTls) -> &mut Self {
+    pub fn tls(mut self, tls: ServerTls) -> Self {
         self.tls = Some(Arc::new(tls));
         self
     }
@@ -182,14 +183,14 @@ impl ServerBuilder {
     /// or with one that is malformed, forged, expired, replayed or for another peer, is
     /// answered `Reject(UNAUTHENTICATED)` with the reason. Use with TLS (`ServerAuth`) so the
     /// token and the session stay confidential (R10).
-    pub fn require_tokens(&mut self, verifier: Verifier) -> &mut Self {
+    pub fn require_tokens(mut self, verifier: Verifier) -> Self {
         self.tokens = Some(Arc::new(std::sync::Mutex::new(Some(verifier))));
         self
     }
 
     /// Declares what happens to `topic`'s events when a subscriber does not read: see
     /// [`SlowConsumerPolicy`]. Default `Disconnect`. Whatever the policy, a push never waits.
-    pub fn topic_policy(&mut self, topic: &str, policy: SlowConsumerPolicy) -> &mut Self {
+    pub fn topic_policy(mut self, topic: &str, policy: SlowConsumerPolicy) -> Self {
         if let Err(source) = names::namespace_of(topic) {
             self.errors.push(ConfigProblem::Name {
                 name: topic.to_owned(),
@@ -203,14 +204,14 @@ impl ServerBuilder {
     /// Deliberately opens the socket to a group: its directory becomes 0750 and the socket
     /// 0660, both owned by `gid`. Default: none (0700 and 0600). File permissions only decide
     /// who can reach the socket; the access policy still decides who is admitted.
-    pub fn socket_group(&mut self, gid: u32) -> &mut Self {
+    pub fn socket_group(mut self, gid: u32) -> Self {
         self.socket_group = Some(gid);
         self
     }
 
     /// Declares the versions of a namespace the server speaks. A namespace used by a handler
     /// and never declared is spoken at version 1.
-    pub fn namespace(&mut self, namespace: &str, versions: &[u32]) -> &mut Self {
+    pub fn namespace(mut self, namespace: &str, versions: &[u32]) -> Self {
         if !names::validate_namespace(namespace) || namespace == peerwire_proto::RESERVED_NAMESPACE
         {
             self.errors
@@ -250,7 +251,7 @@ impl ServerBuilder {
     /// Registers a handler for the method `name` (`namespace.Name`). The request payload is
     /// decoded as `Req`; a payload that does not decode is answered `INVALID_ARGUMENT`. The
     /// handler is cancelled (dropped) when the request's deadline passes or the client cancels.
-    pub fn method<Req, Resp, F, Fut>(&mut self, name: &str, handler: F) -> &mut Self
+    pub fn method<Req, Resp, F, Fut>(self, name: &str, handler: F) -> Self
     where
         Req: Message + Default + 'static,
         Resp: Message + 'static,
@@ -264,7 +265,7 @@ impl ServerBuilder {
     /// without protobuf decoding or encoding: for bulk data (images, audio buffers) the payload
     /// is neither copied on the way in (it shares the read buffer) nor on the way out (a large
     /// payload is written from its own buffer). Otherwise like [`ServerBuilder::method`].
-    pub fn raw_method<F, Fut>(&mut self, name: &str, handler: F) -> &mut Self
+    pub fn raw_method<F, Fut>(self, name: &str, handler: F) -> Self
     where
         F: Fn(RequestContext, Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Bytes, Status>> + Send + 'static,
@@ -274,7 +275,7 @@ impl ServerBuilder {
         self.add_method(name, f)
     }
 
-    fn add_method(&mut self, name: &str, f: router::MethodFn) -> &mut Self {
+    fn add_method(mut self, name: &str, f: router::MethodFn) -> Self {
         if self.check_name(name) && self.router.methods.insert(name.to_owned(), f).is_some() {
             self.errors
                 .push(ConfigProblem::DuplicateMethod(name.to_owned()));
@@ -284,7 +285,7 @@ impl ServerBuilder {
 
     /// Registers a handler for one-way events (client notifications) on `topic`. Events of one
     /// connection are handled one at a time, in the order they were sent.
-    pub fn on_event<M, F, Fut>(&mut self, topic: &str, handler: F) -> &mut Self
+    pub fn on_event<M, F, Fut>(mut self, topic: &str, handler: F) -> Self
     where
         M: Message + Default + 'static,
         F: Fn(ConnectionContext, M) -> Fut + Send + Sync + 'static,

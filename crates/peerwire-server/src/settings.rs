@@ -469,16 +469,16 @@ impl ServerConfig {
     /// (identity files and the token secret are read now).
     pub fn builder(&self) -> Result<ServerBuilder, ConfigError> {
         let mut builder = Server::builder(&self.socket);
-        builder.limits(self.limits()?).access_policy(self.policy()?);
+        builder = builder.limits(self.limits()?).access_policy(self.policy()?);
         if let Some(g) = &self.socket_group {
-            builder.socket_group(resolve_gid("socket_group", g)?);
+            builder = builder.socket_group(resolve_gid("socket_group", g)?);
         }
         let mode = self.tls_mode()?;
         if let Some(dir) = &self.tls.identity {
             if let Some(tls) = ServerTls::from_dir(dir, mode)
                 .map_err(|e| invalid("tls.identity", e.to_string()))?
             {
-                builder.tls(tls);
+                builder = builder.tls(tls);
             }
             if self.tls.require_token {
                 let server = dir.join("server");
@@ -496,7 +496,7 @@ impl ServerConfig {
                     peerwire_security::token::DEFAULT_CAPACITY,
                 )
                 .map_err(|e| invalid("tls.require_token", e.to_string()))?;
-                builder.require_tokens(verifier);
+                builder = builder.require_tokens(verifier);
             }
         }
         Ok(builder)

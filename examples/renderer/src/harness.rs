@@ -51,19 +51,19 @@ pub fn display_server(
 ) -> anyhow::Result<(ServerBuilder, Received)> {
     let received = Received::default();
     let mut b = Server::builder(path);
-    b.name("renderer-test-display-server");
+    b = b.name("renderer-test-display-server");
     for ns in peerwire_examples::NAMESPACES {
-        b.namespace(ns, &[1]);
+        b = b.namespace(ns, &[1]);
     }
-    b.topic_policy(TOPIC_STATE, SlowConsumerPolicy::KeepLatest);
-    b.topic_policy(TOPIC_RENDER, SlowConsumerPolicy::KeepLatest);
+    b = b.topic_policy(TOPIC_STATE, SlowConsumerPolicy::KeepLatest);
+    b = b.topic_policy(TOPIC_RENDER, SlowConsumerPolicy::KeepLatest);
     if let Some(dir) = identity {
         if let Some(tls) = ServerTls::from_dir(dir, TlsMode::Mutual)? {
-            b.tls(tls);
+            b = b.tls(tls);
         }
     }
     let r = received.clone();
-    b.method(
+    b = b.method(
         "session_setup.Initialize",
         move |_ctx, req: InitializeRequest| {
             r.push(format!("initialize {}x{}", req.width, req.height));
@@ -80,7 +80,7 @@ pub fn display_server(
         },
     );
     let r = received.clone();
-    b.method(
+    b = b.method(
         "window_manager.SetVisibleWindows",
         move |_ctx, req: WindowReport| {
             for w in &req.windows {
@@ -93,7 +93,7 @@ pub fn display_server(
             }
         },
     );
-    b.method(
+    b = b.method(
         "system.GetState",
         |_ctx, _req: GetStateRequest| async move {
             Ok::<_, Status>(SystemState {
@@ -103,7 +103,7 @@ pub fn display_server(
         },
     );
     let r = received.clone();
-    b.on_event(
+    b = b.on_event(
         "session_setup.ClientInitialized",
         move |_ctx, _ev: ClientInitialized| {
             r.push("initialized".into());
@@ -111,7 +111,7 @@ pub fn display_server(
         },
     );
     let r = received.clone();
-    b.on_event("interaction_manager.Key", move |_ctx, ev: KeyEvent| {
+    b = b.on_event("interaction_manager.Key", move |_ctx, ev: KeyEvent| {
         let key = KeyCode::try_from(ev.key).map_or_else(
             |_| format!("#{}", ev.key),
             |k| k.as_str_name().trim_start_matches("KEY_CODE_").to_owned(),
@@ -123,7 +123,7 @@ pub fn display_server(
         async {}
     });
     let r = received.clone();
-    b.on_event("interaction_manager.Touch", move |_ctx, ev: TouchEvent| {
+    b = b.on_event("interaction_manager.Touch", move |_ctx, ev: TouchEvent| {
         r.push(format!("touch {},{} {}", ev.x, ev.y, ev.element));
         async {}
     });

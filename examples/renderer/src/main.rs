@@ -196,7 +196,7 @@ fn demo(out: Option<PathBuf>, (width, height): (u32, u32)) -> anyhow::Result<()>
         if let Some(tls) =
             peerwire_server::ServerTls::from_dir(&identity, peerwire_server::TlsMode::Mutual)?
         {
-            b.tls(tls);
+            b = b.tls(tls);
         }
         let server = b.bind()?;
         let handle = server.handle();

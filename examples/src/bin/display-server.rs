@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
         if let Some(tls) =
             peerwire_server::ServerTls::from_dir(dir, peerwire_server::TlsMode::Mutual)?
         {
-            builder.tls(tls);
+            builder = builder.tls(tls);
         }
     }
     let server = builder.bind()?;

@@ -106,7 +106,7 @@ fn embedded_server(
     }
     ready.runtime()?.block_on(async {
         let mut builder = Server::builder(&socket);
-        builder
+        builder = builder
             .name("embedded-server")
             .namespace("echo", &[1])
             .method("echo.Echo", |_ctx, req: Vec<u8>| async move {
