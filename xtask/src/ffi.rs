@@ -78,18 +78,8 @@ pub(crate) fn run(root: &Path, bless: bool) -> anyhow::Result<()> {
     })?;
     step("C++ server, Rust client (mutual TLS)", || {
         let socket = scratch.join("cpp/display.sock");
-        let mut server = Command::new(build.join("display-server-cpp"));
-        server
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--identity")
-            .arg(&identity);
-        let mut client = Command::new(release.join("display-client"));
-        client
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--identity")
-            .arg(&identity);
+        let server = display_end(build.join("display-server-cpp"), &socket, &identity);
+        let client = display_end(release.join("display-client"), &socket, &identity);
         converse(
             server,
             client,
@@ -113,18 +103,8 @@ pub(crate) fn run(root: &Path, bless: bool) -> anyhow::Result<()> {
     })?;
     step("Rust server, C client (mutual TLS)", || {
         let socket = scratch.join("rust/display.sock");
-        let mut server = Command::new(release.join("display-server"));
-        server
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--identity")
-            .arg(&identity);
-        let mut client = Command::new(build.join("display-client-c"));
-        client
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--identity")
-            .arg(&identity);
+        let server = display_end(release.join("display-server"), &socket, &identity);
+        let client = display_end(build.join("display-client-c"), &socket, &identity);
         converse(
             server,
             client,
@@ -487,4 +467,14 @@ fn valgrind(build: &Path, scratch: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One end of the display conversation: `program --socket SOCKET --identity IDENTITY`.
+fn display_end(program: PathBuf, socket: &Path, identity: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.arg("--socket")
+        .arg(socket)
+        .arg("--identity")
+        .arg(identity);
+    cmd
 }

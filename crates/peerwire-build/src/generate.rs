@@ -107,10 +107,15 @@ fn server(buf: &mut String, service: &Service, rpcs: &[Rpc<'_>], shouty: &str) {
         &format!("The server side of the `{}` service.", service.proto_name),
         "",
     ));
+    let publisher = if rpcs.iter().any(|r| r.kind == Kind::Topic) {
+        format!(" Its topics are pushed with [`{name}Publisher`].")
+    } else {
+        String::new()
+    };
     let _ = write!(
         buf,
         "///\n/// Implement it on a struct holding the service's state and register it with \
-         [`add_{snake}`]. Topics are pushed with [`{name}Publisher`] when the service has any.\n\
+         [`add_{snake}`].{publisher}\n\
          pub trait {name}: Send + Sync + 'static {{\n"
     );
     let fut = "impl ::core::future::Future<Output =";
