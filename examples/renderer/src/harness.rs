@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use peerwire_examples::display::{
     ClientInitialized, GetStateRequest, InitializeRequest, InitializeResponse, KeyCode, KeyEvent,
-    State, SystemState, TouchEvent, WindowAck, WindowReport,
+    State, SystemState, TouchEvent, WindowAck, WindowReport, interaction_manager_names,
+    session_setup_names, system_names, window_manager_names,
 };
 use peerwire_server::{
     Server, ServerBuilder, ServerHandle, ServerTls, SlowConsumerPolicy, Status, TlsMode,
@@ -64,7 +65,7 @@ pub fn display_server(
     }
     let r = received.clone();
     b = b.method(
-        "session_setup.Initialize",
+        session_setup_names::INITIALIZE,
         move |_ctx, req: InitializeRequest| {
             r.push(format!("initialize {}x{}", req.width, req.height));
             async move {
@@ -81,7 +82,7 @@ pub fn display_server(
     );
     let r = received.clone();
     b = b.method(
-        "window_manager.SetVisibleWindows",
+        window_manager_names::SET_VISIBLE_WINDOWS,
         move |_ctx, req: WindowReport| {
             for w in &req.windows {
                 r.push(format!("window {}x{}", w.width, w.height));
@@ -94,7 +95,7 @@ pub fn display_server(
         },
     );
     b = b.method(
-        "system.GetState",
+        system_names::GET_STATE,
         |_ctx, _req: GetStateRequest| async move {
             Ok::<_, Status>(SystemState {
                 state: State::Idle as i32,
@@ -104,14 +105,14 @@ pub fn display_server(
     );
     let r = received.clone();
     b = b.on_event(
-        "session_setup.ClientInitialized",
+        session_setup_names::CLIENT_INITIALIZED,
         move |_ctx, _ev: ClientInitialized| {
             r.push("initialized".into());
             async {}
         },
     );
     let r = received.clone();
-    b = b.on_event("interaction_manager.Key", move |_ctx, ev: KeyEvent| {
+    b = b.on_event(interaction_manager_names::KEY, move |_ctx, ev: KeyEvent| {
         let key = KeyCode::try_from(ev.key).map_or_else(
             |_| format!("#{}", ev.key),
             |k| k.as_str_name().trim_start_matches("KEY_CODE_").to_owned(),
@@ -123,10 +124,13 @@ pub fn display_server(
         async {}
     });
     let r = received.clone();
-    b = b.on_event("interaction_manager.Touch", move |_ctx, ev: TouchEvent| {
-        r.push(format!("touch {},{} {}", ev.x, ev.y, ev.element));
-        async {}
-    });
+    b = b.on_event(
+        interaction_manager_names::TOUCH,
+        move |_ctx, ev: TouchEvent| {
+            r.push(format!("touch {},{} {}", ev.x, ev.y, ev.element));
+            async {}
+        },
+    );
     Ok((b, received))
 }
 

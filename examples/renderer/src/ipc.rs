@@ -19,8 +19,8 @@ use std::time::Duration;
 use anyhow::Context;
 use peerwire_client::{Backoff, Client, ClientTls, EventStream, TlsMode};
 use peerwire_examples::display::{
-    ClientInitialized, InitializeRequest, InitializeResponse, KeyCode, KeyEvent, TouchEvent,
-    Window, WindowAck, WindowReport,
+    ClientInitialized, InitializeRequest, InteractionManagerClient, KeyCode, KeyEvent,
+    SessionSetupClient, TouchEvent, Window, WindowManagerClient, WindowReport,
 };
 use peerwire_proto::METHOD_SUBSCRIBE;
 use peerwire_proto::v1::{SubscribeRequest, SubscribeResponse};
@@ -173,19 +173,17 @@ async fn initialize(
     opts: &ConnectOptions,
     events: &mut Option<EventStream>,
 ) -> anyhow::Result<String> {
-    let init: InitializeResponse = client
-        .call(
-            "session_setup.Initialize",
-            &InitializeRequest {
-                renderer: "peerwire-renderer (OpenGL)".into(),
-                width: opts.width,
-                height: opts.height,
-                supported_templates: SUPPORTED_TEMPLATES
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect(),
-            },
-        )
+    let setup = SessionSetupClient::new(client.clone())?;
+    let init = setup
+        .initialize(&InitializeRequest {
+            renderer: "peerwire-renderer (OpenGL)".into(),
+            width: opts.width,
+            height: opts.height,
+            supported_templates: SUPPORTED_TEMPLATES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        })
         .await?;
     // Only the topics this renderer draws, whatever else the server offers.
     let topics: Vec<&str> = init
@@ -232,13 +230,10 @@ async fn initialize(
         },
     )
     .await?;
-    client
-        .notify(
-            "session_setup.ClientInitialized",
-            &ClientInitialized {
-                renderer_version: env!("CARGO_PKG_VERSION").into(),
-            },
-        )
+    setup
+        .client_initialized(&ClientInitialized {
+            renderer_version: env!("CARGO_PKG_VERSION").into(),
+        })
         .await?;
     Ok(init.assistant_name)
 }
@@ -246,33 +241,27 @@ async fn initialize(
 async fn send(client: &Client, out: Outbound) -> anyhow::Result<()> {
     match out {
         Outbound::Key { key, pressed } => {
-            client
-                .notify(
-                    "interaction_manager.Key",
-                    &KeyEvent {
-                        key: key as i32,
-                        pressed,
-                    },
-                )
+            InteractionManagerClient::new(client.clone())?
+                .key(&KeyEvent {
+                    key: key as i32,
+                    pressed,
+                })
                 .await?
         }
         Outbound::Touch { x, y, element } => {
-            client
-                .notify("interaction_manager.Touch", &TouchEvent { x, y, element })
+            InteractionManagerClient::new(client.clone())?
+                .touch(&TouchEvent { x, y, element })
                 .await?
         }
         Outbound::Window { width, height } => {
-            let _: WindowAck = client
-                .call(
-                    "window_manager.SetVisibleWindows",
-                    &WindowReport {
-                        windows: vec![Window {
-                            id: "main".into(),
-                            width,
-                            height,
-                        }],
-                    },
-                )
+            WindowManagerClient::new(client.clone())?
+                .set_visible_windows(&WindowReport {
+                    windows: vec![Window {
+                        id: "main".into(),
+                        width,
+                        height,
+                    }],
+                })
                 .await?;
         }
     }

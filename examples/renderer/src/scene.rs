@@ -7,17 +7,18 @@
 
 use peerwire_client::EventMessage;
 use peerwire_examples::display::{
-    AlexaState, AuthorizationCode, ClearTemplate, RenderTemplate, State,
+    AlexaState, AuthorizationCode, ClearTemplate, RenderTemplate, State, system_names,
+    template_runtime_names,
 };
 
 /// Topic of the assistant's attention state.
-pub const TOPIC_STATE: &str = "system.SetAlexaState";
+pub const TOPIC_STATE: &str = system_names::SET_ALEXA_STATE;
 /// Topic of the sign-in code.
-pub const TOPIC_AUTHORIZATION: &str = "system.CompleteAuthorization";
+pub const TOPIC_AUTHORIZATION: &str = system_names::COMPLETE_AUTHORIZATION;
 /// Topic of template rendering.
-pub const TOPIC_RENDER: &str = "template_runtime.RenderTemplate";
+pub const TOPIC_RENDER: &str = template_runtime_names::RENDER_TEMPLATE;
 /// Topic of template clearing.
-pub const TOPIC_CLEAR: &str = "template_runtime.ClearTemplate";
+pub const TOPIC_CLEAR: &str = template_runtime_names::CLEAR_TEMPLATE;
 
 /// Longest title or list item, in characters.
 pub const MAX_TITLE_CHARS: usize = 120;
