@@ -811,21 +811,9 @@ pub struct peerwire_stats {
     pub limit_hits: u64,
 }
 
-/// Copies the server's counters into `*stats`.
-///
-/// # Safety
-/// `server` is a live server; `stats` points to writable memory for a `peerwire_stats`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn peerwire_server_stats(
-    server: *const peerwire_server,
-    stats: *mut peerwire_stats,
-) -> peerwire_status {
-    boundary("peerwire_server_stats", || {
-        // SAFETY: a live server (this function's contract).
-        let s = unsafe { handle::borrow(server) }?;
-        raw::out_ok(stats, "stats")?;
-        let t = s.handle.stats();
-        let out = peerwire_stats {
+impl From<&::peerwire_server::Stats> for peerwire_stats {
+    fn from(t: &::peerwire_server::Stats) -> Self {
+        Self {
             connections: t.connections,
             accepted: t.accepted,
             denied: t.denied,
@@ -843,7 +831,25 @@ pub unsafe extern "C" fn peerwire_server_stats(
             events_dropped: t.events_dropped,
             limit_refusals: t.limit_refusals,
             limit_hits: t.limit_hits,
-        };
+        }
+    }
+}
+
+/// Copies the server's counters into `*stats`.
+///
+/// # Safety
+/// `server` is a live server; `stats` points to writable memory for a `peerwire_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn peerwire_server_stats(
+    server: *const peerwire_server,
+    stats: *mut peerwire_stats,
+) -> peerwire_status {
+    boundary("peerwire_server_stats", || {
+        // SAFETY: a live server (this function's contract).
+        let s = unsafe { handle::borrow(server) }?;
+        raw::out_ok(stats, "stats")?;
+        let t = s.handle.stats();
+        let out = peerwire_stats::from(&t);
         // SAFETY: not NULL (checked) and writable (this function's contract).
         unsafe { raw::write(stats, out) };
         Ok(())
@@ -1028,4 +1034,40 @@ pub unsafe extern "C" fn peerwire_responder_free(
         // SAFETY: a live responder the caller gives up (this function's contract).
         unsafe { handle::take(responder) }.map(drop)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::peerwire_stats;
+
+    /// The C struct cannot be generated from the server's one list of counters (cbindgen reads
+    /// it as written), so this checks that it carries every counter, each in its own field: a
+    /// counter added to the server and not here fails.
+    #[test]
+    fn the_c_stats_carry_every_counter_of_the_server() {
+        // Every field of the wire message set to a distinct value, without naming one.
+        let named = ::peerwire_server::Stats::default().named().len();
+        let mut wire = vec![];
+        for tag in 1..=named as u64 {
+            prost::encoding::encode_key(tag as u32, prost::encoding::WireType::Varint, &mut wire);
+            prost::encoding::encode_varint(tag * 10, &mut wire);
+        }
+        let stats = ::peerwire_server::Stats::from_wire(
+            &peerwire_proto::v1::ServerStats::decode(wire.as_slice()).unwrap(),
+        );
+        let mut want: Vec<u64> = stats.named().into_iter().map(|(_, v)| v).collect();
+        want.sort_unstable();
+        assert_eq!(want, (1..=named as u64).map(|t| t * 10).collect::<Vec<_>>());
+        let c = peerwire_stats::from(&stats);
+        assert_eq!(std::mem::size_of::<peerwire_stats>(), 8 * named);
+        // SAFETY: peerwire_stats is #[repr(C)] with only u64 fields (its size checked above),
+        // so it is `named` u64s in a row, aligned for u64.
+        let fields =
+            unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&c).cast::<u64>(), named) };
+        let mut got = fields.to_vec();
+        got.sort_unstable();
+        assert_eq!(got, want);
+    }
 }
