@@ -12,16 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
-static void die(const char *what, peerwire_status s) {
-    fprintf(stderr, "lifecycle: %s: %s: %s\n", what, peerwire_status_name(s), peerwire_last_error());
-    exit(1);
-}
-
-#define CHECK(what, expr)                        \
-    do {                                         \
-        peerwire_status s_ = (expr);             \
-        if (s_ != PEERWIRE_OK) die((what), s_);  \
-    } while (0)
+#define PROGRAM "lifecycle"
+#include "check.h"
 
 static void echo(void *user_data, const peerwire_peer_info *peer, const uint8_t *req, size_t len,
                  peerwire_responder *responder) {

@@ -16,18 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#define PROGRAM "stress"
+#include "check.h"
+
 static long n_total = 10000;
-
-static void die(const char *what, peerwire_status s) {
-    fprintf(stderr, "stress: %s: %s: %s\n", what, peerwire_status_name(s), peerwire_last_error());
-    exit(1);
-}
-
-#define CHECK(what, expr)                        \
-    do {                                         \
-        peerwire_status s_ = (expr);             \
-        if (s_ != PEERWIRE_OK) die((what), s_);  \
-    } while (0)
 
 /* Responders handed to a thread of ours, answered from there. */
 #define LATER_MAX 64
