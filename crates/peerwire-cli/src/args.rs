@@ -59,6 +59,10 @@ pub(crate) enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Start Chromium on the web display client as the display user, trusting only the
+    /// device's server certificate, and hand the page fresh session tokens over the DevTools
+    /// pipe (never argv, the environment, a file or the URL). Runs until the browser exits.
+    LaunchBrowser(LaunchBrowserArgs),
     /// Sealed and plain configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -148,6 +152,47 @@ pub(crate) struct MintArgs {
     /// root minting with the service user's device secret names that user. Default: you.
     #[arg(long = "server-user", value_name = "USER")]
     pub(crate) server_user: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct LaunchBrowserArgs {
+    /// Identity directory made by `peerwire init` (its server/token.key mints the tokens, its
+    /// server/cert.pem is the one certificate the browser trusts).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) identity: PathBuf,
+    /// The user (uid or name) that owns the identity's server/ directory, when it is not you.
+    #[arg(long = "server-user", value_name = "USER")]
+    pub(crate) server_user: Option<String>,
+    /// The server's WebSocket endpoint (`peerwire serve --ws-listen`), e.g. 127.0.0.1:7443.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) ws: std::net::SocketAddr,
+    /// The display user the browser runs as (uid or name; never root).
+    #[arg(long, value_name = "USER")]
+    pub(crate) user: String,
+    /// The page; default https://ADDR/ (the server's web root).
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+    /// Lifetime of each token, e.g. 30s (at most 10m).
+    #[arg(long, default_value = "30s", value_parser = parse_ttl)]
+    pub(crate) ttl: Duration,
+    /// The Chromium binary.
+    #[arg(long, default_value = crate::browser::CHROMIUM)]
+    pub(crate) chromium: PathBuf,
+    /// No window (tests, screenshots).
+    #[arg(long)]
+    pub(crate) headless: bool,
+    /// Full screen, no browser controls (otherwise an app window).
+    #[arg(long, conflicts_with = "headless")]
+    pub(crate) kiosk: bool,
+    /// Run without Chromium's sandbox (only where the display user cannot create user
+    /// namespaces).
+    #[arg(long)]
+    pub(crate) no_sandbox: bool,
+    /// Window width and height.
+    #[arg(long, default_value_t = 1280)]
+    pub(crate) width: u32,
+    #[arg(long, default_value_t = 800)]
+    pub(crate) height: u32,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {

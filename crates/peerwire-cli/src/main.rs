@@ -41,10 +41,12 @@ macro_rules! say {
 
 mod args;
 mod audit;
+mod browser;
 mod config;
 mod demo;
 mod init;
 mod launch;
+mod launch_browser;
 mod ping;
 mod serve;
 mod stats;
@@ -80,6 +82,8 @@ fn run() -> anyhow::Result<()> {
     // The server drops its privileges before any thread exists: no runtime yet.
     let cli = match cli.command {
         Command::Serve(args) => return serve::main(*args),
+        // Blocking DevTools I/O on threads of its own: no runtime either.
+        Command::LaunchBrowser(args) => return launch_browser::run(&args),
         command => Cli { command },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -96,6 +100,7 @@ fn run() -> anyhow::Result<()> {
             } => audit::run(&socket, socket_group.as_deref(), user.as_deref()),
             Command::Token(TokenCommand::Mint(args)) => token::mint(&args),
             Command::Launch { mint, command } => launch::run(&mint, &command).await,
+            Command::LaunchBrowser(_) => bail!("launch-browser runs outside the shared runtime"),
             Command::Config(cmd) => config::run(cmd),
             Command::Stats { socket, tls } => stats::run(&socket, &tls).await,
         }

@@ -1,0 +1,70 @@
+//! `peerwire launch-browser`: Chromium on the web display client, as the display user, trusting
+//! only the device's server certificate, with fresh session tokens handed to the page over the
+//! DevTools pipe (see [`crate::browser`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::args::{LaunchBrowserArgs, MintArgs};
+use crate::browser::{DisplayUser, Launch, spki_pin};
+
+/// What a WebSocket session token is bound to in place of a socket path: the endpoint's URL
+/// (`wss://ADDR/peerwire`, ADDR as `SocketAddr` displays it).
+pub(crate) fn ws_binding(addr: SocketAddr) -> PathBuf {
+    PathBuf::from(format!("wss://{addr}/peerwire"))
+}
+
+pub(crate) fn run(args: &LaunchBrowserArgs) -> anyhow::Result<()> {
+    let user = DisplayUser::lookup(&args.user)?;
+    if user.uid == 0 {
+        bail!("refusing to run the browser as root: give --user the display user");
+    }
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}/", args.ws));
+    let mint = MintArgs {
+        identity: args.identity.clone(),
+        for_uid: user.uid.to_string(),
+        socket: ws_binding(args.ws),
+        exe: None,
+        ttl: args.ttl,
+        server_user: args.server_user.clone(),
+    };
+    let pin = spki_pin(&args.identity.join("server").join("cert.pem"))?;
+    let launch = Launch {
+        chromium: args.chromium.clone(),
+        url: url.clone(),
+        user,
+        spki_pin: Some(pin),
+        headless: args.headless,
+        kiosk: args.kiosk,
+        sandbox: !args.no_sandbox,
+        window: (args.width, args.height),
+    };
+    let mut browser = launch.start().context("starting the browser")?;
+    eprintln!(
+        "peerwire launch-browser: Chromium on {url} as uid {}, trusting only the server key {}",
+        launch.user.uid,
+        launch.spki_pin.as_deref().unwrap_or_default()
+    );
+    let mut minter = || mint.mint();
+    loop {
+        if let Some(status) = browser.exited()? {
+            eprintln!(
+                "peerwire launch-browser: the browser exited ({status}) after {} token(s)",
+                browser.tokens_delivered()
+            );
+            return Ok(());
+        }
+        if let Err(e) = browser.pump(Duration::from_millis(500), &mut minter) {
+            // The pipe closes when Chromium exits; report its status if it has.
+            if browser.exited()?.is_none() {
+                return Err(e);
+            }
+        }
+    }
+}
