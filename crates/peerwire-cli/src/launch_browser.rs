@@ -18,6 +18,17 @@ pub(crate) fn ws_binding(addr: SocketAddr) -> PathBuf {
 }
 
 pub(crate) fn run(args: &LaunchBrowserArgs) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    // SIGTERM, SIGINT and SIGHUP end the loop below, so the browser is stopped and its profile
+    // removed. Blocked before any thread starts (each inherits the mask; the browser does not:
+    // a spawned child starts with an empty mask).
+    let mut stop = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        stop.add(sig);
+    }
+    stop.thread_block()?;
+    let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
     let user = DisplayUser::lookup(&args.user)?;
     if user.uid == 0 {
         bail!("refusing to run the browser as root: give --user the display user");
@@ -53,6 +64,13 @@ pub(crate) fn run(args: &LaunchBrowserArgs) -> anyhow::Result<()> {
     );
     let mut minter = || mint.mint();
     loop {
+        if let Some(sig) = signals.read_signal()? {
+            eprintln!(
+                "peerwire launch-browser: signal {}: stopping the browser",
+                sig.ssi_signo
+            );
+            return Ok(());
+        }
         if let Some(status) = browser.exited()? {
             eprintln!(
                 "peerwire launch-browser: the browser exited ({status}) after {} token(s)",
