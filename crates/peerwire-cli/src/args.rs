@@ -293,6 +293,33 @@ pub(crate) struct ServeArgs {
     /// Run as root without --user (not for production: logs a loud warning).
     #[arg(long, conflicts_with = "user")]
     pub(crate) allow_root: bool,
+    #[command(flatten)]
+    pub(crate) ws: WsArgs,
+}
+
+/// The WebSocket endpoint of `peerwire serve` (R16; `[websocket]` in a configuration file).
+#[derive(clap::Args)]
+pub(crate) struct WsArgs {
+    /// Also serve the WebSocket transport on this loopback address (`127.0.0.1:7443`,
+    /// `[::1]:7443`), TLS 1.3 with --identity's server certificate; upgrades need an allowed
+    /// Origin and a session token minted for wss://ADDR/peerwire.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with = "config",
+        requires = "identity"
+    )]
+    pub(crate) ws_listen: Option<String>,
+    /// A page origin allowed to connect, matched exactly (repeatable), e.g.
+    /// `https://127.0.0.1:7443`.
+    #[arg(long = "ws-origin", value_name = "ORIGIN", requires = "ws_listen")]
+    pub(crate) ws_origin: Vec<String>,
+    /// Files served beside the WebSocket endpoint (loaded at start).
+    #[arg(long, value_name = "DIR", requires = "ws_listen")]
+    pub(crate) web_root: Option<PathBuf>,
+    /// Also require the pinned client certificate on the WebSocket endpoint.
+    #[arg(long, requires = "ws_listen")]
+    pub(crate) ws_mutual_tls: bool,
 }
 
 #[derive(clap::Args)]

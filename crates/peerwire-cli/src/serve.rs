@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use peerwire_examples::echo;
 use peerwire_server::daemon::{self, Daemon, DaemonError, RunningAs};
-use peerwire_server::settings::{AccessSection, LimitsSection, ServerConfig, TlsSection};
+use peerwire_server::settings::{
+    AccessSection, LimitsSection, ServerConfig, TlsSection, WebSocketSection,
+};
 use peerwire_server::{RequestContext, Status};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -32,6 +34,7 @@ pub(crate) fn main(args: ServeArgs) -> anyhow::Result<()> {
         groups,
         keep_caps,
         allow_root,
+        ws,
     } = args;
     // Flags or a file: either way one ServerConfig, validated and turned into a builder the
     // same way.
@@ -54,6 +57,12 @@ pub(crate) fn main(args: ServeArgs) -> anyhow::Result<()> {
                 shutdown_grace_ms: Some(grace_ms),
                 ..Default::default()
             },
+            websocket: ws.ws_listen.map(|listen| WebSocketSection {
+                listen,
+                allow_origins: ws.ws_origin,
+                web_root: ws.web_root,
+                mutual_tls: ws.ws_mutual_tls,
+            }),
         },
     };
     let mut start = Daemon::new(&config.socket);
@@ -129,6 +138,9 @@ async fn serve(config: ServerConfig, tick_ms: u64, tick_message: String) -> anyh
         "peerwire serve: listening on {} (TLS: {mode})",
         socket.display()
     );
+    if let Some(addr) = server.ws_addr() {
+        eprintln!("peerwire serve: WebSocket endpoint wss://{addr}/peerwire");
+    }
     let tick = Duration::from_millis(tick_ms.max(1));
     let ticker = echo::EchoPublisher::new(handle.clone());
     let running = handle.clone();

@@ -202,6 +202,7 @@ pub unsafe extern "C" fn peerwire_server_options_new(
             access: Default::default(),
             tls: Default::default(),
             limits: Default::default(),
+            websocket: None,
         };
         let p = handle::give(new_options(config));
         // SAFETY: `out` is not NULL (checked) and writable (this function's contract).

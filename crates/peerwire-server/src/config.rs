@@ -145,6 +145,9 @@ pub enum ConfigProblem {
     /// A token verifier moves into the first server built from a builder.
     #[error("the token verifier was already used by another server")]
     VerifierUsed,
+    /// The WebSocket endpoint (R16) cannot be set up.
+    #[error("{0}")]
+    WebSocket(#[source] crate::ws::WsConfigError),
 }
 
 #[cfg(test)]

@@ -56,6 +56,7 @@ mod registry;
 mod router;
 pub mod settings;
 mod socket;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -84,6 +85,7 @@ pub use peerwire_security::token::{Binding, DeviceSecret, Minter, Verifier};
 pub use policy::AccessPolicy;
 pub use registry::{PushError, Stats};
 pub use router::{ConnectionContext, ConnectionId, RequestContext};
+pub use ws::{WsConfigError, WsEndpoint, token_endpoint};
 
 use registry::{Shared, bump};
 use router::Router;
@@ -150,6 +152,7 @@ pub struct ServerBuilder {
     namespaces: BTreeMap<String, Vec<u32>>,
     router: Router,
     errors: Vec<ConfigProblem>,
+    ws: Option<WsEndpoint>,
 }
 
 impl ServerBuilder {
@@ -185,6 +188,15 @@ impl ServerBuilder {
     /// token and the session stay confidential (R10).
     pub fn require_tokens(mut self, verifier: Verifier) -> Self {
         self.tokens = Some(Arc::new(std::sync::Mutex::new(Some(verifier))));
+        self
+    }
+
+    /// Also serves the WebSocket transport (R16) on `endpoint`: the same methods, topics and
+    /// limits for a browser display client, over TLS 1.3 on a loopback port (see
+    /// `docs/protocol.md`, "WebSocket transport"). Needs an access policy without executable
+    /// rules (they cannot apply to a TCP peer).
+    pub fn websocket(mut self, endpoint: WsEndpoint) -> Self {
+        self.ws = Some(endpoint);
         self
     }
 
@@ -376,6 +388,10 @@ impl ServerBuilder {
         self.policy
             .prepare_listener(&listener, self.tokens.is_some())
             .map_err(|e| ConfigProblem::SenderCheck(Arc::new(e)))?;
+        let ws = match &self.ws {
+            None => None,
+            Some(ep) => Some(self.bind_ws(ep)?),
+        };
         let shared = Arc::new(Shared {
             name: self.name.clone(),
             limits: self.limits,
@@ -413,7 +429,54 @@ impl ServerBuilder {
             listener,
             guard: socket::SocketGuard::new(self.path.clone(), origin),
             shared,
+            ws,
         })
+    }
+
+    /// Checks the WebSocket endpoint against the rest of the configuration, loads its web root
+    /// and binds its port.
+    fn bind_ws(
+        &self,
+        ep: &WsEndpoint,
+    ) -> Result<(tokio::net::TcpListener, Arc<ws::WsShared>), ServerError> {
+        let problem = |e: WsConfigError| ServerError::from(ConfigProblem::WebSocket(e));
+        if self.policy.has_exes() {
+            return Err(problem(WsConfigError::ExeRules));
+        }
+        if ep.origins.is_empty() {
+            return Err(problem(WsConfigError::NoOrigin));
+        }
+        let tokens = ep
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| problem(WsConfigError::VerifierUsed))?;
+        let web = match &ep.web_root {
+            Some(dir) => ws::WebRoot::load(dir).map_err(problem)?,
+            None => ws::WebRoot::default(),
+        };
+        let listen_err = |e: std::io::Error| {
+            problem(WsConfigError::Listen {
+                addr: ep.listen,
+                reason: e.to_string(),
+            })
+        };
+        let listener = std::net::TcpListener::bind(ep.listen).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let addr = listener.local_addr().map_err(listen_err)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
+        Ok((
+            listener,
+            Arc::new(ws::WsShared {
+                addr,
+                origins: ep.origins.clone(),
+                web,
+                tls: ep.tls.clone(),
+                endpoint: token_endpoint(addr),
+                tokens: std::sync::Mutex::new(tokens),
+            }),
+        ))
     }
 }
 
@@ -422,6 +485,7 @@ pub struct Server {
     listener: UnixListener,
     guard: socket::SocketGuard,
     shared: Arc<Shared>,
+    ws: Option<(tokio::net::TcpListener, Arc<ws::WsShared>)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -448,12 +512,18 @@ impl Server {
             namespaces: BTreeMap::new(),
             router: Router::default(),
             errors: vec![],
+            ws: None,
         }
     }
 
     /// The socket path.
     pub fn path(&self) -> &Path {
         self.guard.path()
+    }
+
+    /// The address the WebSocket endpoint listens on (its port resolved), if it has one.
+    pub fn ws_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ws.as_ref().map(|(_, w)| w.addr)
     }
 
     /// A handle to push events, read statistics and shut the server down.
@@ -471,10 +541,14 @@ impl Server {
             listener,
             guard,
             shared,
+            ws,
         } = self;
         let tracker = TaskTracker::new();
         let mut reserve = fds::Reserve::new();
         tracing::info!(path = %guard.path().display(), "listening");
+        if let Some((_, w)) = &ws {
+            tracing::info!(addr = %w.addr, "listening for WebSocket connections (wss://{}/peerwire)", w.addr);
+        }
         notify::notify("READY=1");
         // Watchdog pings come from this loop: if it stalls, systemd notices and restarts us.
         let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
@@ -513,10 +587,30 @@ impl Server {
                     }
                     (Err(_), _) => break,
                 },
+                (permit, accepted) = async {
+                    let permit = shared.pre_admission.clone().acquire_owned().await;
+                    match &ws {
+                        Some((l, _)) => (permit, l.accept().await),
+                        None => std::future::pending().await,
+                    }
+                }, if ws.is_some() => match (permit, accepted, &ws) {
+                    (Ok(permit), Ok((stream, addr)), Some((_, w))) => {
+                        bump(&shared.counters.connections);
+                        tracker.spawn(conn::serve_ws(shared.clone(), w.clone(), stream, addr, permit));
+                    }
+                    (_, Err(e), _) => {
+                        shared.log_limit.log(u32::MAX, || tracing::warn!("WebSocket accept failed: {e}"));
+                        if matches!(e.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE)) {
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                    }
+                    _ => break,
+                },
             }
         }
         notify::notify("STOPPING=1");
         drop(listener);
+        drop(ws);
         drop(guard);
         tracing::info!("shutting down: {} connections open", shared.conns().len());
         tracker.close();

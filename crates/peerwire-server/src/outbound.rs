@@ -135,14 +135,36 @@ impl EventQueue {
     }
 }
 
-use peerwire_transport::plain::PlainWriter;
-use peerwire_transport::{FrameSink, SinkError, WRITE_BATCH};
+use peerwire_transport::{FrameSink, SinkError, SinkIo, WRITE_BATCH};
+
+/// What an [`Outbox`] needs of its connection's sink, whatever the socket under it (a Unix
+/// socket, plain or TLS, or a WebSocket): pushes reach every connection the same way.
+pub(crate) trait OutSink: Send + Sync {
+    /// See [`FrameSink::cork`].
+    fn cork(&self);
+    /// See [`FrameSink::uncork`].
+    fn uncork(&self);
+    /// See [`FrameSink::try_send`].
+    fn try_send(&self, frame: &Frame) -> Result<(), SinkError>;
+}
+
+impl<W: SinkIo> OutSink for FrameSink<W> {
+    fn cork(&self) {
+        FrameSink::cork(self);
+    }
+    fn uncork(&self) {
+        FrameSink::uncork(self);
+    }
+    fn try_send(&self, frame: &Frame) -> Result<(), SinkError> {
+        FrameSink::try_send(self, frame)
+    }
+}
 
 /// A connection's outbound side: the sending task writes its frame itself (through TLS, if the
 /// connection has it), unless earlier bytes are still waiting for the socket (then the writer
 /// task finishes them). Bounded in bytes and frames; never blocks.
 #[derive(Clone)]
-pub(crate) struct Outbox(pub(crate) Arc<FrameSink<PlainWriter>>);
+pub(crate) struct Outbox(pub(crate) Arc<dyn OutSink>);
 
 /// Why a frame could not be queued.
 pub(crate) enum Full {
@@ -239,10 +261,7 @@ impl<F: std::future::Future + ?Sized> std::future::Future for Batched<F> {
 /// the sink has written everything before them. So these events wait in the event queue, where their topic's policy applies,
 /// and never take the room that responses, pings and `Disconnect` events need in the sink.
 /// Returns when the sink is closed.
-pub(crate) async fn sink_loop(
-    sink: Arc<FrameSink<peerwire_transport::plain::PlainWriter>>,
-    events: Arc<EventQueue>,
-) {
+pub(crate) async fn sink_loop<W: SinkIo>(sink: Arc<FrameSink<W>>, events: Arc<EventQueue>) {
     let mut pending = Vec::new();
     let (max_bytes, max_frames) = sink.bounds();
     let (batch_bytes, batch_frames) = ((max_bytes / 4).min(WRITE_BATCH), (max_frames / 4).max(1));

@@ -156,6 +156,39 @@ impl AccessPolicy {
         by_uid || by_group
     }
 
+    /// A TCP peer (the WebSocket transport), known by its uid alone (from `sock_diag`): its
+    /// credentials (the primary group from its account, no pid) if the uid, its account's
+    /// primary group or one of its supplementary groups is allowed. Executable rules cannot
+    /// apply over TCP: a WebSocket endpoint is refused under a policy that has them.
+    pub(crate) fn admits_tcp_uid(&self, uid: u32) -> Result<PeerCredentials, String> {
+        let account = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten();
+        let gid = account.as_ref().map_or(u32::MAX, |u| u.gid.as_raw());
+        let peer = PeerCredentials {
+            uid,
+            gid,
+            pid: None,
+        };
+        let by_uid = self.uids.contains(&uid);
+        let by_group = !by_uid
+            && !self.gids.is_empty()
+            && account.is_some_and(|u| {
+                self.gids.contains(&gid)
+                    || std::ffi::CString::new(u.name.as_bytes()).is_ok_and(|name| {
+                        nix::unistd::getgrouplist(&name, u.gid)
+                            .is_ok_and(|g| g.iter().any(|g| self.gids.contains(&g.as_raw())))
+                    })
+            });
+        if by_uid || by_group {
+            Ok(peer)
+        } else {
+            Err(format!(
+                "peer uid {uid} is not allowed by the server's access policy"
+            ))
+        }
+    }
+
     /// With executables listed: whether the peer runs one of them (through a pidfd).
     fn check_exe(&self, stream: &UnixStream) -> Result<(), String> {
         if !self.exes.is_empty() {

@@ -39,6 +39,15 @@ identity = "/var/lib/peerwire/identity"
 # Require a one-time session token in every Hello (use with mode = "server-auth").
 require_token = false
 
+# The WebSocket transport for a browser display client (R16), beside the Unix socket: TLS 1.3
+# with the identity above on a loopback port; each upgrade needs an allowed Origin and a session
+# token (minted for wss://LISTEN/peerwire). Omit the section for none.
+# [websocket]
+# listen = "127.0.0.1:7443"
+# allow_origins = ["https://127.0.0.1:7443"]
+# web_root = "/usr/share/peerwire/web"   # files served beside the endpoint (optional)
+# mutual_tls = false                      # also require the pinned client certificate
+
 [limits]
 # All optional; the defaults are shown.
 max_frame_size = 16777216        # bytes, 1024 .. 268435456
@@ -146,6 +155,23 @@ impl Default for TlsSection {
     }
 }
 
+/// `[websocket]`: the WebSocket transport (R16).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSection {
+    /// The loopback address and port (`127.0.0.1:7443`, `[::1]:7443`).
+    pub listen: String,
+    /// Page origins allowed, exactly (`https://127.0.0.1:7443`).
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Files served beside the endpoint.
+    #[serde(default)]
+    pub web_root: Option<PathBuf>,
+    /// Require the pinned client certificate too.
+    #[serde(default)]
+    pub mutual_tls: bool,
+}
+
 /// `[limits]`; every field optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +212,9 @@ pub struct ServerConfig {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[websocket]`.
+    #[serde(default)]
+    pub websocket: Option<WebSocketSection>,
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -481,26 +510,73 @@ impl ServerConfig {
                 builder = builder.tls(tls);
             }
             if self.tls.require_token {
-                let server = dir.join("server");
-                let secret =
-                    peerwire_security::token::DeviceSecret::read(&server.join("token.key"))
-                        .map_err(|e| {
-                            invalid(
-                                "tls.identity",
-                                format!("{}: {e}", server.join("token.key").display()),
-                            )
-                        })?;
-                let verifier = peerwire_security::token::Verifier::new(
-                    &secret,
-                    &server.join("used-tokens"),
-                    peerwire_security::token::DEFAULT_CAPACITY,
-                )
-                .map_err(|e| invalid("tls.require_token", e.to_string()))?;
-                builder = builder.require_tokens(verifier);
+                builder =
+                    builder.require_tokens(verifier(dir, "used-tokens", "tls.require_token")?);
             }
+        }
+        if let Some(ws) = &self.websocket {
+            builder = builder.websocket(self.websocket_endpoint(ws)?);
         }
         Ok(builder)
     }
+
+    /// The `[websocket]` endpoint: the identity's server certificate and token secret, its
+    /// own replay record (`used-tokens-ws`).
+    fn websocket_endpoint(&self, ws: &WebSocketSection) -> Result<crate::WsEndpoint, ConfigError> {
+        let listen: std::net::SocketAddr = ws
+            .listen
+            .parse()
+            .map_err(|e| invalid("websocket.listen", format!("{:?}: {e}", ws.listen)))?;
+        let Some(dir) = &self.tls.identity else {
+            return Err(invalid(
+                "tls.identity",
+                "needed for the WebSocket endpoint's TLS and session tokens",
+            ));
+        };
+        let mode = if ws.mutual_tls {
+            TlsMode::Mutual
+        } else {
+            TlsMode::ServerAuth
+        };
+        let tls = ServerTls::from_dir(dir, mode)
+            .map_err(|e| invalid("tls.identity", e.to_string()))?
+            .ok_or_else(|| invalid("tls.identity", "no TLS"))?;
+        let verifier = verifier(dir, "used-tokens-ws", "websocket")?;
+        let mut ep = crate::WsEndpoint::new(listen, tls, verifier)
+            .map_err(|e| invalid("websocket.listen", e.to_string()))?;
+        for origin in &ws.allow_origins {
+            ep = ep
+                .allow_origin(origin)
+                .map_err(|e| invalid("websocket.allow_origins", e.to_string()))?;
+        }
+        if let Some(root) = &ws.web_root {
+            ep = ep.web_root(root);
+        }
+        Ok(ep)
+    }
+}
+
+/// A session-token verifier with the device secret of identity `dir` and the replay record
+/// `replay` beside it; errors name `key`.
+fn verifier(
+    dir: &Path,
+    replay: &str,
+    key: &str,
+) -> Result<peerwire_security::token::Verifier, ConfigError> {
+    let server = dir.join("server");
+    let secret =
+        peerwire_security::token::DeviceSecret::read(&server.join("token.key")).map_err(|e| {
+            invalid(
+                "tls.identity",
+                format!("{}: {e}", server.join("token.key").display()),
+            )
+        })?;
+    peerwire_security::token::Verifier::new(
+        &secret,
+        &server.join(replay),
+        peerwire_security::token::DEFAULT_CAPACITY,
+    )
+    .map_err(|e| invalid(key, e.to_string()))
 }
 
 /// Fuzzing entry point: parses arbitrary bytes as a configuration file. Never panics.

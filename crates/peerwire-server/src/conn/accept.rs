@@ -12,7 +12,7 @@ use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::cred::PeerCredentials;
 use peerwire_security::token::Presenter;
 use peerwire_transport::plain::split_guarded;
-use peerwire_transport::stream::{self, BoxRead, Writer};
+use peerwire_transport::stream::{self, BoxRead, FrameReader, Writer};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
 use tracing::Instrument;
@@ -21,6 +21,7 @@ use crate::logs::Untrusted;
 use crate::registry::{Shared, bump};
 use crate::router::ConnInfo;
 
+use super::ConnWriter;
 use super::admission::Admission;
 use super::handshake::{handshake, send_refusal};
 use super::session::Connection;
@@ -80,7 +81,7 @@ pub(crate) async fn serve(
         bump(&shared.counters.accepted);
         tracing::debug!("admitted by the access policy");
         // Connection limits, still before any byte of the peer is read.
-        let mut admission = match Admission::new(&shared, peer.uid, id) {
+        let admission = match Admission::new(&shared, peer.uid, id) {
             Ok(a) => a,
             Err(status) => {
                 bump(&shared.counters.limit_refusals);
@@ -102,7 +103,7 @@ pub(crate) async fn serve(
             exe: None,
             socket: shared.socket_path.clone(),
         });
-        let (rd, mut wr): (BoxRead, Writer) = match &shared.tls {
+        let (rd, wr): (BoxRead, Writer) = match &shared.tls {
             None => match stream::plain(stream, guard.clone()) {
                 Ok(sides) => sides,
                 Err(e) => {
@@ -180,50 +181,77 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let mut reader = stream::reader(rd);
-        // The session is built in a block of its own: moved into the connection, it leaves
-        // no second copy in this task's state while the connection runs.
-        {
-            let Some((mut session, client_name)) = handshake(
-                &shared,
-                &admission,
-                deadline,
-                presenter.as_ref(),
-                guard.as_deref(),
-                &mut reader,
-                &mut wr,
-            )
-            .await
-            else {
-                bump(&shared.counters.handshake_failures);
-                linger(&shared, reader.into_inner()).await;
-                return;
-            };
-            if !admission.authenticated() {
-                // Evicted just as its handshake completed: refused like any evicted connection.
-                bump(&shared.counters.limit_refusals);
-                session.refuse(admission.eviction());
-                send_refusal(&shared, &mut session, &mut wr).await;
-                return;
-            }
-            let Some(agreed) = session.accept(tokio::time::Instant::now().into_std()) else {
-                return;
-            };
-            bump(&shared.counters.sessions);
-            tracing::info!(client = %Untrusted(&client_name), "session established");
-            let info = Arc::new(ConnInfo {
-                id,
-                peer,
-                client_name,
-                session: agreed,
-            });
-            Connection::new(shared, info, reader, wr, session)
-        }
-        .run()
+        let reader = stream::reader(rd);
+        establish(
+            shared,
+            admission,
+            peer,
+            deadline,
+            presenter.as_ref(),
+            guard.as_deref(),
+            reader,
+            wr,
+        )
         .await;
     }
     .instrument(span)
     .await
+}
+
+/// From the `Hello` to the end of the session, whatever the transport: the handshake (token
+/// checked if `presenter` is given), the admission's last word, then the connection served.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn establish<W: ConnWriter>(
+    shared: Arc<Shared>,
+    mut admission: Admission,
+    peer: PeerCredentials,
+    deadline: tokio::time::Instant,
+    presenter: Option<&Presenter>,
+    guard: Option<&peerwire_security::exe::SenderGuard>,
+    mut reader: FrameReader,
+    mut wr: W,
+) {
+    let id = admission.id;
+    // The session is built in a block of its own: moved into the connection, it leaves
+    // no second copy in this task's state while the connection runs.
+    {
+        let Some((mut session, client_name)) = handshake(
+            &shared,
+            &admission,
+            deadline,
+            presenter,
+            guard,
+            &mut reader,
+            &mut wr,
+        )
+        .await
+        else {
+            bump(&shared.counters.handshake_failures);
+            linger(&shared, reader.into_inner()).await;
+            return;
+        };
+        if !admission.authenticated() {
+            // Evicted just as its handshake completed: refused like any evicted connection.
+            bump(&shared.counters.limit_refusals);
+            session.refuse(admission.eviction());
+            send_refusal(&shared, &mut session, &mut wr).await;
+            return;
+        }
+        let Some(agreed) = session.accept(tokio::time::Instant::now().into_std()) else {
+            return;
+        };
+        bump(&shared.counters.sessions);
+        tracing::info!(client = %Untrusted(&client_name), "session established");
+        let info = Arc::new(ConnInfo {
+            id,
+            peer,
+            client_name,
+            session: agreed,
+        });
+        Connection::new(shared, info, reader, wr, session)
+    }
+    .run()
+    .await;
 }
 
 /// Waits until the peer sends something or hangs up; true if it hung up without a byte (a

@@ -20,7 +20,7 @@ use crate::router::{ConnectionContext, EventFn, RequestContext};
 
 use super::session::{Connection, EVENT_QUEUE, InFlight, Next};
 
-impl Connection {
+impl<W: peerwire_transport::SinkIo> Connection<W> {
     pub(super) fn on_frame(&mut self, frame: Frame) -> Next {
         if let Some(Kind::Request(_)) = &frame.kind {
             bump(&self.shared.counters.requests);

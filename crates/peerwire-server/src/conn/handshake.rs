@@ -11,8 +11,9 @@ use peerwire_security::token::Presenter;
 use crate::logs::Untrusted;
 use crate::registry::{Shared, bump};
 
-use peerwire_transport::stream::{FrameReader, Writer};
+use peerwire_transport::stream::FrameReader;
 
+use super::ConnWriter;
 use super::admission::Admission;
 use super::session::InFlight;
 use super::{codec_status, sender_refused_status};
@@ -23,11 +24,11 @@ use super::{codec_status, sender_refused_status};
 /// is honoured: a slow disk delays only this session. True when the token is bound to an
 /// executable.
 pub(super) async fn check_token(
-    shared: &Shared,
+    verifier: Option<&std::sync::Mutex<peerwire_security::token::Verifier>>,
     presenter: Option<&Presenter>,
     token: &[u8],
 ) -> Result<bool, Status> {
-    let (Some(verifier), Some(presenter)) = (&shared.tokens, presenter) else {
+    let (Some(verifier), Some(presenter)) = (verifier, presenter) else {
         return Ok(false);
     };
     let unauthenticated = |why: String| Status::new(Code::Unauthenticated, why);
@@ -71,7 +72,7 @@ fn session_config(limits: &crate::Limits) -> ServerConfig {
 pub(super) async fn send_refusal(
     shared: &Shared,
     session: &mut ServerSession<InFlight>,
-    wr: &mut Writer,
+    wr: &mut impl ConnWriter,
 ) {
     if let Some(frame) = session.poll_transmit() {
         wr.send_last(&frame, shared.limits.handshake_timeout).await;
@@ -88,7 +89,7 @@ pub(super) async fn handshake(
     presenter: Option<&Presenter>,
     guard: Option<&SenderGuard>,
     reader: &mut FrameReader,
-    wr: &mut Writer,
+    wr: &mut impl ConnWriter,
 ) -> Option<(ServerSession<InFlight>, String)> {
     let uid = admission.uid;
     let mut session = ServerSession::new(
@@ -160,7 +161,13 @@ pub(super) async fn handshake(
                 exe: guard.and_then(SenderGuard::first_sender).map(|e| e.path),
                 ..p.clone()
             });
-            match check_token(shared, presenter.as_ref(), &hello.session_token).await {
+            match check_token(
+                shared.tokens.as_ref(),
+                presenter.as_ref(),
+                &hello.session_token,
+            )
+            .await
+            {
                 Err(status) => {
                     bump(&shared.counters.token_failures);
                     refused(&status);

@@ -15,8 +15,10 @@ mod admission;
 mod dispatch;
 mod handshake;
 mod session;
+mod ws;
 
 pub(crate) use accept::serve;
+pub(crate) use ws::serve as serve_ws;
 
 use peerwire_proto::Status;
 use peerwire_proto::codec::CodecError;
@@ -24,6 +26,52 @@ use peerwire_proto::v1::Code;
 use peerwire_security::exe::sender_refused;
 
 use crate::registry::{Shared, bump};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerwire_proto::v1::Frame;
+use peerwire_transport::stream::{FrameReader, Writer};
+use peerwire_transport::{FrameSink, SinkIo};
+
+/// A connection's write side until its session starts, whatever the transport: a Unix
+/// socket's ([`Writer`], plain or TLS) or a WebSocket's (a sink from the start).
+pub(super) trait ConnWriter: Send {
+    /// What the session's sink writes to.
+    type Io: SinkIo;
+    /// Sends `frame` (a refusal) as the last frame, within `timeout`, and ends the write side.
+    fn send_last(
+        &mut self,
+        frame: &Frame,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send;
+    /// The session starts: frames up to `max_frame_size` both ways; the session's sink.
+    fn into_session(
+        self,
+        reader: &mut FrameReader,
+        max_frame_size: u32,
+        max_bytes: usize,
+        max_frames: usize,
+    ) -> Arc<FrameSink<Self::Io>>;
+}
+
+impl ConnWriter for Writer {
+    type Io = peerwire_transport::plain::PlainWriter;
+
+    async fn send_last(&mut self, frame: &Frame, timeout: Duration) {
+        Writer::send_last(self, frame, timeout).await;
+    }
+
+    fn into_session(
+        self,
+        reader: &mut FrameReader,
+        max_frame_size: u32,
+        max_bytes: usize,
+        max_frames: usize,
+    ) -> Arc<FrameSink<Self::Io>> {
+        Writer::into_session(self, reader, max_frame_size, max_bytes, max_frames)
+    }
+}
 
 /// A read refused because a chunk came from a process the connection does not admit
 /// ([`SenderGuard`]): logged with both pids and counted as denied.

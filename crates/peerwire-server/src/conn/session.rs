@@ -12,9 +12,8 @@ use peerwire_proto::Status;
 use peerwire_proto::codec::CodecError;
 use peerwire_proto::session::{ServerSession, ServerTimeout};
 use peerwire_proto::v1::{Code, Frame, Response, frame::Kind};
-use peerwire_transport::FrameSink;
-use peerwire_transport::plain::PlainWriter;
-use peerwire_transport::stream::{FrameReader, Writer};
+use peerwire_transport::stream::FrameReader;
+use peerwire_transport::{FrameSink, SinkIo};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -37,12 +36,12 @@ pub(super) struct InFlight {
     pub(super) method: Arc<str>,
 }
 
-pub(super) struct Connection {
+pub(super) struct Connection<W: SinkIo> {
     pub(super) shared: Arc<Shared>,
     pub(super) info: Arc<ConnInfo>,
     pub(super) ctx: ConnectionContext,
     pub(super) reader: FrameReader,
-    pub(super) writer: Option<Arc<FrameSink<PlainWriter>>>,
+    pub(super) writer: Option<Arc<FrameSink<W>>>,
     pub(super) tx: Outbox,
     pub(super) events_out: Arc<crate::outbound::EventQueue>,
     pub(super) events: mpsc::Sender<(EventFn, Bytes)>,
@@ -61,12 +60,12 @@ pub(super) enum Next {
     Close(Option<Status>),
 }
 
-impl Connection {
+impl<W: SinkIo> Connection<W> {
     pub(super) fn new(
         shared: Arc<Shared>,
         info: Arc<ConnInfo>,
         mut reader: FrameReader,
-        wr: Writer,
+        wr: impl super::ConnWriter<Io = W>,
         session: ServerSession<InFlight>,
     ) -> Self {
         let events_out = Arc::new(crate::outbound::EventQueue::new(
@@ -249,6 +248,13 @@ impl Connection {
                             return Some(status);
                         }
                         if let CodecError::Io(e) = &e {
+                            if let Some(p) = crate::ws::io::WsProtocolError::of(e) {
+                                // A text message, an oversized or malformed WebSocket frame.
+                                bump(&self.shared.counters.protocol_errors);
+                                let status = Status::new(Code::ProtocolError, p.to_string());
+                                self.goodbye(&status);
+                                return Some(status);
+                            }
                             if let Some(full) = peerwire_transport::OutboundFull::of(e) {
                                 // Reading made the connection write more than its bound
                                 // while the peer does not read (e.g. TLS key updates).

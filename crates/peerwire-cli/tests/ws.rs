@@ -1,0 +1,536 @@
+//! The WebSocket transport (R16) end to end: `peerwire serve --ws-listen` as a real process,
+//! a Rust WebSocket client over TLS (tokio-tungstenite over tokio-openssl, pinning the device's
+//! server certificate), `openssl s_client`, a Python `websockets` client, and clients as another
+//! user. Every refusal is checked on the wire and in the server's log.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use peerwire_proto::v1::{Code, Frame, Request, SubscribeRequest, frame::Kind};
+use peerwire_security::tls::{ClientTls, TlsMode};
+use peerwire_security::token::{Binding, DeviceSecret, Minter};
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use common::{RawClient, Read, ServeProcess, eventually, hello_frame};
+
+const ORIGIN: &str = "https://display.test:7443";
+
+type Wss = WebSocketStream<SslStream<TcpStream>>;
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    id: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    _server: ServeProcess,
+    addr: SocketAddr,
+}
+
+impl Setup {
+    /// `peerwire serve` with a WebSocket endpoint on a free loopback port; its log (info) in
+    /// `log`. `extra`: more flags.
+    fn start(extra: &[&str]) -> Self {
+        let tmp = common::open_tempdir();
+        let id = tmp.path().join("id");
+        common::init_identity(&id, "ws-test");
+        let web = tmp.path().join("web");
+        std::fs::create_dir(&web).unwrap();
+        std::fs::write(web.join("index.html"), "<!doctype html><p>display</p>").unwrap();
+        std::fs::write(web.join("app.js"), "console.log(1)").unwrap();
+        let socket = tmp.path().join("run/s.sock");
+        let log = tmp.path().join("serve.log");
+        let mut cmd = Command::new(common::shared_bin());
+        cmd.args(["serve", "--allow-root", "--tick-ms", "50"])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--identity")
+            .arg(&id)
+            .args([
+                "--ws-listen",
+                "127.0.0.1:0",
+                "--ws-origin",
+                ORIGIN,
+                "--web-root",
+            ])
+            .arg(&web)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap());
+        let server = ServeProcess::spawn(cmd, &socket);
+        let start = Instant::now();
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text
+                .lines()
+                .find_map(|l| l.split("WebSocket endpoint wss://").nth(1))
+            {
+                break line.trim_end_matches("/peerwire").parse().unwrap();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no endpoint line: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Self {
+            _tmp: tmp,
+            id,
+            socket,
+            log,
+            _server: server,
+            addr,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (at most 10 s) until the server's log has a line containing every one of `parts`.
+    async fn logged(&self, parts: &[&str]) -> String {
+        let found = || {
+            self.log()
+                .lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .map(str::to_owned)
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || found().is_some()).await,
+            "no log line with {parts:?}:\n{}",
+            self.log()
+        );
+        found().unwrap()
+    }
+
+    fn mint_for(&self, uid: u32, exe: Option<PathBuf>, issued_ago: u64) -> String {
+        let secret = DeviceSecret::read(&self.id.join("server/token.key")).unwrap();
+        let binding = Binding {
+            uid,
+            exe,
+            socket: peerwire_server::token_endpoint(self.addr),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        Minter::new(&secret)
+            .unwrap()
+            .mint_at(&binding, now - issued_ago, Duration::from_secs(30))
+            .unwrap()
+    }
+
+    fn mint(&self) -> String {
+        self.mint_for(nix::unistd::geteuid().as_raw(), None, 0)
+    }
+
+    async fn tls(&self) -> SslStream<TcpStream> {
+        let tls = ClientTls::from_dir(&self.id, TlsMode::ServerAuth)
+            .unwrap()
+            .unwrap();
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let mut s = SslStream::new(tls.ssl().unwrap(), tcp).unwrap();
+        Pin::new(&mut s).connect().await.unwrap();
+        s
+    }
+
+    /// The upgrade with `origin` (none: no header) and `protocols` as `Sec-WebSocket-Protocol`.
+    async fn upgrade_with(
+        &self,
+        origin: Option<&str>,
+        protocols: &str,
+    ) -> Result<Wss, tungstenite::Error> {
+        let s = self.tls().await;
+        let mut req = format!("wss://{}/peerwire", self.addr)
+            .into_client_request()
+            .unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("Origin", o.parse().unwrap());
+        }
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+        tokio_tungstenite::client_async(req, s)
+            .await
+            .map(|(ws, resp)| {
+                assert_eq!(
+                    resp.headers()["sec-websocket-protocol"],
+                    "peerwire.v1",
+                    "the server answers with the one subprotocol, never the token"
+                );
+                ws
+            })
+    }
+
+    async fn upgrade(&self, token: &str) -> Result<Wss, tungstenite::Error> {
+        self.upgrade_with(
+            Some(ORIGIN),
+            &format!("peerwire.v1, peerwire.token.{token}"),
+        )
+        .await
+    }
+
+    /// A WebSocket session: upgrade with a fresh token, Hello, Welcome.
+    async fn session(&self) -> Wss {
+        let mut ws = self.upgrade(&self.mint()).await.unwrap();
+        send(&mut ws, hello_frame(&[1], &[("echo", 1)])).await;
+        let welcome = recv(&mut ws).await;
+        assert!(
+            matches!(welcome.kind, Some(Kind::Welcome(_))),
+            "{welcome:?}"
+        );
+        ws
+    }
+}
+
+async fn send(ws: &mut Wss, frame: Frame) {
+    ws.send(Message::Binary(frame.encode_to_vec().into()))
+        .await
+        .unwrap();
+}
+
+/// The next frame (pings of the session are answered), at most 10 s.
+async fn recv(ws: &mut Wss) -> Frame {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the connection is open")
+            .unwrap();
+        match msg {
+            Message::Binary(b) => {
+                let frame = Frame::decode(b).unwrap();
+                if let Some(Kind::Ping(p)) = &frame.kind {
+                    let pong = Frame::new(Kind::Pong(peerwire_proto::v1::Pong { nonce: p.nonce }));
+                    send(ws, pong).await;
+                    continue;
+                }
+                return frame;
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+fn request(id: u64, method: &str, payload: Vec<u8>) -> Frame {
+    Frame::new(Kind::Request(Request {
+        id,
+        method: method.into(),
+        payload: payload.into(),
+        deadline_ms: 0,
+    }))
+}
+
+/// Calls echo.Echo with `data` and checks the answer.
+async fn echo(ws: &mut Wss, id: u64, data: &[u8]) {
+    send(ws, request(id, "echo.Echo", data.to_vec().encode_to_vec())).await;
+    loop {
+        let frame = recv(ws).await;
+        match frame.kind {
+            Some(Kind::Response(r)) if r.id == id => {
+                assert_eq!(r.code, Code::Ok as i32, "{}", r.message);
+                assert_eq!(Vec::<u8>::decode(r.payload).unwrap(), data);
+                return;
+            }
+            Some(Kind::Event(_)) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// The HTTP status and body of a refused upgrade.
+fn refused(r: Result<Wss, tungstenite::Error>) -> (u16, String) {
+    match r {
+        Err(tungstenite::Error::Http(resp)) => (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(e) => panic!("refused without an HTTP answer: {e}"),
+        Ok(_) => panic!("the upgrade was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_client_completes_the_handshake_and_echoes_beside_a_unix_client() {
+    let s = Setup::start(&[]);
+    let mut ws = s.session().await;
+    echo(&mut ws, 1, b"hello over wss").await;
+    echo(&mut ws, 2, &vec![7u8; 200_000]).await;
+    s.logged(&["session established", "transport=\"wss\""])
+        .await;
+
+    // A Unix-socket client and the WebSocket client subscribed to the same topic both receive.
+    let mut unix = RawClient::connect(&s.socket).await;
+    let welcome = unix.hello(&[("echo", 1)]).await;
+    assert!(
+        matches!(welcome.kind, Some(Kind::Welcome(_))),
+        "{welcome:?}"
+    );
+    let subscribe = || {
+        request(
+            9,
+            "peerwire.Subscribe",
+            SubscribeRequest {
+                topics: vec!["echo.Tick".into()],
+            }
+            .encode_to_vec(),
+        )
+    };
+    unix.send(subscribe()).await;
+    send(&mut ws, subscribe()).await;
+    let mut unix_tick = false;
+    while !unix_tick {
+        match unix.read().await {
+            Read::Frame(f) => {
+                unix_tick = matches!(&f.kind, Some(Kind::Event(e)) if e.topic == "echo.Tick")
+            }
+            other => panic!("unix client: {other:?}"),
+        }
+    }
+    let mut ws_tick = false;
+    while !ws_tick {
+        ws_tick =
+            matches!(recv(&mut ws).await.kind, Some(Kind::Event(e)) if e.topic == "echo.Tick");
+    }
+    // Calls keep working on both.
+    echo(&mut ws, 3, b"still").await;
+
+    // The web root: files by exact name, with the security headers; nothing else.
+    let (head, body) = http_get(&s, "/").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for h in [
+        "Content-Type: text/html",
+        "Content-Security-Policy: default-src 'self'; connect-src 'self'",
+        "X-Content-Type-Options: nosniff",
+        "Cache-Control: no-store",
+    ] {
+        assert!(head.contains(h), "{h} missing: {head}");
+    }
+    assert!(body.contains("display"));
+    let (head, _) = http_get(&s, "/app.js").await;
+    assert!(head.contains("Content-Type: text/javascript"), "{head}");
+    for missing in [
+        "/../../etc/passwd",
+        "/%2e%2e/etc/passwd",
+        "/nothing.js",
+        "/peerwire",
+    ] {
+        let (head, _) = http_get(&s, missing).await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{missing}: {head}");
+    }
+    ws.close(None).await.unwrap();
+}
+
+/// A plain GET of `path` over TLS: the response head and body.
+async fn http_get(s: &Setup, path: &str) -> (String, String) {
+    let mut tls = s.tls().await;
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn upgrades_without_a_valid_token_are_refused_and_logged() {
+    let s = Setup::start(&[]);
+    let me = nix::unistd::geteuid().as_raw();
+
+    // The same token twice: the second use is refused.
+    let token = s.mint();
+    let _first = s.upgrade(&token).await.unwrap();
+    let (status, body) = refused(s.upgrade(&token).await);
+    assert_eq!(status, 403);
+    assert!(body.contains("session token refused"), "{body}");
+    s.logged(&[
+        "refused with HTTP 403",
+        "session token refused",
+        &format!("uid={me}"),
+        "127.0.0.1:",
+    ])
+    .await;
+
+    // A forged token: one byte of the signature changed.
+    let mut forged = s.mint().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let (status, _) = refused(s.upgrade(std::str::from_utf8(&forged).unwrap()).await);
+    assert_eq!(status, 403);
+    // An expired token (issued a minute ago, valid 30 s).
+    let (status, body) = refused(s.upgrade(&s.mint_for(me, None, 60)).await);
+    assert_eq!(status, 403);
+    assert!(body.contains("expired"), "{body}");
+    s.logged(&["session token refused", "expired"]).await;
+    // A token bound to an executable: nothing can present one over TCP.
+    let (status, _) = refused(
+        s.upgrade(&s.mint_for(me, Some(PathBuf::from(common::BIN)), 0))
+            .await,
+    );
+    assert_eq!(status, 403);
+    // A token for another uid.
+    let (status, body) = refused(s.upgrade(&s.mint_for(me + 1, None, 0)).await);
+    assert_eq!(status, 403);
+    assert!(body.contains("uid"), "{body}");
+    // A token minted for the Unix socket, not this endpoint.
+    let secret = DeviceSecret::read(&s.id.join("server/token.key")).unwrap();
+    let unix_token = Minter::new(&secret)
+        .unwrap()
+        .mint(
+            &Binding {
+                uid: me,
+                exe: None,
+                socket: std::fs::canonicalize(&s.socket).unwrap(),
+            },
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let (status, body) = refused(s.upgrade(&unix_token).await);
+    assert_eq!(status, 403);
+    assert!(body.contains("another server socket"), "{body}");
+    // No token at all, or only the token without the subprotocol.
+    let (status, _) = refused(s.upgrade_with(Some(ORIGIN), "peerwire.v1").await);
+    assert_eq!(status, 403);
+    let (status, _) = refused(
+        s.upgrade_with(Some(ORIGIN), &format!("peerwire.token.{}", s.mint()))
+            .await,
+    );
+    assert_eq!(status, 403);
+
+    let mut ws = s.session().await;
+    echo(&mut ws, 1, b"after the refusals").await;
+    let stats = stats(&mut ws).await;
+    assert!(stats.token_failures >= 8, "{stats:?}");
+}
+
+// The server's log lines are rate-limited per uid (10 within 10 s): each test below has a server
+// of its own, with fewer refusals than that.
+
+#[tokio::test]
+async fn upgrades_from_another_origin_or_none_are_refused_and_logged() {
+    let s = Setup::start(&[]);
+    // Origins: another one, a prefix or suffix of the allowed one, null, none.
+    let token = || format!("peerwire.v1, peerwire.token.{}", s.mint());
+    for origin in [
+        Some("https://evil.test"),
+        Some("https://display.test:744"),
+        Some("https://display.test:74433"),
+        Some("http://display.test:7443"),
+        Some("null"),
+        None,
+    ] {
+        let (status, body) = refused(s.upgrade_with(origin, &token()).await);
+        assert_eq!(status, 403, "{origin:?}");
+        assert!(body.contains("Origin"), "{origin:?}: {body}");
+    }
+    s.logged(&[
+        "refused with HTTP 403",
+        "Origin https://evil.test is not allowed",
+    ])
+    .await;
+    s.logged(&["refused with HTTP 403", "Origin null"]).await;
+    s.logged(&["refused with HTTP 403", "no Origin"]).await;
+    let mut ws = s.session().await;
+    let stats = stats(&mut ws).await;
+    assert!(stats.denied >= 6, "{stats:?}");
+}
+
+#[tokio::test]
+async fn plain_websocket_and_clients_not_trusting_the_certificate_get_nothing() {
+    let s = Setup::start(&[]);
+    // Plain ws:// on the TLS port: no TLS, no upgrade.
+    let tcp = TcpStream::connect(s.addr).await.unwrap();
+    let req = format!("ws://{}/peerwire", s.addr)
+        .into_client_request()
+        .unwrap();
+    let plain = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .unwrap();
+    assert!(plain.is_err(), "a plain ws:// upgrade succeeded");
+    s.logged(&["TLS:", "127.0.0.1:"]).await;
+
+    // A client that does not trust the device certificate fails its own handshake.
+    let connector = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
+        .unwrap()
+        .build();
+    let tcp = TcpStream::connect(s.addr).await.unwrap();
+    let ssl = connector
+        .configure()
+        .unwrap()
+        .into_ssl("127.0.0.1")
+        .unwrap();
+    let mut untrusting = SslStream::new(ssl, tcp).unwrap();
+    let e = Pin::new(&mut untrusting).connect().await.unwrap_err();
+    assert!(format!("{e}").contains("certificate verify failed"), "{e}");
+
+    s.logged(&["TLS:", "alert"]).await;
+    // Every refusal was counted; the server still serves.
+    let mut ws = s.session().await;
+    echo(&mut ws, 1, b"after the refusals").await;
+    let stats = stats(&mut ws).await;
+    assert!(stats.tls_failures >= 2, "{stats:?}");
+}
+
+/// The server's counters, asked over the WebSocket session (the built-in method works the same
+/// over both transports).
+async fn stats(ws: &mut Wss) -> peerwire_proto::v1::ServerStats {
+    send(ws, request(77, peerwire_proto::METHOD_STATS, vec![])).await;
+    loop {
+        if let Some(Kind::Response(r)) = recv(ws).await.kind {
+            assert_eq!(r.code, Code::Ok as i32, "{}", r.message);
+            return peerwire_proto::v1::ServerStats::decode(r.payload).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_uid_the_policy_denies_is_refused_before_tls() {
+    if !common::root_or_skip("a_uid_the_policy_denies_is_refused_before_tls") {
+        return;
+    }
+    let s = Setup::start(&[]);
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    // openssl s_client as nobody: the server closes before TLS.
+    let out = common::as_user(uid, gid, &[])
+        .args(["openssl", "s_client", "-connect"])
+        .arg(s.addr.to_string())
+        .args(["-tls1_3", "-brief"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "s_client as nobody completed TLS");
+    s.logged(&[
+        "access denied",
+        &format!("uid {uid}"),
+        "not allowed",
+        "127.0.0.1:",
+    ])
+    .await;
+    // And a token minted for nobody does not help: the uid is refused before the token is read.
+    let _ = s.mint_for(uid, None, 0);
+    let mut ws = s.session().await;
+    echo(&mut ws, 1, b"root is still served").await;
+}

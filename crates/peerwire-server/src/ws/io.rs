@@ -1,0 +1,262 @@
+//! The envelope frames over a WebSocket: each binary message is one frame (its protobuf bytes,
+//! without the Unix socket's 4-byte length prefix). The connection's code reads and writes the
+//! same length-prefixed stream as over a Unix socket, so the session, its limits and its
+//! slow-consumer policy are the same code:
+//!
+//! - [`WsIn`]: the read side, an `AsyncRead` giving each binary message as a length-prefixed
+//!   frame to the connection's frame reader (text messages are a protocol error);
+//! - [`WsOut`]: what the connection's `FrameSink` writes to: it takes the encoded frames
+//!   without waiting, bounded by [`OUT_BUFFER`] bytes; [`writer`], a task per connection,
+//!   sends each complete frame as one binary message. A peer that does not read stops the
+//!   writer task, `WsOut` fills, and the sink's own bounds (slow consumer) apply, as over a
+//!   Unix socket.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// Encoded bytes [`WsOut`] takes before the writer task has sent them (beyond this the
+/// connection's sink keeps them, within its own bounds).
+pub(crate) const OUT_BUFFER: usize = 64 * 1024;
+
+/// A peer sent something that is not one binary message per frame (a text message).
+#[derive(Debug, thiserror::Error)]
+#[error("WebSocket protocol error: {0}")]
+pub(crate) struct WsProtocolError(pub(crate) String);
+
+impl WsProtocolError {
+    /// The [`WsProtocolError`] inside `e`, if that is what `e` is.
+    pub(crate) fn of(e: &std::io::Error) -> Option<&WsProtocolError> {
+        e.get_ref().and_then(|inner| inner.downcast_ref())
+    }
+}
+
+/// The read side of a WebSocket connection as a length-prefixed frame stream.
+pub(crate) struct WsIn<S> {
+    pub(crate) stream: SplitStream<WebSocketStream<S>>,
+    /// The current message: its 4-byte length, then its bytes.
+    head: [u8; 4],
+    head_left: usize,
+    body: Bytes,
+}
+
+impl<S> WsIn<S> {
+    pub(crate) fn new(stream: SplitStream<WebSocketStream<S>>) -> Self {
+        Self {
+            stream,
+            head: [0; 4],
+            head_left: 0,
+            body: Bytes::new(),
+        }
+    }
+}
+
+fn io_error(e: tungstenite::Error) -> std::io::Error {
+    match e {
+        tungstenite::Error::Io(e) => e,
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            std::io::ErrorKind::UnexpectedEof.into()
+        }
+        // Oversized messages, bad framing, unmasked frames, bad UTF-8 in a close reason.
+        e @ (tungstenite::Error::Capacity(_) | tungstenite::Error::Protocol(_)) => {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                WsProtocolError(e.to_string()),
+            )
+        }
+        e => std::io::Error::other(e.to_string()),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIn<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.head_left > 0 {
+                let start = 4 - this.head_left;
+                let n = this.head_left.min(buf.remaining());
+                buf.put_slice(this.head.get(start..start + n).unwrap_or_default());
+                this.head_left -= n;
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if !this.body.is_empty() {
+                let n = this.body.len().min(buf.remaining());
+                buf.put_slice(this.body.get(..n).unwrap_or_default());
+                this.body.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if !buf.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut this.stream).poll_next(cx)) {
+                // Pings are answered by tungstenite (the latest one only: a flood is bounded).
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Binary(b))) => {
+                    let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+                    this.head = len.to_be_bytes();
+                    this.head_left = 4;
+                    this.body = b;
+                }
+                Some(Ok(Message::Text(_))) => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        WsProtocolError("a text message (frames travel as binary messages)".into()),
+                    )));
+                }
+                // The peer's close (answered by tungstenite), or the end of the stream.
+                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct OutState {
+    buf: BytesMut,
+    closed: bool,
+}
+
+/// What a WebSocket connection's `FrameSink` writes to (see the module documentation).
+#[derive(Default)]
+pub(crate) struct WsOut {
+    state: Mutex<OutState>,
+    /// Wakes the writer task: bytes arrived, or closed.
+    data: Notify,
+    /// Wakes the sink's flusher: room freed, or closed.
+    room: Notify,
+}
+
+impl WsOut {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// No more bytes: the writer task sends what is complete and ends.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.data.notify_one();
+        self.room.notify_waiters();
+    }
+
+    /// Takes what waits (`None` once closed and empty), waiting for bytes.
+    async fn take(&self) -> Option<BytesMut> {
+        loop {
+            let notified = self.data.notified();
+            {
+                let mut st = self.lock();
+                if !st.buf.is_empty() {
+                    let taken = st.buf.split();
+                    drop(st);
+                    self.room.notify_waiters();
+                    return Some(taken);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// [`WsOut`] as the connection's sink owns it (the writer task holds it too).
+pub(crate) struct OutHandle(pub(crate) std::sync::Arc<WsOut>);
+
+impl peerwire_transport::SinkIo for OutHandle {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        self.try_write_vectored(&[std::io::IoSlice::new(buf)])
+    }
+
+    fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let this = &*self.0;
+        let mut st = this.lock();
+        if st.closed {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        let room = OUT_BUFFER.saturating_sub(st.buf.len());
+        if room == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let mut taken = 0;
+        for b in bufs {
+            let n = b.len().min(room - taken);
+            st.buf.extend_from_slice(b.get(..n).unwrap_or_default());
+            taken += n;
+            if taken == room {
+                break;
+            }
+        }
+        drop(st);
+        if taken > 0 {
+            this.data.notify_one();
+        }
+        Ok(taken)
+    }
+
+    async fn writable(&self) -> std::io::Result<()> {
+        let this = &*self.0;
+        loop {
+            let notified = this.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = this.lock();
+                if st.closed {
+                    return Err(std::io::ErrorKind::BrokenPipe.into());
+                }
+                if st.buf.len() < OUT_BUFFER {
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The writer task of a WebSocket connection: sends each complete frame `out` was given as one
+/// binary message (the frames of one take together, then one flush), until `out` is closed and
+/// empty; then a close message. A frame is gathered up to its declared length (at most the
+/// session's frame limit, which the sink checked when it encoded it).
+pub(crate) async fn writer<S: AsyncRead + AsyncWrite + Unpin>(
+    out: std::sync::Arc<WsOut>,
+    mut ws: SplitSink<WebSocketStream<S>, Message>,
+) -> Result<(), tungstenite::Error> {
+    let mut pending = BytesMut::new();
+    while let Some(bytes) = out.take().await {
+        if pending.is_empty() {
+            pending = bytes;
+        } else {
+            pending.extend_from_slice(&bytes);
+        }
+        let mut fed = false;
+        while let Some(head) = pending.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) {
+            let len = u32::from_be_bytes(head) as usize;
+            if pending.len() < 4 + len {
+                break;
+            }
+            pending.advance(4);
+            let frame = pending.split_to(len).freeze();
+            ws.feed(Message::Binary(frame)).await?;
+            fed = true;
+        }
+        if fed {
+            ws.flush().await?;
+        }
+    }
+    ws.close().await
+}
