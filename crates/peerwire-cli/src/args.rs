@@ -188,6 +188,9 @@ pub(crate) struct LaunchBrowserArgs {
     /// namespaces).
     #[arg(long)]
     pub(crate) no_sandbox: bool,
+    /// Discard Chromium's own log (stderr) instead of passing it on.
+    #[arg(long)]
+    pub(crate) quiet: bool,
     /// Window width and height.
     #[arg(long, default_value_t = 1280)]
     pub(crate) width: u32,

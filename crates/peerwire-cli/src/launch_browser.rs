@@ -2,20 +2,12 @@
 //! only the device's server certificate, with fresh session tokens handed to the page over the
 //! DevTools pipe (see [`crate::browser`]).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use crate::args::{LaunchBrowserArgs, MintArgs};
 use crate::browser::{DisplayUser, Launch, spki_pin};
-
-/// What a WebSocket session token is bound to in place of a socket path: the endpoint's URL
-/// (`wss://ADDR/peerwire`, ADDR as `SocketAddr` displays it).
-pub(crate) fn ws_binding(addr: SocketAddr) -> PathBuf {
-    PathBuf::from(format!("wss://{addr}/peerwire"))
-}
 
 pub(crate) fn run(args: &LaunchBrowserArgs) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
@@ -40,7 +32,7 @@ pub(crate) fn run(args: &LaunchBrowserArgs) -> anyhow::Result<()> {
     let mint = MintArgs {
         identity: args.identity.clone(),
         for_uid: user.uid.to_string(),
-        socket: ws_binding(args.ws),
+        socket: peerwire_server::token_endpoint(args.ws),
         exe: None,
         ttl: args.ttl,
         server_user: args.server_user.clone(),
@@ -55,6 +47,7 @@ pub(crate) fn run(args: &LaunchBrowserArgs) -> anyhow::Result<()> {
         kiosk: args.kiosk,
         sandbox: !args.no_sandbox,
         window: (args.width, args.height),
+        quiet: args.quiet,
     };
     let mut browser = launch.start().context("starting the browser")?;
     eprintln!(

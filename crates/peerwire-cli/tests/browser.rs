@@ -21,17 +21,201 @@ mod browser;
 mod pages;
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
 use browser::{Browser, DisplayUser, Launch};
+use peerwire_security::token::{Binding, DeviceSecret, Minter, Verifier};
+use peerwire_server::{AccessPolicy, ServerHandle, ServerTls, TlsMode, WsEndpoint, token_endpoint};
 
 /// Chromium instances are heavy on a 2-core machine: one test at a time.
 static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Everything this test process logs (the in-process server's refusals, the launcher's
+/// deliveries, the page's console), for the assertions on the server's reasons.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        // Shown on failure (the harness captures the test's output).
+        print!("{}", String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(|| LogWriter)
+        .try_init();
+}
+
+/// The log since `from` (a length of it taken before).
+fn log_since(from: usize) -> String {
+    let log = LOG.lock().unwrap_or_else(|e| e.into_inner());
+    String::from_utf8_lossy(&log[from.min(log.len())..]).into_owned()
+}
+
+fn log_len() -> usize {
+    LOG.lock().unwrap_or_else(|e| e.into_inner()).len()
+}
+
+/// Waits until the log since `from` contains `needle`; fails after `secs` seconds.
+fn wait_log(from: usize, needle: &str, secs: u64) -> String {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let log = log_since(from);
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < end,
+            "no {needle:?} in the log within {secs} s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The example display server (`peerwire_examples::display_server`) with the WebSocket
+/// endpoint serving `examples/web/www`, in this process on a runtime of its own.
+struct WebServer {
+    addr: SocketAddr,
+    origin: String,
+    secret: DeviceSecret,
+    /// What the display service did (its log lines: input received, ...).
+    said: Arc<Mutex<Vec<String>>>,
+    handle: ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl WebServer {
+    /// Admits `uids` only, on 127.0.0.1:`port` (0: any).
+    fn start(id: &Path, uids: &[u32], port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = DeviceSecret::read(&id.join("server/token.key")).unwrap();
+        let said: Arc<Mutex<Vec<String>>> = Arc::default();
+        let lines = said.clone();
+        let mut policy = AccessPolicy::nobody();
+        for uid in uids {
+            policy.allow_uid(*uid);
+        }
+        // The origin names the port: pick it now.
+        let port = if port == 0 { pages::free_port() } else { port };
+        let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let tls = ServerTls::from_dir(id, TlsMode::ServerAuth)
+            .unwrap()
+            .unwrap();
+        let verifier = Verifier::new(&secret, &dir.path().join("ws-tokens"), 64).unwrap();
+        let origin = format!("https://{listen}");
+        let endpoint = WsEndpoint::new(listen, tls, verifier)
+            .unwrap()
+            .allow_origin(&origin)
+            .unwrap()
+            .web_root(www());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt
+            .block_on(async {
+                peerwire_examples::display_server(&dir.path().join("display.sock"), move |line| {
+                    tracing::info!(target: "display", "{line}");
+                    lines.lock().unwrap().push(line);
+                })
+                .access_policy(policy)
+                .websocket(endpoint)
+                .bind()
+            })
+            .unwrap();
+        let addr = server.ws_addr().unwrap();
+        let handle = server.handle();
+        let thread = std::thread::spawn(move || {
+            rt.block_on(server.run()).unwrap();
+        });
+        Self {
+            addr,
+            origin: format!("https://{addr}"),
+            secret,
+            said,
+            handle,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/", self.origin)
+    }
+
+    /// A fresh token for `uid` at this endpoint, issued `age` ago, valid `ttl`.
+    fn mint(&self, uid: u32, age: Duration, ttl: Duration) -> String {
+        let binding = Binding {
+            uid,
+            exe: None,
+            socket: token_endpoint(self.addr),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        Minter::new(&self.secret)
+            .unwrap()
+            .mint_at(&binding, (now - age).as_secs(), ttl)
+            .unwrap()
+    }
+
+    /// A closure minting fresh tokens for `uid`, as the launcher does.
+    fn minter(&self, uid: u32) -> Tokens {
+        let minter = Minter::new(&self.secret).unwrap();
+        let binding = Binding {
+            uid,
+            exe: None,
+            socket: token_endpoint(self.addr),
+        };
+        Tokens::new(move || minter.mint(&binding, Duration::from_secs(30)).unwrap())
+    }
+
+    fn said(&self, what: &str) -> usize {
+        self.said
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    }
+
+    fn stop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
 
 fn www() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/web/www")
@@ -75,6 +259,7 @@ impl Page {
             kiosk: false,
             sandbox: true,
             window: (1024, 640),
+            quiet: true,
         };
         Self {
             browser: launch.start().unwrap(),
@@ -180,6 +365,39 @@ impl Page {
     }
 }
 
+/// What every browser test starts with: root (else a skip), the one-browser lock, the log, a
+/// fresh device identity, and the display user `pw-web`.
+struct Setup {
+    _one: std::sync::MutexGuard<'static, ()>,
+    dir: tempfile::TempDir,
+    id: PathBuf,
+    user: DisplayUser,
+}
+
+impl Setup {
+    fn new(test: &str) -> Option<Self> {
+        if !common::root_or_skip(test) {
+            return None;
+        }
+        let one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+        logs();
+        let dir = tempfile::tempdir().unwrap();
+        let id = dir.path().join("id");
+        common::init_identity(&id, "web-test");
+        Some(Self {
+            _one: one,
+            dir,
+            id,
+            user: display_user("pw-web"),
+        })
+    }
+
+    /// The launcher's certificate pin for this identity.
+    fn pin(&self) -> Option<String> {
+        Some(browser::spki_pin(&self.id.join("server/cert.pem")).unwrap())
+    }
+}
+
 /// Every process of `uid`: no token in its command line or environment.
 fn assert_no_token_in_proc(uid: u32, tokens: &[String]) {
     let mut seen = 0;
@@ -216,18 +434,14 @@ fn assert_no_token_in_proc(uid: u32, tokens: &[String]) {
 /// argv or environment of its processes.
 #[test]
 fn launcher_hands_tokens_to_the_page_only() {
-    if !common::root_or_skip("launcher_hands_tokens_to_the_page_only") {
+    let Some(t) = Setup::new("launcher_hands_tokens_to_the_page_only") else {
         return;
-    }
-    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    common::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let id = dir.path().join("id");
-    common::init_identity(&id, "web-test");
+    };
+    let id = t.id.as_path();
     // Nothing answers on the endpoint (port 1): the page stays connecting.
-    let site = pages::Pages::start(&www(), "wss://127.0.0.1:1/peerwire", Some(&id));
-    let user = display_user("pw-web");
-    let pin = browser::spki_pin(&id.join("server/cert.pem")).unwrap();
+    let site = pages::Pages::start(&www(), "wss://127.0.0.1:1/peerwire", Some(id));
+    let user = t.user.clone();
+    let pin = t.pin().unwrap();
     let mut n = 0;
     let tokens = Tokens::new(move || {
         n += 1;
@@ -240,7 +454,15 @@ fn launcher_hands_tokens_to_the_page_only() {
         tokens,
     );
     // The page's context, and so its origin, is the only one served.
-    page.wait("document.body.dataset.state === 'connecting'", 30);
+    let end = Instant::now() + Duration::from_secs(30);
+    while page.tokens.handed.borrow().is_empty() && Instant::now() < end {
+        page.pump(Duration::from_millis(100));
+    }
+    assert_eq!(
+        page.tokens.handed.borrow().len(),
+        1,
+        "the page asked for no token"
+    );
     // A reloaded page asks again, and gets a new token.
     let (cdp, session) = page.browser.page();
     cdp.call(Some(session), "Page.reload", json!({})).unwrap();
@@ -281,4 +503,302 @@ fn launcher_hands_tokens_to_the_page_only() {
         "a token went to {}",
         other.origin
     );
+}
+
+/// Waits until `cond` holds, polling every 50 ms; fails with `what` after `secs` seconds.
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "{what} did not happen within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The whole path: the page gets a token from the launcher's code, connects over wss with it,
+/// draws the server's pushes (sign-in code, attention state, a template), its clicks and keys
+/// reach the server, and when its session ends it comes back with a fresh token.
+#[test]
+fn page_renders_pushes_and_its_input_reaches_the_server() {
+    let Some(t) = Setup::new("page_renders_pushes_and_its_input_reaches_the_server") else {
+        return;
+    };
+    let id = t.id.as_path();
+    let user = t.user.clone();
+    let mut server = WebServer::start(id, &[user.uid], 0);
+    let pin = t.pin().unwrap();
+    let mut page = Page::open(
+        &server.url(),
+        user.clone(),
+        Some(pin),
+        server.minter(user.uid),
+    );
+
+    // Connected, initialised: the server pushed the sign-in code, then the idle state.
+    page.wait("document.body.dataset.state === 'connected'", 30);
+    page.wait(
+        "document.getElementById('signin').textContent.includes('PW7Q2X')",
+        10,
+    );
+    page.wait(
+        "document.getElementById('attention').textContent === 'IDLE'",
+        10,
+    );
+    assert_eq!(server.said("Initialize from web-display"), 1);
+
+    // A click on the talk button is the talk key: the server runs an interaction and pushes a
+    // template, which the page draws.
+    page.click("#talk");
+    page.wait(
+        "!document.getElementById('template').hidden && \
+         document.getElementById('template-title').textContent === 'Seattle' && \
+         document.getElementById('template-fields').textContent.includes('12°C')",
+        10,
+    );
+    assert_eq!(server.said("talk button pressed"), 1);
+    page.wait(
+        "document.getElementById('attention').textContent === 'IDLE'",
+        10,
+    );
+    let png = page.screenshot();
+    assert_eq!(&png[1..4], b"PNG");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/web-client.png");
+    std::fs::write(&target, &png).unwrap();
+    if std::env::var_os("PEERWIRE_UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/web-client.png"),
+            &png,
+        )
+        .unwrap();
+    }
+
+    // The space bar is the talk key too.
+    page.press_space();
+    let mut n = 0;
+    while server.said("talk button pressed") < 2 && n < 100 {
+        page.pump(Duration::from_millis(100));
+        n += 1;
+    }
+    assert_eq!(server.said("talk button pressed"), 2);
+
+    // A tap on "dismiss" is a touch on that element: the server clears the template.
+    page.click("#dismiss");
+    page.wait("document.getElementById('template').hidden", 10);
+    assert_eq!(
+        server.said("on \"dismiss\""),
+        1,
+        "{:?}",
+        server.said.lock().unwrap()
+    );
+
+    // The session ends (the server restarts on the same port): the page asks for a fresh
+    // token and connects again.
+    let first = page.tokens.handed.borrow().clone();
+    assert_eq!(first.len(), 1);
+    let port = server.addr.port();
+    server.stop();
+    page.wait("document.body.dataset.state === 'closed'", 20);
+    let server = WebServer::start(id, &[user.uid], port);
+    page.wait("document.body.dataset.state === 'connected'", 60);
+    let handed = page.tokens.handed.borrow().clone();
+    assert!(handed.len() >= 2 && handed[1] != handed[0], "{handed:?}");
+    wait_until("the second session's Initialize", 10, || {
+        server.said("Initialize from web-display") == 1
+    });
+    assert_no_token_in_proc(user.uid, &handed);
+}
+
+/// Opens the page as `user` with `tokens` (and the pin unless `pin` is false), waits for what
+/// the server logs about it (`needle`), and returns the log since the start.
+fn refused(
+    url: &str,
+    user: &DisplayUser,
+    pin: Option<String>,
+    tokens: Tokens,
+    needle: &str,
+) -> String {
+    let from = log_len();
+    let mut page = Page::open(url, user.clone(), pin.clone(), tokens);
+    let end = Instant::now() + Duration::from_secs(30);
+    while !log_since(from).contains(needle) {
+        assert!(
+            Instant::now() < end,
+            "no {needle:?} in the server's log within 30 s:\n{}",
+            log_since(from)
+        );
+        page.pump(Duration::from_millis(100));
+    }
+    // Never connected.
+    assert_ne!(
+        page.eval("document.body?.dataset.state ?? null"),
+        "connected"
+    );
+    log_since(from)
+}
+
+/// Every way in that must fail, seen from a real browser, each with its reason in the server's
+/// log: a token used twice, a forged one, an expired one, a page of another origin, a browser
+/// that does not trust the server's certificate, a plain ws:// connection, and a user the
+/// policy does not admit.
+#[test]
+fn the_server_refuses_what_it_must() {
+    let Some(t) = Setup::new("the_server_refuses_what_it_must") else {
+        return;
+    };
+    let id = t.id.as_path();
+    let user = t.user.clone();
+    let denied = display_user("pw-web-denied");
+    let server = WebServer::start(id, &[user.uid], 0);
+    let pin = || t.pin();
+    let endpoint = format!("wss://{}/peerwire", server.addr);
+
+    // The same token twice: the first load connects, the reload is refused.
+    let token = server.mint(user.uid, Duration::ZERO, Duration::from_secs(60));
+    let from = log_len();
+    let mut page = Page::open(
+        &server.url(),
+        user.clone(),
+        pin(),
+        Tokens::new(move || token.clone()),
+    );
+    page.wait("document.body.dataset.state === 'connected'", 30);
+    let (cdp, session) = page.browser.page();
+    cdp.call(Some(session), "Page.reload", json!({})).unwrap();
+    page.wait(
+        "document.getElementById('log').textContent.includes('refused at upgrade')",
+        30,
+    );
+    wait_log(from, "session token refused: token was already used", 10);
+    drop(page);
+
+    // A forged token (another device's secret).
+    let forger = Minter::new(&DeviceSecret::generate().unwrap()).unwrap();
+    let binding = Binding {
+        uid: user.uid,
+        exe: None,
+        socket: token_endpoint(server.addr),
+    };
+    refused(
+        &server.url(),
+        &user,
+        pin(),
+        Tokens::new(move || forger.mint(&binding, Duration::from_secs(30)).unwrap()),
+        "session token refused: token signature is invalid",
+    );
+
+    // An expired token.
+    let old = server.mint(user.uid, Duration::from_secs(600), Duration::from_secs(60));
+    refused(
+        &server.url(),
+        &user,
+        pin(),
+        Tokens::new(move || old.clone()),
+        "session token refused: token expired",
+    );
+
+    // A page of another origin (a copy served elsewhere, pointed at the real endpoint), with
+    // good tokens.
+    let other = pages::Pages::start(&www(), &endpoint, Some(id));
+    refused(
+        &format!("{}/", other.origin),
+        &user,
+        pin(),
+        server.minter(user.uid),
+        &format!("Origin {} is not allowed", other.origin),
+    );
+
+    // A browser that does not trust the certificate: it drops the connection in the TLS
+    // handshake, and shows its certificate error page instead of the page.
+    let log = refused(
+        &server.url(),
+        &user,
+        None,
+        server.minter(user.uid),
+        "TLS: TLS handshake failed",
+    );
+    assert!(!log.contains("WebSocket upgrade"), "{log}");
+
+    // Plain ws:// (from a plain http page, the only kind a browser lets open one).
+    let plain = pages::Pages::start(&www(), &format!("ws://{}/peerwire", server.addr), None);
+    let log = refused(
+        &format!("{}/", plain.origin),
+        &user,
+        pin(),
+        server.minter(user.uid),
+        "http request",
+    );
+    assert!(!log.contains("WebSocket upgrade"), "{log}");
+
+    // A user the policy does not admit: closed before TLS, so not even the page loads.
+    refused(
+        &server.url(),
+        &denied,
+        pin(),
+        server.minter(denied.uid),
+        &format!(
+            "peer uid {} is not allowed by the server's access policy",
+            denied.uid
+        ),
+    );
+    assert_eq!(
+        server.said("Initialize from web-display"),
+        1,
+        "only the first page connected"
+    );
+}
+
+/// `peerwire launch-browser` itself: Chromium as the display user on the server's page, which
+/// connects with the tokens the command mints; when the command ends, so does the browser.
+#[test]
+fn launch_browser_command() {
+    let Some(t) = Setup::new("launch_browser_command") else {
+        return;
+    };
+    let id = t.id.as_path();
+    let user = t.user.clone();
+    let server = WebServer::start(id, &[user.uid], 0);
+    let log = t.dir.path().join("launcher.log");
+    let mut launcher = std::process::Command::new(common::BIN)
+        .args([
+            "launch-browser",
+            "--headless",
+            "--user",
+            "pw-web",
+            "--identity",
+        ])
+        .arg(id)
+        .arg("--ws")
+        .arg(server.addr.to_string())
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while server.said("Initialize from web-display") == 0 {
+        assert!(
+            Instant::now() < end,
+            "the page never initialised; launcher: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("token 1 delivered"), "{said}");
+    assert!(said.contains(&format!("as uid {}", user.uid)), "{said}");
+    // The launcher ends: Chromium loses its DevTools pipe and exits with all its processes.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(launcher.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    launcher.wait().unwrap();
+    wait_until("the browser's exit", 20, || {
+        std::process::Command::new("pgrep")
+            .args(["-u", &user.uid.to_string()])
+            .output()
+            .map(|o| o.stdout.is_empty())
+            .unwrap_or(false)
+    });
 }

@@ -4,28 +4,11 @@
 // of the launcher (`peerwire launch-browser`) through the DevTools binding it installs; the
 // token travels only in the WebSocket subprotocol header, never in a URL.
 
-const protobuf = globalThis.protobuf; // vendor/protobuf.min.js, protobufjs's light runtime
-const root = protobuf.Root.fromJSON(await (await fetch("schema.json")).json());
-const type = (name) => root.lookupType(name);
-const Frame = type("peerwire.v1.Frame");
-const SubscribeRequest = type("peerwire.v1.SubscribeRequest");
-const SubscribeResponse = type("peerwire.v1.SubscribeResponse");
-const display = {
-  InitializeRequest: type("display.v1.InitializeRequest"),
-  InitializeResponse: type("display.v1.InitializeResponse"),
-  ClientInitialized: type("display.v1.ClientInitialized"),
-  WindowReport: type("display.v1.WindowReport"),
-  WindowAck: type("display.v1.WindowAck"),
-  AlexaState: type("display.v1.AlexaState"),
-  AuthorizationCode: type("display.v1.AuthorizationCode"),
-  RenderTemplate: type("display.v1.RenderTemplate"),
-  ClearTemplate: type("display.v1.ClearTemplate"),
-  KeyEvent: type("display.v1.KeyEvent"),
-  TouchEvent: type("display.v1.TouchEvent"),
-};
-const State = root.lookupEnum("display.v1.State");
-const KeyCode = root.lookupEnum("display.v1.KeyCode").values;
-const Code = root.lookupEnum("peerwire.v1.Code");
+// proto.js (generated from proto/ by gen.mjs) over vendor/protobuf.min.js (protobufjs's minimal
+// runtime): static encoders and decoders, no eval.
+const { peerwire: { v1: pw }, display: { v1: display } } = globalThis.protobuf.roots.default;
+const { Frame, SubscribeRequest, SubscribeResponse, Code } = pw;
+const { State, KeyCode } = display;
 
 const SUBPROTOCOL = "peerwire.v1";
 const TOKEN_PREFIX = "peerwire.token.";
@@ -152,14 +135,14 @@ class Session {
         this.welcomed(frame.welcome);
         break;
       case "reject":
-        this.rejected(new Error(`Reject ${Code.valuesById[frame.reject.code]}: ${frame.reject.reason}`));
+        this.rejected(new Error(`Reject ${Code[frame.reject.code]}: ${frame.reject.reason}`));
         break;
       case "response": {
         const r = frame.response;
         const call = this.calls.get(Number(r.id));
         if (!call) break;
         this.calls.delete(Number(r.id));
-        if (r.code) call.reject(new Error(`${Code.valuesById[r.code] ?? r.code}: ${r.message}`));
+        if (r.code) call.reject(new Error(`${Code[r.code] ?? r.code}: ${r.message}`));
         else call.resolve(r.payload);
         break;
       }
@@ -172,7 +155,7 @@ class Session {
         this.send({ pong: { nonce: frame.ping.nonce } });
         break;
       case "goodbye":
-        log(`server says goodbye: ${Code.valuesById[frame.goodbye.code]} ${frame.goodbye.reason}`);
+        log(`server says goodbye: ${Code[frame.goodbye.code]} ${frame.goodbye.reason}`);
         break;
       default:
         log(`unexpected ${frame.kind} frame`);
@@ -183,7 +166,7 @@ class Session {
 let current = null;
 
 function drawState(msg) {
-  const name = State.valuesById[msg.state]?.replace("STATE_", "") ?? "UNKNOWN";
+  const name = State[msg.state]?.replace("STATE_", "") ?? "UNKNOWN";
   $("attention").textContent = name;
   $("attention").dataset.attention = name;
 }
@@ -225,7 +208,7 @@ function clearTemplate(msg) {
 function sendKey(key) {
   if (!current) return;
   current.notify("interaction_manager.Key", display.KeyEvent, { key, pressed: true });
-  log(`key ${root.lookupEnum("display.v1.KeyCode").valuesById[key]}`);
+  log(`key ${KeyCode[key]}`);
 }
 
 document.addEventListener("click", (ev) => {

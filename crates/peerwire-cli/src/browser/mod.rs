@@ -103,6 +103,8 @@ pub(crate) struct Launch {
     pub(crate) sandbox: bool,
     /// Window (or headless viewport) size.
     pub(crate) window: (u32, u32),
+    /// Chromium's own log (its stderr) discarded rather than passed on.
+    pub(crate) quiet: bool,
 }
 
 /// The origin (`scheme://host:port`) of `url`.
@@ -197,6 +199,9 @@ impl Launch {
             cmd.arg(format!("--app={}", self.url));
         }
         cmd.stdin(Stdio::null());
+        if self.quiet {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
         cmd
     }
 

@@ -29,8 +29,11 @@ impl Pages {
                 .to_owned();
             files.insert(format!("/{rel}"), std::fs::read(&entry).unwrap());
         }
+        // Another site's copy: without the page's own policy (connect only to its own origin),
+        // and pointed at `endpoint`.
         let index = String::from_utf8(files["/index.html"].clone())
             .unwrap()
+            .replace("http-equiv=\"Content-Security-Policy\"", "name=\"removed\"")
             .replace(
                 "<title>",
                 &format!("<meta name=\"peerwire-endpoint\" content=\"{endpoint}\">\n<title>"),
