@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ use serde_json::{Value, json};
 
 /// Largest message accepted from the browser (a full-page screenshot is a few MiB of base64).
 const MAX_MESSAGE: u64 = 64 << 20;
+/// Events waiting for the launcher at most; beyond, new ones are dropped (a page's lost token
+/// request times out and is asked again).
+const MAX_EVENTS: usize = 1024;
 /// How long a command may take before the call gives up.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -36,7 +39,7 @@ pub(crate) struct Event {
     pub(crate) session: Option<String>,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, Sender<Result<Value, String>>>>>;
+type Pending = Arc<Mutex<HashMap<u64, SyncSender<Result<Value, String>>>>>;
 
 /// One DevTools connection over the browser's pipes.
 pub(crate) struct Cdp {
@@ -51,7 +54,7 @@ impl Cdp {
     /// thread reads answers and events until the browser closes its end.
     pub(crate) fn new(to_browser: File, from_browser: File) -> Self {
         let pending: Pending = Arc::default();
-        let (events_tx, events) = channel();
+        let (events_tx, events) = sync_channel(MAX_EVENTS);
         let answers = pending.clone();
         std::thread::spawn(move || read_loop(from_browser, &answers, &events_tx));
         Self {
@@ -77,7 +80,7 @@ impl Cdp {
             }
             None => json!({ "id": id, "method": method, "params": params }),
         };
-        let (tx, rx) = channel();
+        let (tx, rx) = sync_channel(1);
         self.pending
             .lock()
             .map_err(|_| anyhow!("DevTools reader failed"))?
@@ -115,7 +118,7 @@ impl Cdp {
     }
 }
 
-fn read_loop(from_browser: File, pending: &Pending, events: &Sender<Event>) {
+fn read_loop(from_browser: File, pending: &Pending, events: &SyncSender<Event>) {
     let mut reader = BufReader::new(from_browser);
     loop {
         let mut buf = Vec::new();
@@ -150,8 +153,15 @@ fn read_loop(from_browser: File, pending: &Pending, events: &Sender<Event>) {
                     .and_then(Value::as_str)
                     .map(str::to_owned),
             };
-            if events.send(ev).is_err() {
-                break;
+            match events.try_send(ev) {
+                Ok(()) => {}
+                Err(TrySendError::Full(ev)) => {
+                    tracing::warn!(
+                        "{MAX_EVENTS} DevTools events waiting: {} dropped",
+                        ev.method
+                    );
+                }
+                Err(TrySendError::Disconnected(_)) => break,
             }
         }
     }
