@@ -479,6 +479,14 @@ fn launcher_hands_tokens_to_the_page_only() {
     );
     assert_eq!(page.browser.tokens_delivered() as usize, handed.len());
     assert_no_token_in_proc(user.uid, &handed);
+    // The profile: the display user's own, private, and removed with the browser.
+    let profile = page.browser.profile().unwrap().to_owned();
+    let meta = std::fs::metadata(&profile).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o700, user.uid, user.gid)
+    );
     // The same page from another origin, in the same browser: the launcher gives it nothing.
     let other = pages::Pages::start(&www(), "wss://127.0.0.1:1/peerwire", None);
     let (cdp, session) = page.browser.page();
@@ -503,6 +511,8 @@ fn launcher_hands_tokens_to_the_page_only() {
         "a token went to {}",
         other.origin
     );
+    drop(page);
+    assert!(!profile.exists(), "the profile outlived the browser");
 }
 
 /// Waits until `cond` holds, polling every 50 ms; fails with `what` after `secs` seconds.

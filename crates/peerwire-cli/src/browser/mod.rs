@@ -329,6 +329,12 @@ impl Browser {
         (&self.cdp, &self.page)
     }
 
+    /// The browser's profile directory.
+    #[allow(dead_code, reason = "the browser tests check it")]
+    pub(crate) fn profile(&self) -> Option<&Path> {
+        self.profile.as_ref().map(tempfile::TempDir::path)
+    }
+
     /// Tokens delivered so far.
     pub(crate) fn tokens_delivered(&self) -> u32 {
         self.tokens
