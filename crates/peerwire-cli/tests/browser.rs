@@ -759,29 +759,25 @@ fn the_server_refuses_what_it_must() {
     );
 }
 
-/// `peerwire launch-browser` itself: Chromium as the display user on the server's page, which
-/// connects with the tokens the command mints; when the command ends, so does the browser.
-#[test]
-fn launch_browser_command() {
-    let Some(t) = Setup::new("launch_browser_command") else {
-        return;
-    };
-    let id = t.id.as_path();
-    let user = t.user.clone();
-    let server = WebServer::start(id, &[user.uid], 0);
+/// Runs `peerwire launch-browser` for `t`'s user on `server` with `mode` (`--headless` or
+/// `--kiosk`) and `env`, until the page has initialised; then stops it with SIGTERM and checks
+/// that no process of the user is left. Returns the display service's Initialize line.
+fn launch_browser(t: &Setup, server: &WebServer, mode: &str, env: &[(&str, &str)]) -> String {
     let log = t.dir.path().join("launcher.log");
     let mut launcher = std::process::Command::new(common::BIN)
         .args([
             "launch-browser",
-            "--headless",
+            mode,
+            "--quiet",
             "--user",
             "pw-web",
             "--identity",
         ])
-        .arg(id)
+        .arg(&t.id)
         .arg("--ws")
         .arg(server.addr.to_string())
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
@@ -796,19 +792,70 @@ fn launch_browser_command() {
     }
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(said.contains("token 1 delivered"), "{said}");
-    assert!(said.contains(&format!("as uid {}", user.uid)), "{said}");
-    // The launcher ends: Chromium loses its DevTools pipe and exits with all its processes.
+    assert!(said.contains(&format!("as uid {}", t.user.uid)), "{said}");
+    // The launcher stops the browser on SIGTERM, and all of its processes end.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(launcher.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    launcher.wait().unwrap();
+    assert!(launcher.wait().unwrap().success());
     wait_until("the browser's exit", 20, || {
         std::process::Command::new("pgrep")
-            .args(["-u", &user.uid.to_string()])
+            .args(["-u", &t.user.uid.to_string()])
             .output()
             .map(|o| o.stdout.is_empty())
             .unwrap_or(false)
     });
+    let said = server.said.lock().unwrap();
+    said.iter()
+        .find(|l| l.contains("Initialize from web-display"))
+        .unwrap()
+        .clone()
+}
+
+/// `peerwire launch-browser --headless` itself: Chromium as the display user on the server's
+/// page, which connects with the tokens the command mints; SIGTERM ends it all.
+#[test]
+fn launch_browser_command() {
+    let Some(t) = Setup::new("launch_browser_command") else {
+        return;
+    };
+    let server = WebServer::start(&t.id, &[t.user.uid], 0);
+    let init = launch_browser(&t, &server, "--headless", &[]);
+    assert!(init.contains(&format!("uid={}", t.user.uid)), "{init}");
+}
+
+/// `peerwire launch-browser --kiosk` on a real (virtual) X display, as a device runs it, not
+/// headless: the page connects as the display user.
+#[test]
+fn launch_browser_kiosk_on_a_display() {
+    let Some(t) = Setup::new("launch_browser_kiosk_on_a_display") else {
+        return;
+    };
+    let server = WebServer::start(&t.id, &[t.user.uid], 0);
+    let n = (90..200)
+        .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
+        .unwrap();
+    // -ac: the display user may connect (a device's display session would own the display).
+    let mut xvfb = std::process::Command::new("Xvfb")
+        .args([
+            &format!(":{n}"),
+            "-screen",
+            "0",
+            "1600x900x24",
+            "-nolisten",
+            "tcp",
+            "-ac",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("Xvfb", 20, || {
+        Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+    });
+    let init = launch_browser(&t, &server, "--kiosk", &[("DISPLAY", &format!(":{n}"))]);
+    let _ = xvfb.kill();
+    let _ = xvfb.wait();
+    assert!(init.contains(&format!("uid={}", t.user.uid)), "{init}");
 }

@@ -101,7 +101,7 @@ pub(crate) struct Launch {
     pub(crate) kiosk: bool,
     /// Chromium's own sandbox (needs unprivileged user namespaces for the display user).
     pub(crate) sandbox: bool,
-    /// Window (or headless viewport) size.
+    /// Window (or headless viewport) size; not for a kiosk.
     pub(crate) window: (u32, u32),
     /// Chromium's own log (its stderr) discarded rather than passed on.
     pub(crate) quiet: bool,
@@ -188,7 +188,10 @@ impl Launch {
         if !self.sandbox {
             cmd.arg("--no-sandbox");
         }
-        cmd.arg(format!("--window-size={},{}", self.window.0, self.window.1));
+        // A kiosk takes the whole screen, whatever its size.
+        if !self.kiosk {
+            cmd.arg(format!("--window-size={},{}", self.window.0, self.window.1));
+        }
         if self.headless {
             cmd.args(["--headless", "--disable-gpu", "--hide-scrollbars"])
                 .arg(&self.url);
