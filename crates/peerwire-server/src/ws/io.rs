@@ -27,10 +27,14 @@ use tokio_tungstenite::tungstenite::{self, Message};
 /// connection's sink keeps them, within its own bounds).
 pub(crate) const OUT_BUFFER: usize = 64 * 1024;
 
-/// A peer sent something that is not one binary message per frame (a text message).
+/// A peer sent something that is not one binary message per frame within the limits (a text
+/// message, a malformed frame, a message over the frame limit: `too_large`).
 #[derive(Debug, thiserror::Error)]
-#[error("WebSocket protocol error: {0}")]
-pub(crate) struct WsProtocolError(pub(crate) String);
+#[error("WebSocket protocol error: {what}")]
+pub(crate) struct WsProtocolError {
+    pub(crate) what: String,
+    pub(crate) too_large: bool,
+}
 
 impl WsProtocolError {
     /// The [`WsProtocolError`] inside `e`, if that is what `e` is.
@@ -69,7 +73,10 @@ fn io_error(e: tungstenite::Error) -> std::io::Error {
         e @ (tungstenite::Error::Capacity(_) | tungstenite::Error::Protocol(_)) => {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                WsProtocolError(e.to_string()),
+                WsProtocolError {
+                    too_large: matches!(e, tungstenite::Error::Capacity(_)),
+                    what: e.to_string(),
+                },
             )
         }
         e => std::io::Error::other(e.to_string()),
@@ -114,7 +121,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIn<S> {
                 Some(Ok(Message::Text(_))) => {
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        WsProtocolError("a text message (frames travel as binary messages)".into()),
+                        WsProtocolError {
+                            what: "a text message (frames travel as binary messages)".into(),
+                            too_large: false,
+                        },
                     )));
                 }
                 // The peer's close (answered by tungstenite), or the end of the stream.
