@@ -12,7 +12,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -738,4 +738,224 @@ async fn a_page_that_never_reads_is_closed_as_a_slow_consumer() {
     echo(&mut good, 1, b"beside a page that does not read").await;
     let stats = stats(&mut good).await;
     assert!(stats.slow_consumers >= 1, "{stats:?}");
+}
+
+/// The Python of the virtual environment with `websockets` (`.ci/run` makes it:
+/// `target/ws-venv`), or `PEERWIRE_WS_PYTHON`. Missing: the test skips, except in CI
+/// (`PEERWIRE_TESTS_REQUIRE_ROOT=1`), where it fails.
+fn ws_python() -> Option<PathBuf> {
+    let path = std::env::var_os("PEERWIRE_WS_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ws-venv/bin/python3"),
+        PathBuf::from,
+    );
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var(common::REQUIRE_ROOT_ENV).as_deref() != Ok("1"),
+        "{} is missing: python3 -m venv target/ws-venv && target/ws-venv/bin/pip install websockets",
+        path.display()
+    );
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("SKIPPED: no {} (see .ci/run)\n", path.display()).as_bytes(),
+    );
+    None
+}
+
+#[tokio::test]
+async fn an_independent_python_client_sees_the_same_refusals() {
+    let Some(python) = ws_python() else { return };
+    let s = Setup::start(&[]);
+    let me = nix::unistd::geteuid().as_raw();
+    let good = s.mint();
+    let mut forged = s.mint().into_bytes();
+    let at = forged.len() - 3;
+    forged[at] = if forged[at] == b'x' { b'y' } else { b'x' };
+    let spare: Vec<String> = (0..5).map(|_| s.mint()).collect();
+    let input = format!(
+        r#"{{"addr":"{}","cafile":"{}","origin":"{ORIGIN}","hello":"{}","tokens":{{"good":"{good}","replayed":"{good}","forged":"{}","expired":"{}","spare1":"{}","spare2":"{}","spare3":"{}","spare4":"{}","spare5":"{}"}}}}"#,
+        s.addr,
+        s.id.join("server/cert.pem").display(),
+        hex(&hello_frame(&[1], &[("echo", 1)]).encode_to_vec()),
+        String::from_utf8(forged).unwrap(),
+        s.mint_for(me, None, 60),
+        spare[0],
+        spare[1],
+        spare[2],
+        spare[3],
+        spare[4],
+    );
+    let mut child = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ws/refusals.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = |case: &str| -> String {
+        text.split(&format!("\"{case}\": \""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("no {case} in {text}"))
+            .to_owned()
+    };
+    // The upgrade, a Hello, and a Welcome decoded here.
+    let good = result("good");
+    let welcome = good.strip_prefix("ok ").unwrap_or_else(|| panic!("{text}"));
+    let welcome = Frame::decode(unhex(welcome).as_slice()).unwrap();
+    assert!(
+        matches!(welcome.kind, Some(Kind::Welcome(_))),
+        "{welcome:?}"
+    );
+    for case in [
+        "replayed",
+        "forged",
+        "expired",
+        "no_token",
+        "wrong_origin",
+        "null_origin",
+        "no_origin",
+    ] {
+        assert_eq!(result(case), "status 403", "{case}: {text}");
+    }
+    assert!(result("plain_ws").starts_with("error:"), "{text}");
+    assert!(
+        result("untrusting").contains("CERTIFICATE_VERIFY_FAILED"),
+        "{text}"
+    );
+    s.logged(&["session token refused: token was already used"])
+        .await;
+    s.logged(&["session token refused: token expired"]).await;
+    s.logged(&["access denied: Origin null"]).await;
+}
+
+#[tokio::test]
+async fn openssl_s_client_sees_the_same_refusals() {
+    let s = Setup::start(&[]);
+    let cert = s.id.join("server/cert.pem");
+    let upgrade = |origin: &str, token: &str| {
+        format!(
+            "GET /peerwire HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Origin: {origin}\r\nSec-WebSocket-Protocol: peerwire.v1, peerwire.token.{token}\r\n\r\n",
+            s.addr
+        )
+    };
+    let token = s.mint();
+    // Trusting exactly the device certificate: the upgrade is answered 101 with the accept key.
+    let (out, err) = s_client(s.addr, Some(&cert), &upgrade(ORIGIN, &token));
+    assert!(out.starts_with("HTTP/1.1 101"), "{out} {err}");
+    assert!(
+        out.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{out}"
+    );
+    assert!(
+        out.contains("Sec-WebSocket-Protocol: peerwire.v1\r\n"),
+        "{out}"
+    );
+    assert!(
+        err.contains("verify return:1") && !err.contains("verify error"),
+        "{err}"
+    );
+    // The same token again, a forged one, another origin: 403 with the reason.
+    let (out, _) = s_client(s.addr, Some(&cert), &upgrade(ORIGIN, &token));
+    assert!(
+        out.starts_with("HTTP/1.1 403") && out.contains("token was already used"),
+        "{out}"
+    );
+    let (out, _) = s_client(s.addr, Some(&cert), &upgrade(ORIGIN, "pw1.AAAA"));
+    assert!(
+        out.starts_with("HTTP/1.1 403") && out.contains("malformed token"),
+        "{out}"
+    );
+    let (out, _) = s_client(
+        s.addr,
+        Some(&cert),
+        &upgrade("https://evil.test", &s.mint()),
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 403") && out.contains("Origin"),
+        "{out}"
+    );
+    // Not trusting the certificate: s_client refuses the server.
+    let (out, err) = s_client(s.addr, None, &upgrade(ORIGIN, &s.mint()));
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("verify error"), "{err}");
+    s.logged(&["refused with HTTP 403", "token was already used"])
+        .await;
+}
+
+/// `openssl s_client` to `addr` (TLS 1.3, verifying with `cafile` or with no trust at all),
+/// sends `request`, returns what the server answered (stdout) and s_client's stderr.
+fn s_client(addr: SocketAddr, cafile: Option<&Path>, request: &str) -> (String, String) {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-tls1_3",
+        "-quiet",
+        "-verify_return_error",
+        "-connect",
+    ])
+    .arg(addr.to_string());
+    match cafile {
+        Some(ca) => cmd.arg("-partial_chain").arg("-CAfile").arg(ca),
+        None => cmd.args(["-no-CAfile", "-no-CApath", "-no-CAstore"]),
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = std::io::Write::write_all(&mut stdin, request.as_bytes());
+    // The server closes after a refusal; after a 101 it waits for a Hello: read the head, stop.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if text.starts_with("HTTP/1.1 101") && text.contains("\r\n\r\n") {
+                break;
+            }
+        }
+        out
+    });
+    let start = Instant::now();
+    while !reader.is_finished() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    drop(stdin);
+    let out = reader.join().unwrap();
+    let status = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&status.stderr).into_owned(),
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }
