@@ -16,6 +16,7 @@ mod pw;
 mod raw;
 mod report;
 mod tokio_framing;
+mod ws;
 
 #[cfg(feature = "peers")]
 mod grpc;
@@ -43,12 +44,13 @@ pub(crate) enum System {
     PeerwireTls,
     PeerwireTlsToken,
     PeerwireC,
+    PeerwireWs,
     Tonic,
     Ttrpc,
 }
 
 impl System {
-    const ALL: [System; 9] = [
+    const ALL: [System; 10] = [
         System::Raw,
         System::Tokio,
         System::Peerwire,
@@ -56,6 +58,7 @@ impl System {
         System::PeerwireTls,
         System::PeerwireTlsToken,
         System::PeerwireC,
+        System::PeerwireWs,
         System::Tonic,
         System::Ttrpc,
     ];
@@ -69,6 +72,7 @@ impl System {
             System::PeerwireTls => "peerwire-tls",
             System::PeerwireTlsToken => "peerwire-tls-token",
             System::PeerwireC => "peerwire-c",
+            System::PeerwireWs => "peerwire-ws",
             System::Tonic => "tonic",
             System::Ttrpc => "ttrpc",
         }
@@ -109,6 +113,7 @@ fn serve(system: System, socket: &Path, identity: &Path) -> anyhow::Result<()> {
         System::PeerwireExe => pw::serve(socket, identity, pw::ServerMode::PlainExe),
         System::PeerwireTls => pw::serve(socket, identity, pw::ServerMode::MutualTls),
         System::PeerwireTlsToken => pw::serve(socket, identity, pw::ServerMode::ServerTlsToken),
+        System::PeerwireWs => ws::serve(socket, identity),
         #[cfg(feature = "peers")]
         System::Tonic => grpc::serve(socket),
         #[cfg(feature = "peers")]
@@ -253,6 +258,7 @@ async fn measure_system(
                 .await?;
         }
         System::PeerwireC => steps.run("rtt-64B", c_client::rtt(t, 64, p)).await?,
+        System::PeerwireWs => steps.common::<ws::Ws>(t, p).await?,
         #[cfg(feature = "peers")]
         System::Tonic => steps.peer::<grpc::Grpc>(t, server_pid, p, memory).await?,
         #[cfg(feature = "peers")]

@@ -80,6 +80,20 @@ pub(crate) enum ServerMode {
 }
 
 pub(crate) fn serve(path: &Path, identity: &Path, mode: ServerMode) -> anyhow::Result<()> {
+    serve_with(path, identity, mode, Ok, |_| Ok(()))
+}
+
+/// [`serve`], the builder completed by `configure` before it binds, and `bound` run once it
+/// has (the WebSocket row, `ws.rs`, adds its endpoint and publishes its port).
+pub(crate) fn serve_with(
+    path: &Path,
+    identity: &Path,
+    mode: ServerMode,
+    configure: impl FnOnce(
+        peerwire_server::ServerBuilder,
+    ) -> anyhow::Result<peerwire_server::ServerBuilder>,
+    bound: impl FnOnce(&Server) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -112,7 +126,8 @@ pub(crate) fn serve(path: &Path, identity: &Path, mode: ServerMode) -> anyhow::R
                 b = b.require_tokens(Verifier::new(&secret, &store, 1 << 16)?);
             }
         }
-        let server = b.bind()?;
+        let server = configure(b)?.bind()?;
+        bound(&server)?;
         crate::ready()?;
         server.run().await?;
         Ok(())

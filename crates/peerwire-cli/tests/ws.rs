@@ -12,7 +12,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -533,4 +533,429 @@ async fn a_uid_the_policy_denies_is_refused_before_tls() {
     let _ = s.mint_for(uid, None, 0);
     let mut ws = s.session().await;
     echo(&mut ws, 1, b"root is still served").await;
+}
+
+/// Sends `bytes` over a fresh TLS connection and reads until the server closes it (at most
+/// `wait`): what it answered, and whether it closed in time.
+async fn raw_exchange(s: &Setup, bytes: &[u8], wait: Duration) -> (String, bool) {
+    let mut tls = s.tls().await;
+    let _ = tls.write_all(bytes).await;
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(wait, tls.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn slow_and_oversized_request_heads_close_only_their_connection() {
+    let s = Setup::start(&["--grace-ms", "300"]);
+    let mut good = s.session().await;
+    // An oversized head: 431, closed.
+    let big = format!(
+        "GET /peerwire HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(9 * 1024)
+    );
+    let (answer, closed) = raw_exchange(&s, big.as_bytes(), Duration::from_secs(10)).await;
+    assert!(closed && answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // Too many headers: 431.
+    let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (answer, _) = raw_exchange(
+        &s,
+        format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    echo(&mut good, 1, b"after oversized heads").await;
+
+    // Slowloris: three connections trickle a head that never ends; each is closed at the
+    // handshake timeout (5 s), while the good client's calls are answered meanwhile.
+    let started = Instant::now();
+    let mut slow = vec![];
+    for _ in 0..3 {
+        let mut tls = s.tls().await;
+        tls.write_all(b"GET /peerwire HTTP/1.1\r\n").await.unwrap();
+        slow.push(tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                // One header byte every 200 ms, until the server hangs up.
+                if tls.write_all(b"X").await.is_err() {
+                    return;
+                }
+                let read = tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf));
+                if let Ok(Ok(0) | Err(_)) = read.await {
+                    return;
+                }
+            }
+        }));
+    }
+    for i in 0..10 {
+        echo(&mut good, 10 + i, b"while slow heads trickle").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in slow {
+        tokio::time::timeout(Duration::from_secs(15), t)
+            .await
+            .expect("a slow head is closed at the handshake timeout")
+            .unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(12),
+        "{took:?}"
+    );
+    s.logged(&["not complete within the handshake timeout", "127.0.0.1:"])
+        .await;
+    echo(&mut good, 30, b"after the slow heads").await;
+}
+
+#[tokio::test]
+async fn oversized_fragmented_and_text_messages_and_ping_floods_are_bounded() {
+    let s = Setup::start(&["--grace-ms", "300"]);
+    let mut good = s.session().await;
+
+    // A fragmented request, reassembled: answered like any other.
+    let mut ws = s.session().await;
+    let req = request(5, "echo.Echo", vec![3u8; 100_000].encode_to_vec()).encode_to_vec();
+    let (a, b) = req.split_at(40_000);
+    assert!(fragment(&mut ws, a, true, false).await);
+    assert!(fragment(&mut ws, b, false, true).await);
+    match recv(&mut ws).await.kind {
+        Some(Kind::Response(r)) => {
+            assert_eq!(r.id, 5);
+            assert_eq!(Vec::<u8>::decode(r.payload).unwrap(), vec![3u8; 100_000]);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A ping flood: answered with at most the latest pong, the session goes on.
+    for _ in 0..20_000 {
+        ws.feed(Message::Ping(vec![1u8; 100].into())).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    echo(&mut ws, 6, b"after a ping flood").await;
+    echo(&mut good, 1, b"beside a ping flood").await;
+
+    // Fragments beyond the frame limit (16 MiB): closed, without the whole being gathered.
+    let chunk = vec![0u8; 1 << 20];
+    let mut first = true;
+    for _ in 0..20 {
+        if !fragment(&mut ws, &chunk, first, false).await {
+            break;
+        }
+        first = false;
+    }
+    expect_closed(&mut ws).await;
+    s.logged(&["closing", "Message too long"]).await;
+    echo(&mut good, 2, b"after oversized fragments").await;
+
+    // One message beyond the limit: closed.
+    let mut ws = s.session().await;
+    let _ = ws
+        .send(Message::Binary(vec![0u8; (16 << 20) + 1].into()))
+        .await;
+    expect_closed(&mut ws).await;
+    echo(&mut good, 3, b"after an oversized message").await;
+
+    // Before the Welcome the handshake's 64 KiB limit applies, as on the Unix socket.
+    let mut ws = s.upgrade(&s.mint()).await.unwrap();
+    ws.send(Message::Binary(vec![0u8; 70_000].into()))
+        .await
+        .unwrap();
+    match recv(&mut ws).await.kind {
+        Some(Kind::Reject(r)) => assert_eq!(r.code, Code::FrameTooLarge as i32, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A text message is a protocol error.
+    let mut ws = s.session().await;
+    ws.send(Message::Text("{\"hello\": 1}".into()))
+        .await
+        .unwrap();
+    match recv(&mut ws).await.kind {
+        Some(Kind::Goodbye(g)) => assert_eq!(g.code, Code::ProtocolError as i32, "{g:?}"),
+        other => panic!("{other:?}"),
+    }
+    expect_closed(&mut ws).await;
+    echo(&mut good, 4, b"after a text message").await;
+    let stats = stats(&mut good).await;
+    assert!(stats.protocol_errors >= 3, "{stats:?}");
+}
+
+/// Sends one fragment of a binary message (`first`: its first, `last`: its last); false if the
+/// connection is closed.
+async fn fragment(ws: &mut Wss, data: &[u8], first: bool, last: bool) -> bool {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let op = if first { Data::Binary } else { Data::Continue };
+    ws.send(Message::Frame(WsFrame::message(
+        data.to_vec(),
+        OpCode::Data(op),
+        last,
+    )))
+    .await
+    .is_ok()
+}
+
+/// Reads until the server closes the connection (at most 10 s).
+async fn expect_closed(ws: &mut Wss) {
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server did not close the connection");
+}
+
+#[tokio::test]
+async fn a_page_that_never_reads_is_closed_as_a_slow_consumer() {
+    let s = Setup::start(&["--grace-ms", "300"]);
+    let mut good = s.session().await;
+    let mut ws = s.session().await;
+    // 64 echo requests of 1 MiB, never reading an answer: more than the outbound bound (8 MiB)
+    // and the socket buffers hold.
+    let payload = vec![9u8; 1 << 20].encode_to_vec();
+    for id in 1..=64 {
+        if ws
+            .send(Message::Binary(
+                request(id, "echo.Echo", payload.clone())
+                    .encode_to_vec()
+                    .into(),
+            ))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    s.logged(&["closing", "outbound queue full", "transport=\"wss\""])
+        .await;
+    echo(&mut good, 1, b"beside a page that does not read").await;
+    let stats = stats(&mut good).await;
+    assert!(stats.slow_consumers >= 1, "{stats:?}");
+}
+
+/// The Python of the virtual environment with `websockets` (`.ci/run` makes it:
+/// `target/ws-venv`), or `PEERWIRE_WS_PYTHON`. Missing: the test skips, except in CI
+/// (`PEERWIRE_TESTS_REQUIRE_ROOT=1`), where it fails.
+fn ws_python() -> Option<PathBuf> {
+    let path = std::env::var_os("PEERWIRE_WS_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ws-venv/bin/python3"),
+        PathBuf::from,
+    );
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var(common::REQUIRE_ROOT_ENV).as_deref() != Ok("1"),
+        "{} is missing: python3 -m venv target/ws-venv && target/ws-venv/bin/pip install websockets",
+        path.display()
+    );
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("SKIPPED: no {} (see .ci/run)\n", path.display()).as_bytes(),
+    );
+    None
+}
+
+#[tokio::test]
+async fn an_independent_python_client_sees_the_same_refusals() {
+    let Some(python) = ws_python() else { return };
+    let s = Setup::start(&[]);
+    let me = nix::unistd::geteuid().as_raw();
+    let good = s.mint();
+    let mut forged = s.mint().into_bytes();
+    let at = forged.len() - 3;
+    forged[at] = if forged[at] == b'x' { b'y' } else { b'x' };
+    let spare: Vec<String> = (0..5).map(|_| s.mint()).collect();
+    let input = format!(
+        r#"{{"addr":"{}","cafile":"{}","origin":"{ORIGIN}","hello":"{}","tokens":{{"good":"{good}","replayed":"{good}","forged":"{}","expired":"{}","spare1":"{}","spare2":"{}","spare3":"{}","spare4":"{}","spare5":"{}"}}}}"#,
+        s.addr,
+        s.id.join("server/cert.pem").display(),
+        hex(&hello_frame(&[1], &[("echo", 1)]).encode_to_vec()),
+        String::from_utf8(forged).unwrap(),
+        s.mint_for(me, None, 60),
+        spare[0],
+        spare[1],
+        spare[2],
+        spare[3],
+        spare[4],
+    );
+    let mut child = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ws/refusals.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = |case: &str| -> String {
+        text.split(&format!("\"{case}\": \""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("no {case} in {text}"))
+            .to_owned()
+    };
+    // The upgrade, a Hello, and a Welcome decoded here.
+    let good = result("good");
+    let welcome = good.strip_prefix("ok ").unwrap_or_else(|| panic!("{text}"));
+    let welcome = Frame::decode(unhex(welcome).as_slice()).unwrap();
+    assert!(
+        matches!(welcome.kind, Some(Kind::Welcome(_))),
+        "{welcome:?}"
+    );
+    for case in [
+        "replayed",
+        "forged",
+        "expired",
+        "no_token",
+        "wrong_origin",
+        "null_origin",
+        "no_origin",
+    ] {
+        assert_eq!(result(case), "status 403", "{case}: {text}");
+    }
+    assert!(result("plain_ws").starts_with("error:"), "{text}");
+    assert!(
+        result("untrusting").contains("CERTIFICATE_VERIFY_FAILED"),
+        "{text}"
+    );
+    s.logged(&["session token refused: token was already used"])
+        .await;
+    s.logged(&["session token refused: token expired"]).await;
+    s.logged(&["access denied: Origin null"]).await;
+}
+
+#[tokio::test]
+async fn openssl_s_client_sees_the_same_refusals() {
+    let s = Setup::start(&[]);
+    let cert = s.id.join("server/cert.pem");
+    let upgrade = |origin: &str, token: &str| {
+        format!(
+            "GET /peerwire HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Origin: {origin}\r\nSec-WebSocket-Protocol: peerwire.v1, peerwire.token.{token}\r\n\r\n",
+            s.addr
+        )
+    };
+    let token = s.mint();
+    // Trusting exactly the device certificate: the upgrade is answered 101 with the accept key.
+    let (out, err) = s_client(s.addr, Some(&cert), &upgrade(ORIGIN, &token));
+    assert!(out.starts_with("HTTP/1.1 101"), "{out} {err}");
+    assert!(
+        out.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{out}"
+    );
+    assert!(
+        out.contains("Sec-WebSocket-Protocol: peerwire.v1\r\n"),
+        "{out}"
+    );
+    assert!(
+        err.contains("verify return:1") && !err.contains("verify error"),
+        "{err}"
+    );
+    // The same token again, a forged one, another origin: 403 with the reason.
+    let (out, _) = s_client(s.addr, Some(&cert), &upgrade(ORIGIN, &token));
+    assert!(
+        out.starts_with("HTTP/1.1 403") && out.contains("token was already used"),
+        "{out}"
+    );
+    let (out, _) = s_client(s.addr, Some(&cert), &upgrade(ORIGIN, "pw1.AAAA"));
+    assert!(
+        out.starts_with("HTTP/1.1 403") && out.contains("malformed token"),
+        "{out}"
+    );
+    let (out, _) = s_client(
+        s.addr,
+        Some(&cert),
+        &upgrade("https://evil.test", &s.mint()),
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 403") && out.contains("Origin"),
+        "{out}"
+    );
+    // Not trusting the certificate: s_client refuses the server.
+    let (out, err) = s_client(s.addr, None, &upgrade(ORIGIN, &s.mint()));
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("verify error"), "{err}");
+    s.logged(&["refused with HTTP 403", "token was already used"])
+        .await;
+}
+
+/// `openssl s_client` to `addr` (TLS 1.3, verifying with `cafile` or with no trust at all),
+/// sends `request`, returns what the server answered (stdout) and s_client's stderr.
+fn s_client(addr: SocketAddr, cafile: Option<&Path>, request: &str) -> (String, String) {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-tls1_3",
+        "-quiet",
+        "-verify_return_error",
+        "-connect",
+    ])
+    .arg(addr.to_string());
+    match cafile {
+        Some(ca) => cmd.arg("-partial_chain").arg("-CAfile").arg(ca),
+        None => cmd.args(["-no-CAfile", "-no-CApath", "-no-CAstore"]),
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = std::io::Write::write_all(&mut stdin, request.as_bytes());
+    // The server closes after a refusal; after a 101 it waits for a Hello: read the head, stop.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if text.starts_with("HTTP/1.1 101") && text.contains("\r\n\r\n") {
+                break;
+            }
+        }
+        out
+    });
+    let start = Instant::now();
+    while !reader.is_finished() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    drop(stdin);
+    let out = reader.join().unwrap();
+    let status = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&status.stderr).into_owned(),
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }

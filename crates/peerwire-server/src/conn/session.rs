@@ -251,7 +251,12 @@ impl<W: SinkIo> Connection<W> {
                             if let Some(p) = crate::ws::io::WsProtocolError::of(e) {
                                 // A text message, an oversized or malformed WebSocket frame.
                                 bump(&self.shared.counters.protocol_errors);
-                                let status = Status::new(Code::ProtocolError, p.to_string());
+                                let code = if p.too_large {
+                                    Code::FrameTooLarge
+                                } else {
+                                    Code::ProtocolError
+                                };
+                                let status = Status::new(code, p.to_string());
                                 self.goodbye(&status);
                                 return Some(status);
                             }

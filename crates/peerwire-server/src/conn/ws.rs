@@ -88,6 +88,11 @@ pub(crate) async fn serve(
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::error_span!("conn", id, peer = %addr, uid = tracing::field::Empty, transport = "wss");
     async move {
+        // Frames are written whole, often small: no Nagle delay (a response would otherwise
+        // wait for the peer's delayed ACK of the one before).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
         // The peer's uid, from the kernel, before a byte is read.
         let uid = match peer::tcp_peer_uid(ws.addr, addr) {
             Ok(uid) => uid,

@@ -13,7 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -27,10 +27,14 @@ use tokio_tungstenite::tungstenite::{self, Message};
 /// connection's sink keeps them, within its own bounds).
 pub(crate) const OUT_BUFFER: usize = 64 * 1024;
 
-/// A peer sent something that is not one binary message per frame (a text message).
+/// A peer sent something that is not one binary message per frame within the limits (a text
+/// message, a malformed frame, a message over the frame limit: `too_large`).
 #[derive(Debug, thiserror::Error)]
-#[error("WebSocket protocol error: {0}")]
-pub(crate) struct WsProtocolError(pub(crate) String);
+#[error("WebSocket protocol error: {what}")]
+pub(crate) struct WsProtocolError {
+    pub(crate) what: String,
+    pub(crate) too_large: bool,
+}
 
 impl WsProtocolError {
     /// The [`WsProtocolError`] inside `e`, if that is what `e` is.
@@ -46,7 +50,12 @@ pub(crate) struct WsIn<S> {
     head: [u8; 4],
     head_left: usize,
     body: Bytes,
+    /// How the stream ended (`Ok`: the end of the stream), once what came before is given.
+    end: Option<std::io::Result<()>>,
 }
+
+/// Bytes of received messages given to the connection at a time.
+const READ_BATCH: usize = 64 * 1024;
 
 impl<S> WsIn<S> {
     pub(crate) fn new(stream: SplitStream<WebSocketStream<S>>) -> Self {
@@ -55,6 +64,7 @@ impl<S> WsIn<S> {
             head: [0; 4],
             head_left: 0,
             body: Bytes::new(),
+            end: None,
         }
     }
 }
@@ -69,7 +79,10 @@ fn io_error(e: tungstenite::Error) -> std::io::Error {
         e @ (tungstenite::Error::Capacity(_) | tungstenite::Error::Protocol(_)) => {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                WsProtocolError(e.to_string()),
+                WsProtocolError {
+                    too_large: matches!(e, tungstenite::Error::Capacity(_)),
+                    what: e.to_string(),
+                },
             )
         }
         e => std::io::Error::other(e.to_string()),
@@ -77,32 +90,45 @@ fn io_error(e: tungstenite::Error) -> std::io::Error {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIn<S> {
+    /// Gives the messages already received together (up to [`READ_BATCH`] bytes), so that the
+    /// connection sees the frames that arrived together and answers them together, as over a
+    /// Unix socket.
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        let start = buf.filled().len();
         loop {
             if this.head_left > 0 {
-                let start = 4 - this.head_left;
+                let at = 4 - this.head_left;
                 let n = this.head_left.min(buf.remaining());
-                buf.put_slice(this.head.get(start..start + n).unwrap_or_default());
+                buf.put_slice(this.head.get(at..at + n).unwrap_or_default());
                 this.head_left -= n;
-                if buf.remaining() == 0 {
-                    return Poll::Ready(Ok(()));
-                }
             }
-            if !this.body.is_empty() {
+            if this.head_left == 0 && !this.body.is_empty() {
                 let n = this.body.len().min(buf.remaining());
                 buf.put_slice(this.body.get(..n).unwrap_or_default());
                 this.body.advance(n);
+            }
+            let given = buf.filled().len() - start;
+            if buf.remaining() == 0 || given >= READ_BATCH {
                 return Poll::Ready(Ok(()));
             }
-            if !buf.filled().is_empty() {
+            if let Some(end) = this.end.take() {
+                if given == 0 {
+                    return Poll::Ready(end);
+                }
+                this.end = Some(end);
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut this.stream).poll_next(cx)) {
+            let next = match Pin::new(&mut this.stream).poll_next(cx) {
+                Poll::Pending if given > 0 => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(next) => next,
+            };
+            match next {
                 // Pings are answered by tungstenite (the latest one only: a flood is bounded).
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Binary(b))) => {
@@ -112,14 +138,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIn<S> {
                     this.body = b;
                 }
                 Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(std::io::Error::new(
+                    this.end = Some(Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        WsProtocolError("a text message (frames travel as binary messages)".into()),
+                        WsProtocolError {
+                            what: "a text message (frames travel as binary messages)".into(),
+                            too_large: false,
+                        },
                     )));
                 }
                 // The peer's close (answered by tungstenite), or the end of the stream.
-                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+                Some(Ok(Message::Close(_))) | None => this.end = Some(Ok(())),
+                Some(Err(e)) => this.end = Some(Err(io_error(e))),
             }
         }
     }
