@@ -80,6 +80,8 @@ class Session {
       this.rejected = reject;
       this.closed.then((ev) => reject(new Error(`closed before Welcome (${ev.code} ${ev.reason})`)));
     });
+    // Refused before the handshake began: nobody waits for it, and that is not an error.
+    this.handshake.catch(() => {});
     ws.onmessage = (ev) => this.receive(new Uint8Array(ev.data));
   }
 
