@@ -227,6 +227,24 @@ fn display_user(name: &str) -> DisplayUser {
     DisplayUser::lookup(name).unwrap()
 }
 
+/// Whether Chromium's sandbox can work for `user`: it needs unprivileged user namespaces, which
+/// this Debian kernel (and CI's) allows; a container that forbids them gets `--no-sandbox`, and
+/// says so.
+fn sandbox_works(user: &DisplayUser) -> bool {
+    let ok = common::as_user(user.uid, user.gid, &[])
+        .args(["unshare", "--user", "true"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"NOTE: no unprivileged user namespaces here: Chromium runs with --no-sandbox\n",
+        );
+    }
+    ok
+}
+
 /// Mints what the page asks for: `next` decides each token; every token handed out is kept.
 struct Tokens {
     handed: Rc<RefCell<Vec<String>>>,
@@ -250,6 +268,7 @@ struct Page {
 
 impl Page {
     fn open(url: &str, user: DisplayUser, pin: Option<String>, tokens: Tokens) -> Self {
+        let sandbox = sandbox_works(&user);
         let launch = Launch {
             chromium: browser::CHROMIUM.into(),
             url: url.to_owned(),
@@ -257,7 +276,7 @@ impl Page {
             spki_pin: pin,
             headless: true,
             kiosk: false,
-            sandbox: true,
+            sandbox,
             window: (1024, 640),
             quiet: true,
         };
@@ -284,16 +303,18 @@ impl Page {
         }
     }
 
-    /// The value of `expr` in the page (an error's text if it threw).
+    /// The value of `expr` in the page, or `{"exception": ...}` if it threw or could not run
+    /// (the page between two documents while it navigates).
     fn eval(&self, expr: &str) -> Value {
         let (cdp, page) = self.browser.page();
-        let r = cdp
-            .call(
-                Some(page),
-                "Runtime.evaluate",
-                json!({ "expression": expr, "returnByValue": true }),
-            )
-            .unwrap();
+        let r = match cdp.call(
+            Some(page),
+            "Runtime.evaluate",
+            json!({ "expression": expr, "returnByValue": true }),
+        ) {
+            Ok(r) => r,
+            Err(e) => return json!({ "exception": e.to_string() }),
+        };
         if let Some(e) = r.get("exceptionDetails") {
             return json!({ "exception": e });
         }
@@ -645,6 +666,10 @@ fn refused(
         page.eval("document.body?.dataset.state ?? null"),
         "connected"
     );
+    if pin.is_none() {
+        // Chromium's certificate error page instead of the page.
+        page.wait("location.href.startsWith('chrome-error:')", 10);
+    }
     log_since(from)
 }
 
