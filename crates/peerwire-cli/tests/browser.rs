@@ -674,7 +674,8 @@ fn refused(
 }
 
 /// Every way in that must fail, seen from a real browser, each with its reason in the server's
-/// log: a token used twice, a forged one, an expired one, a page of another origin, a browser
+/// log: a token used twice, a forged one, an expired one, one for another uid or another
+/// endpoint, a page of another origin, a browser
 /// that does not trust the server's certificate, a plain ws:// connection, and a user the
 /// policy does not admit.
 #[test]
@@ -687,7 +688,8 @@ fn the_server_refuses_what_it_must() {
     let denied = display_user("pw-web-denied");
     let server = WebServer::start(id, &[user.uid], 0);
     let pin = || t.pin();
-    let endpoint = format!("wss://{}/peerwire", server.addr);
+    // A fresh server for each case: a server logs at most 10 refusals per uid per 10 s.
+    let fresh = || WebServer::start(id, &[user.uid], 0);
 
     // The same token twice: the first load connects, the reload is refused.
     let token = server.mint(user.uid, Duration::ZERO, Duration::from_secs(60));
@@ -706,8 +708,14 @@ fn the_server_refuses_what_it_must() {
         30,
     );
     wait_log(from, "session token refused: token was already used", 10);
+    assert_eq!(
+        server.said("Initialize from web-display"),
+        1,
+        "only the first load"
+    );
     drop(page);
 
+    let server = fresh();
     // A forged token (another device's secret).
     let forger = Minter::new(&DeviceSecret::generate().unwrap()).unwrap();
     let binding = Binding {
@@ -723,6 +731,7 @@ fn the_server_refuses_what_it_must() {
         "session token refused: token signature is invalid",
     );
 
+    let server = fresh();
     // An expired token.
     let old = server.mint(user.uid, Duration::from_secs(600), Duration::from_secs(60));
     refused(
@@ -733,8 +742,36 @@ fn the_server_refuses_what_it_must() {
         "session token refused: token expired",
     );
 
+    let server = fresh();
+    // A good token for another uid, and one for another endpoint (another port).
+    refused(
+        &server.url(),
+        &user,
+        pin(),
+        server.minter(denied.uid),
+        &format!(
+            "session token refused: token is not for this peer: minted for uid {}",
+            denied.uid
+        ),
+    );
+    let elsewhere = Binding {
+        uid: user.uid,
+        exe: None,
+        socket: token_endpoint(SocketAddr::new(server.addr.ip(), server.addr.port() ^ 1)),
+    };
+    let minter = Minter::new(&server.secret).unwrap();
+    refused(
+        &server.url(),
+        &user,
+        pin(),
+        Tokens::new(move || minter.mint(&elsewhere, Duration::from_secs(30)).unwrap()),
+        "session token refused: token is not for this peer: minted for another server socket",
+    );
+
+    let server = fresh();
     // A page of another origin (a copy served elsewhere, pointed at the real endpoint), with
     // good tokens.
+    let endpoint = format!("wss://{}/peerwire", server.addr);
     let other = pages::Pages::start(&www(), &endpoint, Some(id));
     refused(
         &format!("{}/", other.origin),
@@ -744,6 +781,7 @@ fn the_server_refuses_what_it_must() {
         &format!("Origin {} is not allowed", other.origin),
     );
 
+    let server = fresh();
     // A browser that does not trust the certificate: it drops the connection in the TLS
     // handshake, and shows its certificate error page instead of the page.
     let log = refused(
@@ -755,6 +793,7 @@ fn the_server_refuses_what_it_must() {
     );
     assert!(!log.contains("WebSocket upgrade"), "{log}");
 
+    let server = fresh();
     // Plain ws:// (from a plain http page, the only kind a browser lets open one).
     let plain = pages::Pages::start(&www(), &format!("ws://{}/peerwire", server.addr), None);
     let log = refused(
@@ -766,6 +805,7 @@ fn the_server_refuses_what_it_must() {
     );
     assert!(!log.contains("WebSocket upgrade"), "{log}");
 
+    let server = fresh();
     // A user the policy does not admit: closed before TLS, so not even the page loads.
     refused(
         &server.url(),
@@ -776,11 +816,6 @@ fn the_server_refuses_what_it_must() {
             "peer uid {} is not allowed by the server's access policy",
             denied.uid
         ),
-    );
-    assert_eq!(
-        server.said("Initialize from web-display"),
-        1,
-        "only the first page connected"
     );
 }
 
