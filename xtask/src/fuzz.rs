@@ -22,6 +22,7 @@ fn targets() -> Vec<Target> {
         ("token", peerwire_security::token::fuzz_verify),
         ("sealed", peerwire_security::seal::fuzz_open),
         ("config", peerwire_server::settings::fuzz_config),
+        ("upgrade", peerwire_server::ws::fuzz_upgrade),
     ]
 }
 

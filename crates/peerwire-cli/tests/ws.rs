@@ -157,7 +157,16 @@ impl Setup {
         origin: Option<&str>,
         protocols: &str,
     ) -> Result<Wss, tungstenite::Error> {
-        let s = self.tls().await;
+        self.upgrade_over(self.tls().await, origin, protocols).await
+    }
+
+    /// [`Setup::upgrade_with`] over an established TLS stream.
+    async fn upgrade_over(
+        &self,
+        s: SslStream<TcpStream>,
+        origin: Option<&str>,
+        protocols: &str,
+    ) -> Result<Wss, tungstenite::Error> {
         let mut req = format!("wss://{}/peerwire", self.addr)
             .into_client_request()
             .unwrap();
@@ -506,33 +515,115 @@ async fn stats(ws: &mut Wss) -> peerwire_proto::v1::ServerStats {
 }
 
 #[tokio::test]
-async fn a_uid_the_policy_denies_is_refused_before_tls() {
-    if !common::root_or_skip("a_uid_the_policy_denies_is_refused_before_tls") {
+async fn the_access_policy_applies_to_websocket_peers_by_uid_and_group() {
+    if !common::root_or_skip("the_access_policy_applies_to_websocket_peers_by_uid_and_group") {
         return;
     }
-    let s = Setup::start(&[]);
+    let gid = common::ensure_group("pw-ws-grp");
+    let member = common::ensure_user("pw-ws-member", "pw-ws-grp");
+    let s = Setup::start(&["--allow-uid", "root", "--allow-group", "pw-ws-grp"]);
+    // The device certificate where the other users can read it.
+    let cert = s._tmp.path().join("server-cert.pem");
+    std::fs::copy(s.id.join("server/cert.pem"), &cert).unwrap();
+    let upgrade = |token: &str| upgrade_request(ORIGIN, token);
+    // A member of an allowed group, with a token minted for its uid: upgraded.
+    let mut as_member = common::as_user(member, gid, &[]);
+    let (out, err) = s_client_cmd(
+        &mut as_member,
+        s.addr,
+        Some(&cert),
+        &upgrade(&s.mint_for(member, None, 0)),
+    );
+    assert!(out.starts_with("HTTP/1.1 101"), "{out} {err}");
+    // The member's token presented by root: refused (the token is bound to the uid).
+    let (status, body) = refused(s.upgrade(&s.mint_for(member, None, 0)).await);
+    assert_eq!(status, 403);
+    assert!(body.contains("presented by uid 0"), "{body}");
+
+    // nobody: refused before TLS, with a valid token for its uid all the same.
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
-    // openssl s_client as nobody: the server closes before TLS.
-    let out = common::as_user(uid, gid, &[])
-        .args(["openssl", "s_client", "-connect"])
-        .arg(s.addr.to_string())
-        .args(["-tls1_3", "-brief"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "s_client as nobody completed TLS");
+    let (uid, ngid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let mut as_nobody = common::as_user(uid, ngid, &[]);
+    let (out, err) = s_client_cmd(
+        &mut as_nobody,
+        s.addr,
+        Some(&cert),
+        &upgrade(&s.mint_for(uid, None, 0)),
+    );
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        !err.contains("verify return:1"),
+        "TLS went ahead for nobody: {err}"
+    );
     s.logged(&[
         "access denied",
         &format!("uid {uid}"),
         "not allowed",
+        "before TLS",
         "127.0.0.1:",
     ])
     .await;
-    // And a token minted for nobody does not help: the uid is refused before the token is read.
-    let _ = s.mint_for(uid, None, 0);
     let mut ws = s.session().await;
     echo(&mut ws, 1, b"root is still served").await;
+    let stats = stats(&mut ws).await;
+    assert!(stats.denied >= 1, "{stats:?}");
+}
+
+#[test]
+fn a_websocket_endpoint_is_refused_off_loopback_and_under_executable_rules() {
+    let tmp = common::open_tempdir();
+    let id = tmp.path().join("id");
+    common::init_identity(&id, "ws-config");
+    let run = |extra: &[&str]| {
+        let out = Command::new(common::BIN)
+            .args(["serve", "--allow-root", "--socket"])
+            .arg(tmp.path().join("run/s.sock"))
+            .arg("--identity")
+            .arg(&id)
+            .args(["--ws-origin", ORIGIN])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for addr in ["0.0.0.0:7443", "192.0.2.1:7443", "[::]:7443"] {
+        let err = run(&["--ws-listen", addr]);
+        assert!(
+            err.contains("must listen on a loopback address"),
+            "{addr}: {err}"
+        );
+    }
+    let err = run(&["--ws-listen", "127.0.0.1:0", "--allow-exe", common::BIN]);
+    assert!(err.contains("executable rules"), "{err}");
+    let err = run(&["--ws-listen", "127.0.0.1:0", "--ws-origin", "null"]);
+    assert!(err.contains("invalid allowed origin"), "{err}");
+}
+
+#[tokio::test]
+async fn mutual_tls_on_the_websocket_endpoint_needs_the_pinned_client_certificate() {
+    let s = Setup::start(&["--ws-mutual-tls"]);
+    // With the device's client identity: upgraded.
+    let tls = ClientTls::from_dir(&s.id, TlsMode::Mutual)
+        .unwrap()
+        .unwrap();
+    let tcp = TcpStream::connect(s.addr).await.unwrap();
+    let mut stream = SslStream::new(tls.ssl().unwrap(), tcp).unwrap();
+    Pin::new(&mut stream).connect().await.unwrap();
+    let protocols = format!("peerwire.v1, peerwire.token.{}", s.mint());
+    let mut ws = s
+        .upgrade_over(stream, Some(ORIGIN), &protocols)
+        .await
+        .unwrap();
+    send(&mut ws, hello_frame(&[1], &[("echo", 1)])).await;
+    assert!(matches!(recv(&mut ws).await.kind, Some(Kind::Welcome(_))));
+    echo(&mut ws, 1, b"mutual").await;
+    // Without a client certificate: the server refuses the TLS handshake (TLS 1.3 tells the
+    // client on its first read).
+    let r = s.upgrade(&s.mint()).await;
+    assert!(r.is_err(), "upgraded without a client certificate");
+    s.logged(&["TLS:", "certificate"]).await;
 }
 
 /// Sends `bytes` over a fresh TLS connection and reads until the server closes it (at most
@@ -845,14 +936,7 @@ async fn an_independent_python_client_sees_the_same_refusals() {
 async fn openssl_s_client_sees_the_same_refusals() {
     let s = Setup::start(&[]);
     let cert = s.id.join("server/cert.pem");
-    let upgrade = |origin: &str, token: &str| {
-        format!(
-            "GET /peerwire HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Origin: {origin}\r\nSec-WebSocket-Protocol: peerwire.v1, peerwire.token.{token}\r\n\r\n",
-            s.addr
-        )
-    };
+    let upgrade = upgrade_request;
     let token = s.mint();
     // Trusting exactly the device certificate: the upgrade is answered 101 with the accept key.
     let (out, err) = s_client(s.addr, Some(&cert), &upgrade(ORIGIN, &token));
@@ -900,7 +984,19 @@ async fn openssl_s_client_sees_the_same_refusals() {
 /// `openssl s_client` to `addr` (TLS 1.3, verifying with `cafile` or with no trust at all),
 /// sends `request`, returns what the server answered (stdout) and s_client's stderr.
 fn s_client(addr: SocketAddr, cafile: Option<&Path>, request: &str) -> (String, String) {
-    let mut cmd = Command::new("openssl");
+    s_client_cmd(&mut Command::new("openssl"), addr, cafile, request)
+}
+
+/// [`s_client`] run by `cmd` (`openssl` itself, or a prefix such as `setpriv ... --`).
+fn s_client_cmd(
+    cmd: &mut Command,
+    addr: SocketAddr,
+    cafile: Option<&Path>,
+    request: &str,
+) -> (String, String) {
+    if cmd.get_program() != "openssl" {
+        cmd.arg("openssl");
+    }
     cmd.args([
         "s_client",
         "-tls1_3",
@@ -946,6 +1042,15 @@ fn s_client(addr: SocketAddr, cafile: Option<&Path>, request: &str) -> (String, 
     (
         String::from_utf8_lossy(&out).into_owned(),
         String::from_utf8_lossy(&status.stderr).into_owned(),
+    )
+}
+
+/// An upgrade request written by hand (RFC 6455's example key), for `openssl s_client`.
+fn upgrade_request(origin: &str, token: &str) -> String {
+    format!(
+        "GET /peerwire HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Origin: {origin}\r\nSec-WebSocket-Protocol: peerwire.v1, peerwire.token.{token}\r\n\r\n"
     )
 }
 

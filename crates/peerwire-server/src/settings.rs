@@ -605,6 +605,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn websocket_section_is_checked_and_builds_an_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = dir.path().join("id");
+        peerwire_security::identity::provision(&id, "t", false).unwrap();
+        let config = |ws: &str| {
+            let text = format!(
+                "socket = \"{}\"\n[tls]\nidentity = \"{}\"\n[websocket]\n{ws}",
+                dir.path().join("s.sock").display(),
+                id.display()
+            );
+            ServerConfig::parse(&text, Path::new("f"))
+        };
+        let err = config("listen = \"127.0.0.1:0\"\nallow_origin = []\n").unwrap_err();
+        assert!(err.to_string().contains("allow_origin"), "{err}");
+        let err = config("listen = \"0.0.0.0:7443\"\n")
+            .unwrap()
+            .builder()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("websocket.listen"), "{err}");
+        let err = config("listen = \"127.0.0.1:0\"\nallow_origins = [\"null\"]\n")
+            .unwrap()
+            .builder()
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("websocket.allow_origins"),
+            "{err}"
+        );
+        let c = config(
+            "listen = \"127.0.0.1:0\"\nallow_origins = [\"https://127.0.0.1:7443\"]\nmutual_tls = true\n",
+        )
+        .unwrap();
+        let ws = c.websocket.as_ref().unwrap();
+        assert!(ws.mutual_tls);
+        let ep = c.websocket_endpoint(ws).unwrap();
+        assert_eq!(ep.listen(), "127.0.0.1:0".parse().unwrap());
+        // The endpoint's replay record sits beside the Unix socket's.
+        assert!(id.join("server/used-tokens-ws").exists());
+    }
+
+    #[test]
     fn example_parses_and_errors_name_the_key() {
         let c = ServerConfig::parse(EXAMPLE, Path::new("example")).unwrap();
         assert_eq!(c.tls_mode().unwrap(), TlsMode::Mutual);

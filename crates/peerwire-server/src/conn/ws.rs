@@ -107,6 +107,13 @@ pub(crate) async fn serve(
         tracing::Span::current().record("uid", uid);
         if shared.penalty.active(uid) {
             bump(&shared.counters.denied);
+            shared.log_limit.log(uid, || {
+                tracing::warn!(
+                    "access denied: uid {uid} was denied more than {} times within {:?}; closed",
+                    crate::fds::PENALTY_AFTER,
+                    crate::fds::PENALTY_WINDOW
+                );
+            });
             return;
         }
         let peer = match shared.policy.admits_tcp_uid(uid) {
@@ -140,6 +147,9 @@ pub(crate) async fn serve(
             () = admission.evicted.cancelled() => {
                 bump(&shared.counters.limit_refusals);
                 Err(Refused::Quiet(format!("closed before its upgrade: {}", admission.eviction())))
+            }
+            () = shared.shutdown.cancelled() => {
+                Err(Refused::Quiet("closed before its upgrade: the server is shutting down".into()))
             }
             r = tokio::time::timeout_at(deadline, upgrade(&shared, &ws, tcp, uid)) => match r {
                 Ok(r) => r,

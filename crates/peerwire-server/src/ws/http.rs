@@ -96,6 +96,39 @@ impl Request {
     }
 }
 
+/// Parses the request head at the start of `buf`: the request and the head's length once it is
+/// complete, `None` while it is not.
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            if req.version != Some(1) {
+                return Err(HeadError::Malformed("not HTTP/1.1".into()));
+            }
+            let parsed = Request {
+                method: req.method.unwrap_or_default().to_owned(),
+                path: req.path.unwrap_or_default().to_owned(),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            std::str::from_utf8(h.value).unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect(),
+            };
+            Ok(Some((parsed, n)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
 /// Reads a request head from `rd` into `buf` (at most [`MAX_HEAD`] bytes), parses it, and
 /// leaves in `buf` what followed it.
 pub(crate) async fn read_head<R: AsyncRead + Unpin>(
@@ -104,36 +137,9 @@ pub(crate) async fn read_head<R: AsyncRead + Unpin>(
 ) -> Result<Request, HeadError> {
     let mut chunk = [0u8; 1024];
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let parsed = Request {
-                    method: req.method.unwrap_or_default().to_owned(),
-                    path: req.path.unwrap_or_default().to_owned(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                std::str::from_utf8(h.value).unwrap_or_default().to_owned(),
-                            )
-                        })
-                        .collect(),
-                };
-                if req.version != Some(1) {
-                    return Err(HeadError::Malformed("not HTTP/1.1".into()));
-                }
-                buf.drain(..n);
-                return Ok(parsed);
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(e) => return Err(HeadError::Malformed(e.to_string())),
-        }
-        if buf.len() >= MAX_HEAD {
-            return Err(HeadError::TooLarge);
+        if let Some((req, n)) = parse_head(buf)? {
+            buf.drain(..n);
+            return Ok(req);
         }
         let want = chunk.len().min(MAX_HEAD - buf.len());
         let n = rd.read(chunk.get_mut(..want).unwrap_or_default()).await?;

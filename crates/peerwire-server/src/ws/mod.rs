@@ -227,6 +227,18 @@ fn content_type(name: &str) -> Option<&'static str> {
     })
 }
 
+/// Fuzzing entry point: what the server does with a request head before the upgrade (parse,
+/// the upgrade's checks, the token offer, the Origin, a web root lookup). Never panics.
+pub fn fuzz_upgrade(data: &[u8]) {
+    if let Ok(Some((req, _))) = http::parse_head(data) {
+        let _ = req.wants_upgrade();
+        let _ = req.upgrade_key();
+        let _ = req.token();
+        let _ = req.one("origin");
+        let _ = WebRoot::default().get(&req.path);
+    }
+}
+
 /// What a bound WebSocket endpoint serves with.
 #[derive(Debug)]
 pub(crate) struct WsShared {
