@@ -596,6 +596,7 @@ fn page_renders_pushes_and_its_input_reaches_the_server() {
     let png = page.screenshot();
     assert_eq!(&png[1..4], b"PNG");
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/web-client.png");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
     std::fs::write(&target, &png).unwrap();
     if std::env::var_os("PEERWIRE_UPDATE_SCREENSHOT").is_some() {
         std::fs::write(
