@@ -6,12 +6,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use peerwire_proto::HANDSHAKE_MAX_FRAME_SIZE;
 use peerwire_proto::codec::FrameCodec;
 use peerwire_proto::v1::Frame;
+use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::token::Presenter;
 use peerwire_transport::FrameSink;
 use peerwire_transport::stream::{self, FrameReader};
@@ -69,12 +69,100 @@ impl ConnWriter for WsWriter {
     }
 }
 
-/// Why a connection ended before its upgrade.
-enum Refused {
-    /// Answered with an HTTP status, logged and counted.
-    Http,
-    /// Closed without an answer; the log line is said.
-    Quiet(String),
+/// Why a WebSocket connection was refused before its session. Each refusal has its HTTP answer
+/// (if it gets one: before TLS, or without a request, the connection just closes), its counter
+/// and its log line, which the connection's span completes with the peer's address and uid.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error(
+        "access denied: the peer's uid cannot be determined (sock_diag: {0}); closed before TLS"
+    )]
+    UnknownUid(#[source] std::io::Error),
+    #[error(
+        "access denied: uid {0} was denied more than {n} times within {w:?}; closed",
+        n = crate::fds::PENALTY_AFTER,
+        w = crate::fds::PENALTY_WINDOW
+    )]
+    Penalty(u32),
+    #[error("access denied: {0}; closed before TLS")]
+    Policy(String),
+    #[error("connection refused: {}", Untrusted(&.0.message))]
+    Limit(Status),
+    #[error("closed before its upgrade: {0}")]
+    Evicted(Status),
+    #[error("closed before its upgrade: the server is shutting down")]
+    ShuttingDown,
+    #[error("TLS and the request head not complete within the handshake timeout of {0:?}")]
+    Timeout(Duration),
+    #[error("TLS: {}", Untrusted(&.0.to_string()))]
+    Tls(#[source] peerwire_security::tls::TlsError),
+    #[error("request head: {0}")]
+    Head(#[source] HeadError),
+    #[error("method {} not allowed", Untrusted(.0))]
+    Method(String),
+    #[error("no file {}", Untrusted(.0))]
+    NotFound(String),
+    #[error("not a WebSocket upgrade: {0}")]
+    BadUpgrade(&'static str),
+    #[error("access denied: no Origin (or more than one)")]
+    NoOrigin,
+    #[error("access denied: Origin null")]
+    NullOrigin,
+    #[error("access denied: Origin {} is not allowed", Untrusted(.0))]
+    Origin(String),
+    #[error("session token refused: {0}")]
+    Token(String),
+    #[error("writing the 101 failed: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+impl Refusal {
+    /// The HTTP status and reason phrase it is answered with, if any.
+    fn http(&self) -> Option<(u16, &'static str)> {
+        Some(match self {
+            Self::Head(HeadError::TooLarge) => (431, "Request Header Fields Too Large"),
+            Self::Head(HeadError::Malformed(_)) | Self::BadUpgrade(_) => (400, "Bad Request"),
+            Self::Method(_) => (405, "Method Not Allowed"),
+            Self::NotFound(_) => (404, "Not Found"),
+            Self::NoOrigin | Self::NullOrigin | Self::Origin(_) | Self::Token(_) => {
+                (403, "Forbidden")
+            }
+            _ => return None,
+        })
+    }
+
+    /// The counter it is counted by, if any (a file not found, a closed peer: none).
+    fn counter<'a>(&self, c: &'a crate::registry::Counters) -> Option<&'a AtomicU64> {
+        Some(match self {
+            Self::UnknownUid(_)
+            | Self::Penalty(_)
+            | Self::Policy(_)
+            | Self::NoOrigin
+            | Self::NullOrigin
+            | Self::Origin(_) => &c.denied,
+            Self::Limit(_) | Self::Evicted(_) => &c.limit_refusals,
+            Self::Timeout(_) => &c.handshake_failures,
+            Self::Tls(_) => &c.tls_failures,
+            Self::Head(HeadError::TooLarge | HeadError::Malformed(_)) | Self::BadUpgrade(_) => {
+                &c.protocol_errors
+            }
+            Self::Token(_) => &c.token_failures,
+            _ => return None,
+        })
+    }
+
+    /// Counts and logs it (rate-limited per uid: `u32::MAX` when the uid is unknown).
+    fn record(&self, shared: &Shared, uid: u32) {
+        if let Some(counter) = self.counter(&shared.counters) {
+            bump(counter);
+        }
+        shared.log_limit.log(uid, || match self.http() {
+            Some((status, _)) => tracing::warn!("refused with HTTP {status}: {self}"),
+            // A browser's speculative connection, or a probe: nothing was asked.
+            None if matches!(self, Self::Head(HeadError::Closed)) => tracing::info!("{self}"),
+            None => tracing::warn!("{self}"),
+        });
+    }
 }
 
 /// Serves one accepted TCP connection on the WebSocket endpoint.
@@ -96,47 +184,23 @@ pub(crate) async fn serve(
         // The peer's uid, from the kernel, before a byte is read.
         let uid = match peer::tcp_peer_uid(ws.addr, addr) {
             Ok(uid) => uid,
-            Err(e) => {
-                bump(&shared.counters.denied);
-                shared.log_limit.log(u32::MAX, || {
-                    tracing::warn!("access denied: the uid of {addr} cannot be determined (sock_diag: {e})");
-                });
-                return;
-            }
+            Err(e) => return Refusal::UnknownUid(e).record(&shared, u32::MAX),
         };
         tracing::Span::current().record("uid", uid);
         if shared.penalty.active(uid) {
-            bump(&shared.counters.denied);
-            shared.log_limit.log(uid, || {
-                tracing::warn!(
-                    "access denied: uid {uid} was denied more than {} times within {:?}; closed",
-                    crate::fds::PENALTY_AFTER,
-                    crate::fds::PENALTY_WINDOW
-                );
-            });
-            return;
+            return Refusal::Penalty(uid).record(&shared, uid);
         }
         let peer = match shared.policy.admits_tcp_uid(uid) {
             Ok(peer) => peer,
             Err(reason) => {
-                bump(&shared.counters.denied);
                 shared.penalty.denied(uid);
-                shared.log_limit.log(uid, || {
-                    tracing::warn!("access denied: {addr} uid {uid}: {reason}; closed before TLS");
-                });
-                return;
+                return Refusal::Policy(reason).record(&shared, uid);
             }
         };
         bump(&shared.counters.accepted);
         let admission = match Admission::new(&shared, uid, id) {
             Ok(a) => a,
-            Err(status) => {
-                bump(&shared.counters.limit_refusals);
-                shared.log_limit.log(uid, || {
-                    tracing::warn!("connection refused: {}", Untrusted(&status.message));
-                });
-                return;
-            }
+            Err(status) => return Refusal::Limit(status).record(&shared, uid),
         };
         drop(pre_admission);
         // TLS, the request head and the upgrade share one deadline (the handshake timeout);
@@ -144,33 +208,16 @@ pub(crate) async fn serve(
         let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
         let upgraded = tokio::select! {
             biased;
-            () = admission.evicted.cancelled() => {
-                bump(&shared.counters.limit_refusals);
-                Err(Refused::Quiet(format!("closed before its upgrade: {}", admission.eviction())))
-            }
-            () = shared.shutdown.cancelled() => {
-                Err(Refused::Quiet("closed before its upgrade: the server is shutting down".into()))
-            }
-            r = tokio::time::timeout_at(deadline, upgrade(&shared, &ws, tcp, uid)) => match r {
-                Ok(r) => r,
-                Err(_) => {
-                    bump(&shared.counters.handshake_failures);
-                    Err(Refused::Quiet(format!(
-                        "TLS and the request head not complete within the handshake timeout of {:?}",
-                        shared.limits.handshake_timeout
-                    )))
-                }
-            },
+            () = admission.evicted.cancelled() => Err(Refusal::Evicted(admission.eviction())),
+            () = shared.shutdown.cancelled() => Err(Refusal::ShuttingDown),
+            r = tokio::time::timeout_at(deadline, upgrade(&shared, &ws, tcp, uid)) => r
+                .unwrap_or(Err(Refusal::Timeout(shared.limits.handshake_timeout))),
         };
         let (tls, rest) = match upgraded {
             Ok(Some(upgraded)) => upgraded,
-            // A file of the web root was served.
+            // A file of the web root was served, or the peer was answered its refusal.
             Ok(None) => return,
-            Err(Refused::Quiet(why)) => {
-                shared.log_limit.log(uid, || tracing::warn!("{addr} uid {uid}: {}", Untrusted(&why)));
-                return;
-            }
-            Err(Refused::Http) => return,
+            Err(refusal) => return refusal.record(&shared, uid),
         };
         let config = WebSocketConfig::default()
             .max_message_size(Some(shared.limits.max_frame_size as usize))
@@ -180,7 +227,8 @@ pub(crate) async fn serve(
                     + shared.limits.max_frame_size as usize
                     + 64,
             );
-        let socket = WebSocketStream::from_partially_read(tls, rest, Role::Server, Some(config)).await;
+        let socket =
+            WebSocketStream::from_partially_read(tls, rest, Role::Server, Some(config)).await;
         let (sink_half, stream_half) = futures_util::StreamExt::split(socket);
         let out = Arc::new(WsOut::default());
         let writer = {
@@ -204,7 +252,17 @@ pub(crate) async fn serve(
         let hello_deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
         let grace = shared.limits.shutdown_grace;
         // The token was checked at the upgrade: the Hello's token field is ignored.
-        establish(shared, admission, peer, hello_deadline, None, None, reader, wr).await;
+        establish(
+            shared,
+            admission,
+            peer,
+            hello_deadline,
+            None,
+            None,
+            reader,
+            wr,
+        )
+        .await;
         // What the session queued goes out, then a close message, within the grace period.
         out.close();
         let abort = writer.abort_handle();
@@ -222,117 +280,91 @@ pub(crate) async fn serve(
     .await
 }
 
-/// TLS, then the request head: a file of the web root (`None` once served), or the upgrade's
-/// checks and the 101 (`Some`: the TLS stream and what the peer sent after its head).
+/// TLS, then the request head: a file of the web root, or the upgrade's checks and the 101
+/// (`Some`: the TLS stream and what the peer sent after its head). A refusal after TLS is
+/// answered, counted and logged here (`None`); one without an answer is returned.
 async fn upgrade(
     shared: &Shared,
     ws: &WsShared,
     tcp: TcpStream,
     uid: u32,
-) -> Result<Option<(Tls, Vec<u8>)>, Refused> {
-    let ssl = ws
+) -> Result<Option<(Tls, Vec<u8>)>, Refusal> {
+    let mut tls = ws
         .tls
         .ssl()
-        .map_err(|e| Refused::Quiet(format!("TLS set-up: {e}")))?;
-    let mut tls =
-        SslStream::new(ssl, tcp).map_err(|e| Refused::Quiet(format!("TLS set-up: {e}")))?;
+        .and_then(|ssl| SslStream::new(ssl, tcp).map_err(Into::into))
+        .map_err(Refusal::Tls)?;
     if let Err(e) = std::pin::Pin::new(&mut tls).accept().await {
-        bump(&shared.counters.tls_failures);
         let e = peerwire_security::tls::handshake_error(tls.ssl(), e, "client");
-        return Err(Refused::Quiet(format!("TLS: {e}")));
+        return Err(Refusal::Tls(e));
     }
     let mut buf = Vec::new();
-    let req = match http::read_head(&mut tls, &mut buf).await {
-        Ok(req) => req,
-        Err(e) => {
-            bump(&shared.counters.protocol_errors);
-            let (status, reason) = match e {
-                HeadError::TooLarge => (431, "Request Header Fields Too Large"),
-                HeadError::Malformed(_) => (400, "Bad Request"),
-                HeadError::Closed | HeadError::Io(_) => {
-                    return Err(Refused::Quiet(format!("request head: {e}")));
-                }
+    let checked = match http::read_head(&mut tls, &mut buf).await {
+        Ok(req) => check(ws, &req, uid).await,
+        Err(e) => Err(Refusal::Head(e)),
+    };
+    let response = match checked {
+        Ok(Answer::Upgrade(key)) => {
+            tls.write_all(&http::switching_protocols(&key))
+                .await
+                .map_err(Refusal::Write)?;
+            tracing::info!("WebSocket upgrade: origin and session token accepted");
+            return Ok(Some((tls, buf)));
+        }
+        Ok(Answer::File(response)) => response,
+        Err(refusal) => {
+            let Some((status, reason)) = refusal.http() else {
+                return Err(refusal);
             };
-            return Err(respond(&mut tls, shared, uid, status, reason, e.to_string()).await);
+            refusal.record(shared, uid);
+            http::error_response(status, reason, &refusal.to_string())
         }
     };
+    let _ = tls.write_all(&response).await;
+    let _ = tls.shutdown().await;
+    Ok(None)
+}
+
+/// What a request head is answered with, once it passed its checks.
+enum Answer {
+    /// A file of the web root (the whole response).
+    File(Vec<u8>),
+    /// The upgrade, with its `Sec-WebSocket-Key`.
+    Upgrade(String),
+}
+
+/// The checks of a request head: the method, a file of the web root, or the upgrade's (its
+/// headers, (1) the Origin, (2) the session token for this endpoint and this uid).
+async fn check(ws: &WsShared, req: &http::Request, uid: u32) -> Result<Answer, Refusal> {
     // GET (an upgrade or a file), or HEAD of a file; nothing else.
     let head_only = req.method == "HEAD" && !req.wants_upgrade();
     if req.method != "GET" && !head_only {
-        let why = format!("method {} not allowed", Untrusted(&req.method));
-        return Err(respond(&mut tls, shared, uid, 405, "Method Not Allowed", why).await);
+        return Err(Refusal::Method(req.method.clone()));
     }
     if !req.wants_upgrade() {
         // A file of the web root, by exact name.
-        let Some((body, ty)) = ws.web.get(&req.path) else {
-            let why = format!("no file {}", Untrusted(&req.path));
-            return Err(respond(&mut tls, shared, uid, 404, "Not Found", why).await);
-        };
-        let response = http::file_response(ty, body, head_only);
-        let _ = tls.write_all(&response).await;
-        let _ = tls.shutdown().await;
+        let (body, ty) = ws
+            .web
+            .get(&req.path)
+            .ok_or_else(|| Refusal::NotFound(req.path.clone()))?;
         tracing::debug!(path = %Untrusted(&req.path), "served");
-        return Ok(None);
+        return Ok(Answer::File(http::file_response(ty, body, head_only)));
     }
-    let key = match req.upgrade_key() {
-        Ok(key) => key.to_owned(),
-        Err(why) => {
-            bump(&shared.counters.protocol_errors);
-            return Err(respond(&mut tls, shared, uid, 400, "Bad Request", why.into()).await);
-        }
-    };
-    // (1) The Origin, exactly one of the allowed ones.
+    let key = req.upgrade_key().map_err(Refusal::BadUpgrade)?.to_owned();
     match req.one("origin") {
         Some(o) if o != "null" && ws.origins.iter().any(|a| a == o) => {}
-        other => {
-            bump(&shared.counters.denied);
-            let why = match other {
-                None => "access denied: no Origin (or more than one)".to_owned(),
-                Some("null") => "access denied: Origin null".to_owned(),
-                Some(o) => format!("access denied: Origin {} is not allowed", Untrusted(o)),
-            };
-            return Err(respond(&mut tls, shared, uid, 403, "Forbidden", why).await);
-        }
+        None => return Err(Refusal::NoOrigin),
+        Some("null") => return Err(Refusal::NullOrigin),
+        Some(o) => return Err(Refusal::Origin(o.to_owned())),
     }
-    // (2) The session token, from the subprotocol offers, for this endpoint and this uid.
     let presenter = Presenter {
         uid,
         exe: None,
         socket: ws.endpoint.clone(),
     };
-    let checked = match req.token() {
-        Ok(token) => check_token(Some(&ws.tokens), Some(&presenter), token.as_bytes())
-            .await
-            .map_err(|status| status.message),
-        Err(why) => Err(why.to_owned()),
-    };
-    if let Err(why) = checked {
-        bump(&shared.counters.token_failures);
-        let why = format!("session token refused: {why}");
-        return Err(respond(&mut tls, shared, uid, 403, "Forbidden", why).await);
-    }
-    if let Err(e) = tls.write_all(&http::switching_protocols(&key)).await {
-        return Err(Refused::Quiet(format!("writing the 101 failed: {e}")));
-    }
-    tracing::info!("WebSocket upgrade: origin and session token accepted");
-    Ok(Some((tls, buf)))
-}
-
-/// Answers `status` with `why` as the body, logs it, closes the TLS session.
-async fn respond(
-    tls: &mut Tls,
-    shared: &Shared,
-    uid: u32,
-    status: u16,
-    reason: &'static str,
-    why: String,
-) -> Refused {
-    shared.log_limit.log(uid, || {
-        tracing::warn!("refused with HTTP {status}: {}", Untrusted(&why));
-    });
-    let _ = tls
-        .write_all(&http::error_response(status, reason, &why))
-        .await;
-    let _ = tls.shutdown().await;
-    Refused::Http
+    let token = req.token().map_err(|why| Refusal::Token(why.to_owned()))?;
+    check_token(Some(&ws.tokens), Some(&presenter), token.as_bytes())
+        .await
+        .map_err(|status| Refusal::Token(status.message))?;
+    Ok(Answer::Upgrade(key))
 }
