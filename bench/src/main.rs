@@ -7,9 +7,12 @@
 //! async Rust stack costs before any protocol or security), `peerwire`, `peerwire-exe` (an
 //! `--allow-exe` rule: the sender of every chunk read is checked), `peerwire-tls` (mutual TLS 1.3), `peerwire-tls-token`
 //! (server TLS + one-time session tokens: connection set-up only), `peerwire-c` (the C client
-//! over the C API against the plain server: 64 B round trips only) and, with the `peers` feature,
+//! over the C API against the plain server: 64 B round trips only), `peerwire-blocking`
+//! (`peerwire_client::blocking` against the plain server: 64 B round trips only) and, with the
+//! `peers` feature,
 //! `tonic` (gRPC) and `ttrpc`. Scenarios and figures: see `measure.rs`; output: `report.rs`.
 
+mod blocking;
 mod c_client;
 mod measure;
 mod pw;
@@ -43,12 +46,13 @@ pub(crate) enum System {
     PeerwireTls,
     PeerwireTlsToken,
     PeerwireC,
+    PeerwireBlocking,
     Tonic,
     Ttrpc,
 }
 
 impl System {
-    const ALL: [System; 9] = [
+    const ALL: [System; 10] = [
         System::Raw,
         System::Tokio,
         System::Peerwire,
@@ -56,6 +60,7 @@ impl System {
         System::PeerwireTls,
         System::PeerwireTlsToken,
         System::PeerwireC,
+        System::PeerwireBlocking,
         System::Tonic,
         System::Ttrpc,
     ];
@@ -69,6 +74,7 @@ impl System {
             System::PeerwireTls => "peerwire-tls",
             System::PeerwireTlsToken => "peerwire-tls-token",
             System::PeerwireC => "peerwire-c",
+            System::PeerwireBlocking => "peerwire-blocking",
             System::Tonic => "tonic",
             System::Ttrpc => "ttrpc",
         }
@@ -105,7 +111,9 @@ fn serve(system: System, socket: &Path, identity: &Path) -> anyhow::Result<()> {
     match system {
         System::Raw => raw::serve(socket),
         System::Tokio => tokio_framing::serve(socket),
-        System::Peerwire | System::PeerwireC => pw::serve(socket, identity, pw::ServerMode::Plain),
+        System::Peerwire | System::PeerwireC | System::PeerwireBlocking => {
+            pw::serve(socket, identity, pw::ServerMode::Plain)
+        }
         System::PeerwireExe => pw::serve(socket, identity, pw::ServerMode::PlainExe),
         System::PeerwireTls => pw::serve(socket, identity, pw::ServerMode::MutualTls),
         System::PeerwireTlsToken => pw::serve(socket, identity, pw::ServerMode::ServerTlsToken),
@@ -253,6 +261,11 @@ async fn measure_system(
                 .await?;
         }
         System::PeerwireC => steps.run("rtt-64B", c_client::rtt(t, 64, p)).await?,
+        System::PeerwireBlocking => {
+            steps
+                .run("rtt-64B", async { blocking::rtt(t, 64, p) })
+                .await?
+        }
         #[cfg(feature = "peers")]
         System::Tonic => steps.peer::<grpc::Grpc>(t, server_pid, p, memory).await?,
         #[cfg(feature = "peers")]

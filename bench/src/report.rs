@@ -282,6 +282,7 @@ fn color(system: System) -> &'static str {
         System::PeerwireTls => "#2ca02c",
         System::PeerwireTlsToken => "#98df8a",
         System::PeerwireC => "#17becf",
+        System::PeerwireBlocking => "#e377c2",
         System::Tonic => "#ff7f0e",
         System::Ttrpc => "#9467bd",
     }

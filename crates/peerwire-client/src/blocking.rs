@@ -100,6 +100,10 @@ use crate::{
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The longest a call's first read blocks in `recv` on a plain socket (its receive timeout)
+/// before the wait goes on in `poll`, with the deadlines and wake-ups `poll` watches.
+const EAGER_READ: Duration = Duration::from_millis(2);
+
 impl ClientBuilder {
     /// Connects and completes the handshake on this thread, for a [blocking](self::Client)
     /// client (no async runtime needed). [`reconnect`](Self::reconnect) does not apply.
@@ -189,7 +193,7 @@ impl Client {
         let id = self
             .conn
             .start(method, payload.into(), deadline, due, Slot::Wait)?;
-        let waited = self.conn.wait(Some(due), |st| st.done.remove(&id));
+        let waited = self.conn.wait(Some(due), true, |st| st.done.remove(&id));
         let answer = match waited {
             Ok(Some(answer)) => answer,
             Ok(None) => {
@@ -264,11 +268,12 @@ impl Client {
     }
 
     /// The next event, waiting at most `timeout`: `Ok(None)` when none came; an error once the
-    /// connection is lost and every event received before is taken.
+    /// connection is lost and every event received before is taken. With a zero `timeout` it
+    /// takes only what was already read (during calls, or by another waiting thread).
     pub fn recv_event(&self, timeout: Duration) -> Result<Option<EventMessage>, CallError> {
         let until = Instant::now().checked_add(timeout);
         self.conn
-            .wait(until, |st| st.events.pop_front())
+            .wait(until, false, |st| st.events.pop_front())
             .map_err(CallError::Disconnected)
     }
 
@@ -277,7 +282,7 @@ impl Client {
     pub fn events(&self) -> impl Iterator<Item = EventMessage> + '_ {
         std::iter::from_fn(|| {
             self.conn
-                .wait(None, |st| st.events.pop_front())
+                .wait(None, false, |st| st.events.pop_front())
                 .ok()
                 .flatten()
         })
@@ -290,7 +295,7 @@ impl Client {
     pub fn recv(&self, timeout: Option<Duration>) -> Result<Option<Delivery>, CallError> {
         let until = timeout.and_then(|t| Instant::now().checked_add(t));
         self.conn
-            .wait(until, |st| {
+            .wait(until, false, |st| {
                 st.answers
                     .pop_front()
                     .map(|(id, answer)| Delivery::Answer(id, answer))
@@ -400,6 +405,10 @@ struct Conn {
     socket: UnixStream,
     /// Wakes the reading thread's `poll` (a call due before it would wake).
     waker: (UnixStream, UnixStream),
+    /// Plain socket (no TLS): writes go through `wr`, and a call's first read may block.
+    plain: bool,
+    /// The write buffer and codec of a plain socket.
+    wr: Mutex<(BytesMut, FrameCodec)>,
     io: Mutex<Io>,
     state: Mutex<State>,
     cond: Condvar,
@@ -459,9 +468,31 @@ impl Conn {
         }
     }
 
+    /// Writes one frame: on a plain socket through `wr` (the reading thread may hold `io`),
+    /// over TLS through the TLS stream in `io`.
+    fn write(&self, frame: &Frame) -> Result<(), CodecError> {
+        if !self.plain {
+            return lock(&self.io).write_frame(frame);
+        }
+        let mut wr = lock(&self.wr);
+        let (wbuf, codec) = &mut *wr;
+        wbuf.clear();
+        codec.encode(frame, wbuf)?;
+        let mut rest: &[u8] = wbuf;
+        while !rest.is_empty() {
+            match send(self.socket.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
+                Ok(0) => return Err(CodecError::Io(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(CodecError::Io(e.into())),
+            }
+        }
+        Ok(())
+    }
+
     /// Writes one frame; a failed write ends the connection (a frame may be half written).
     fn send(&self, frame: &Frame) -> Result<(), CallError> {
-        let written = lock(&self.io).write_frame(frame);
+        let written = self.write(frame);
         match written {
             Ok(()) => Ok(()),
             Err(CodecError::OutgoingTooLarge { len, max }) => Err(CallError::TooLarge { len, max }),
@@ -485,7 +516,7 @@ impl Conn {
             return;
         }
         while let Some(frame) = st.session.poll_transmit() {
-            if let Err(e) = lock(&self.io).write_frame(&frame) {
+            if let Err(e) = self.write(&frame) {
                 st.lose(DisconnectReason::BadFrame(Arc::new(e)));
                 let _ = self.socket.shutdown(std::net::Shutdown::Both);
                 return;
@@ -526,10 +557,13 @@ impl Conn {
 
     /// Waits until `take` finds what the caller waits for (`Ok(Some)`), `until` passes
     /// (`Ok(None)`) or the connection is lost with nothing for the caller (`Err`). One waiting
-    /// thread at a time reads, for all of them.
+    /// thread at a time reads, for all of them. `eager`: the answer is expected soon (a call
+    /// just sent), so the first read on a plain socket blocks in `recv` for it (see
+    /// [`EAGER_READ`]) rather than `poll` first.
     fn wait<T>(
         &self,
         until: Option<Instant>,
+        mut eager: bool,
         mut take: impl FnMut(&mut State) -> Option<T>,
     ) -> Result<Option<T>, DisconnectReason> {
         let mut st = lock(&self.state);
@@ -568,7 +602,8 @@ impl Conn {
             }
             st.reading = true;
             drop(st);
-            let read = self.read(wake);
+            let read = self.read(wake, eager);
+            eager = false;
             st = lock(&self.state);
             st.reading = false;
             self.dispatch(&mut st, read);
@@ -577,7 +612,24 @@ impl Conn {
     }
 
     /// Reads what arrives until `until` (one batch), without holding the state.
-    fn read(&self, until: Option<Instant>) -> Batch {
+    fn read(&self, until: Option<Instant>, eager: bool) -> Batch {
+        if eager && self.plain && until.is_some_and(|u| u > Instant::now() + EAGER_READ) {
+            // A blocking `recv` (bounded by the socket's receive timeout, `EAGER_READ`) saves
+            // the `poll` of every round trip. Only the reading thread takes `io` on a plain
+            // socket (writes go through `wr`), so nobody waits for it meanwhile.
+            let mut io = lock(&self.io);
+            if !io.buffered() {
+                match io.fill_blocking() {
+                    Ok(true) => {
+                        let frames = io.frames();
+                        return frames.map_or_else(Batch::Failed, Batch::End);
+                    }
+                    Ok(false) => {}
+                    Err(why) => return Batch::Failed(why),
+                }
+            }
+            return io.frames().map_or_else(Batch::Failed, Batch::Frames);
+        }
         if !lock(&self.io).buffered() {
             let timeout = match until {
                 None => PollTimeout::NONE,
@@ -817,6 +869,36 @@ impl Io {
         }
     }
 
+    /// Waits in `recv` for what comes on a plain socket, at most the socket's receive timeout
+    /// ([`EAGER_READ`]): true at the end of the stream.
+    fn fill_blocking(&mut self) -> Result<bool, DisconnectReason> {
+        let Link::Plain(s) = &mut self.link else {
+            return self.fill();
+        };
+        match recv(s.stream.as_raw_fd(), &mut s.chunk, MsgFlags::empty()) {
+            Ok(0) => Ok(true),
+            Ok(n) => {
+                self.rbuf
+                    .extend_from_slice(s.chunk.get(..n).unwrap_or_default());
+                if n == READ_CHUNK {
+                    return self.fill();
+                }
+                Ok(false)
+            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(io_reason(e.into())),
+        }
+    }
+
+    /// Every complete frame read.
+    fn frames(&mut self) -> Result<Vec<Frame>, DisconnectReason> {
+        let mut frames = vec![];
+        while let Some(frame) = self.decode()? {
+            frames.push(frame);
+        }
+        Ok(frames)
+    }
+
     /// The next complete frame read, if any.
     fn decode(&mut self) -> Result<Option<Frame>, DisconnectReason> {
         self.codec
@@ -830,18 +912,10 @@ impl Io {
             Ok(end) => end,
             Err(why) => return Batch::Failed(why),
         };
-        let mut frames = vec![];
-        loop {
-            match self.decode() {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => break,
-                Err(why) => return Batch::Failed(why),
-            }
-        }
-        if end {
-            Batch::End(frames)
-        } else {
-            Batch::Frames(frames)
+        match self.frames() {
+            Ok(frames) if end => Batch::End(frames),
+            Ok(frames) => Batch::Frames(frames),
+            Err(why) => Batch::Failed(why),
         }
     }
 
@@ -1008,7 +1082,15 @@ fn connect(config: &Config) -> Result<Conn, ConnectError> {
         .set_write_timeout(Some(config.default_deadline))
         .map_err(io_err)?;
     let waker = UnixStream::pair().map_err(io_err)?;
+    let plain = config.tls.is_none();
+    if plain {
+        socket.set_read_timeout(Some(EAGER_READ)).map_err(io_err)?;
+    }
+    let mut codec = FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE);
+    codec.set_max_frame_size(session.max_frame_size());
     Ok(Conn {
+        plain,
+        wr: Mutex::new((BytesMut::new(), codec)),
         session,
         server,
         socket,
