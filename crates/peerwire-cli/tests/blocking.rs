@@ -121,7 +121,7 @@ fn events_arrive_in_order_also_during_a_call_and_the_queue_is_bounded() {
     assert!(seqs.windows(2).all(|w| w[0] + 1 == w[1]), "{seqs:?}");
     // After the call's answer, the next events show the gap of those dropped.
     let next = client.recv_event(Duration::from_secs(5)).unwrap().unwrap();
-    assert!(next.seq > seqs[5] + 5, "{} after {seqs:?}", next.seq);
+    assert!(next.seq > seqs[5] + 1, "{} after {seqs:?}", next.seq);
     // The iterator goes on in order; unsubscribing stops the pushes.
     let more: Vec<u64> = client.events().take(3).map(|e| e.seq).collect();
     assert!(

@@ -47,6 +47,10 @@
 //! when it has what it waited for, another waiting thread takes over. So concurrent calls are
 //! in flight together, and one thread's answer never waits for another's.
 //!
+//! A call's first read on a plain socket waits in `recv` (at most 2 ms, the socket's receive
+//! timeout), which saves a `poll` per round trip; after that, and over TLS, a thread waits in
+//! `poll`, with its deadline.
+//!
 //! # Events
 //!
 //! Events (server pushes on subscribed topics, or to this connection) are kept in one queue,
