@@ -329,6 +329,8 @@ struct State {
     session: ClientSession<Slot>,
     /// A thread is reading (the others wait on `Conn::cond`).
     reading: bool,
+    /// Threads waiting on `Conn::cond`.
+    sleepers: usize,
     /// Answers for threads in `raw_call`, by request id.
     done: HashMap<u64, conn::Answer>,
     /// Answers of started calls, in the order they came.
@@ -504,8 +506,8 @@ impl Conn {
                 let why = DisconnectReason::BadFrame(Arc::new(e));
                 let mut st = lock(&self.state);
                 st.lose(why.clone());
+                self.wake(&st);
                 drop(st);
-                self.cond.notify_all();
                 let _ = self.socket.shutdown(std::net::Shutdown::Both);
                 Err(CallError::Disconnected(why))
             }
@@ -536,10 +538,18 @@ impl Conn {
             self.flush(&mut st);
             st.lose(DisconnectReason::Closed);
         }
+        self.wake(&st);
         drop(st);
         // Wakes a thread in `poll`: it reads the end of the stream.
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        self.cond.notify_all();
+    }
+
+    /// Wakes the threads waiting on `cond`, if any (a `notify_all` with none waiting still
+    /// costs a `futex` system call: one per round trip).
+    fn wake(&self, st: &State) {
+        if st.sleepers > 0 {
+            self.cond.notify_all();
+        }
     }
 
     /// Runs the session's timers if due: expired calls are answered, their `Cancel`s sent.
@@ -556,7 +566,7 @@ impl Conn {
             st.lose(DisconnectReason::Idle(quiet));
             let _ = self.socket.shutdown(std::net::Shutdown::Both);
         }
-        self.cond.notify_all();
+        self.wake(st);
     }
 
     /// Waits until `take` finds what the caller waits for (`Ok(Some)`), `until` passes
@@ -598,10 +608,12 @@ impl Conn {
                 (a, b) => a.or(b),
             };
             if st.reading {
+                st.sleepers += 1;
                 st = match wake {
                     Some(w) => relock(self.cond.wait_timeout(st, w.saturating_duration_since(now))),
                     None => self.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
                 };
+                st.sleepers -= 1;
                 continue;
             }
             st.reading = true;
@@ -611,7 +623,7 @@ impl Conn {
             st = lock(&self.state);
             st.reading = false;
             self.dispatch(&mut st, read);
-            self.cond.notify_all();
+            self.wake(&st);
         }
     }
 
@@ -1103,6 +1115,7 @@ fn connect(config: &Config) -> Result<Conn, ConnectError> {
         state: Mutex::new(State {
             session: state,
             reading: false,
+            sleepers: 0,
             done: HashMap::new(),
             answers: VecDeque::new(),
             events: VecDeque::new(),
