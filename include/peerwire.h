@@ -220,11 +220,11 @@ typedef struct peerwire_subscription peerwire_subscription;
  * The answer to `peerwire_client_call_async`: `status` is `PEERWIRE_OK` with the response
  * (`len` bytes), or the failure with `error` (a message) and `remote_code` (the protocol code
  * for `PEERWIRE_REMOTE_STATUS`). `response` and `error` are valid during the call only.
- * Called exactly once per accepted call, on a library thread; calls still pending when the
- * client is closed or freed are answered `PEERWIRE_DISCONNECTED` (or `PEERWIRE_CLOSED`, on the
- * thread calling `peerwire_client_free`, if their task had not started), always before
- * `peerwire_client_free` returns. The rules of `peerwire_method_fn` apply (no blocking functions, no
- * unwinding).
+ * Called exactly once per accepted call, on the client's library thread; calls still pending
+ * when the client is closed or freed are answered `PEERWIRE_DISCONNECTED` (or
+ * `PEERWIRE_CLOSED`, on the thread calling `peerwire_client_free`), always before
+ * `peerwire_client_free` returns. The rules of `peerwire_method_fn` apply (no blocking
+ * functions, no unwinding).
  */
 typedef void (*peerwire_call_fn)(void *user_data,
                                  peerwire_status status,
@@ -236,8 +236,8 @@ typedef void (*peerwire_call_fn)(void *user_data,
 /**
  * An event pushed by the server on a subscribed topic: `topic`, its sequence number (per
  * connection and topic from 1; a gap means events were dropped; restarts at 1 after a
- * reconnection) and `len` bytes of payload, valid during the call only. Called on a library
- * thread, one event at a time per subscription, in the order the server sent them. The rules
+ * reconnection) and `len` bytes of payload, valid during the call only. Called on the
+ * client's library thread, one event at a time, in the order the server sent them. The rules
  * of `peerwire_method_fn` apply; `peerwire_client_notify`, `peerwire_client_call_async` and
  * `peerwire_subscription_free` of this very subscription are allowed.
  */
@@ -600,9 +600,9 @@ peerwire_status peerwire_client_options_reconnect(peerwire_client_options *optio
                                                   uint64_t max_ms);
 
 /**
- * Connects and runs the handshake, blocking at most the connect timeout, on a runtime thread
- * the library starts for this client. `options` is consumed whatever the result (do not free
- * it); `*out` is set on success only. Not from a callback (`PEERWIRE_WRONG_THREAD`).
+ * Connects and runs the handshake on the calling thread, blocking at most the connect
+ * timeout. `options` is consumed whatever the result (do not free it); `*out` is set on
+ * success only. Not from a callback (`PEERWIRE_WRONG_THREAD`).
  *
  * # Safety
  * `options` is live options; `out` points to writable memory for a pointer.
@@ -611,11 +611,12 @@ peerwire_status peerwire_client_connect(peerwire_client_options *options, peerwi
 
 /**
  * Calls `method` with `request` (`len` bytes, copied) and blocks the calling thread until the
- * answer, the deadline (`timeout_ms`; 0: the default deadline) or a lost connection. On
- * success `*response` is a new buffer the caller frees with `peerwire_buffer_free`; on failure
- * it is left untouched. A non-OK answer is `PEERWIRE_REMOTE_STATUS` (the code:
- * `peerwire_last_remote_code()`). Any number of threads may call at once. Not from a callback
- * (`PEERWIRE_WRONG_THREAD`): use `peerwire_client_call_async` there.
+ * answer, the deadline (`timeout_ms`; 0: the default deadline) or a lost connection; the
+ * calling thread sends the request and reads the answer itself. On success `*response` is a
+ * new buffer the caller frees with `peerwire_buffer_free`; on failure it is left untouched. A
+ * non-OK answer is `PEERWIRE_REMOTE_STATUS` (the code: `peerwire_last_remote_code()`). Any
+ * number of threads may call at once. Not from a callback (`PEERWIRE_WRONG_THREAD`): use
+ * `peerwire_client_call_async` there.
  *
  * # Safety
  * `client` is a live client; `method` a NUL-terminated string; `request` points to `len`
@@ -630,8 +631,9 @@ peerwire_status peerwire_client_call(const peerwire_client *client,
 
 /**
  * Calls `method` without blocking: `callback` gets the answer (see `peerwire_call_fn`).
- * `request` is copied before this returns. On a failure returned here (bad arguments, a freed
- * client) the callback is not called. Callable from any thread, callbacks included.
+ * `request` is copied and sent before this returns. On a failure returned here (bad
+ * arguments, a freed client, no connection) the callback is not called. Callable from any
+ * thread, callbacks included.
  *
  * # Safety
  * `client` is a live client; `method` a NUL-terminated string; `request` points to `len`
@@ -646,9 +648,8 @@ peerwire_status peerwire_client_call_async(const peerwire_client *client,
                                            void *user_data);
 
 /**
- * Sends a one-way event (`len` bytes, copied) on `topic`. From an application thread it blocks
- * until the event is queued on the connection (room in the outbound queue); from a callback it
- * is queued by a library task and returns at once (a failure then is logged).
+ * Sends a one-way event (`len` bytes, copied) on `topic`: written on the calling thread (from
+ * any thread, callbacks included), waiting while the socket's buffer is full.
  *
  * # Safety
  * `client` is a live client; `topic` a NUL-terminated string; `event` points to `len` bytes.
@@ -705,10 +706,9 @@ peerwire_status peerwire_client_is_connected(const peerwire_client *client, bool
 peerwire_status peerwire_client_wait_connected(const peerwire_client *client, uint64_t timeout_ms);
 
 /**
- * Says `Goodbye` and closes the connection (waiting up to 200 ms for queued frames to go);
- * no reconnection follows, calls in flight fail with `PEERWIRE_DISCONNECTED`, subscriptions
- * end. The handle stays valid until `peerwire_client_free`. From a callback, the close is
- * started and this returns at once.
+ * Says `Goodbye` and closes the connection; no reconnection follows, calls in flight fail
+ * with `PEERWIRE_DISCONNECTED`, subscriptions end. The handle stays valid until
+ * `peerwire_client_free`. Callable from a callback too.
  *
  * # Safety
  * `client` is a live client.
@@ -716,10 +716,10 @@ peerwire_status peerwire_client_wait_connected(const peerwire_client *client, ui
 peerwire_status peerwire_client_close(const peerwire_client *client);
 
 /**
- * Closes the client (as `peerwire_client_close`), stops its runtime thread and frees it.
+ * Closes the client (as `peerwire_client_close`), stops its library thread and frees it.
  * Pending `peerwire_client_call_async` callbacks are called (`PEERWIRE_DISCONNECTED` or
- * `PEERWIRE_CLOSED`) before it returns; no callback runs after. NULL does nothing. Not from a callback
- * (`PEERWIRE_WRONG_THREAD`, and nothing is freed).
+ * `PEERWIRE_CLOSED`) before it returns; no callback runs after. NULL does nothing. Not from a
+ * callback (`PEERWIRE_WRONG_THREAD`, and nothing is freed).
  *
  * # Safety
  * `client` is NULL or a live client, not used afterwards by any thread.

@@ -7,9 +7,12 @@
 //! async Rust stack costs before any protocol or security), `peerwire`, `peerwire-exe` (an
 //! `--allow-exe` rule: the sender of every chunk read is checked), `peerwire-tls` (mutual TLS 1.3), `peerwire-tls-token`
 //! (server TLS + one-time session tokens: connection set-up only), `peerwire-c` (the C client
-//! over the C API against the plain server: 64 B round trips only) and, with the `peers` feature,
+//! over the C API against the plain server: 64 B round trips only), `peerwire-blocking`
+//! (`peerwire_client::blocking` against the plain server: 64 B round trips only) and, with the
+//! `peers` feature,
 //! `tonic` (gRPC) and `ttrpc`. Scenarios and figures: see `measure.rs`; output: `report.rs`.
 
+mod blocking;
 mod c_client;
 mod measure;
 mod pw;
@@ -45,6 +48,7 @@ pub(crate) enum System {
     PeerwireTlsToken,
     PeerwireC,
     PeerwireWs,
+    PeerwireBlocking,
     Tonic,
     Ttrpc,
 }
@@ -59,6 +63,7 @@ impl System {
         System::PeerwireTlsToken,
         System::PeerwireC,
         System::PeerwireWs,
+        System::PeerwireBlocking,
         System::Tonic,
         System::Ttrpc,
     ];
@@ -73,6 +78,7 @@ impl System {
             System::PeerwireTlsToken => "peerwire-tls-token",
             System::PeerwireC => "peerwire-c",
             System::PeerwireWs => "peerwire-ws",
+            System::PeerwireBlocking => "peerwire-blocking",
             System::Tonic => "tonic",
             System::Ttrpc => "ttrpc",
         }
@@ -109,7 +115,9 @@ fn serve(system: System, socket: &Path, identity: &Path) -> anyhow::Result<()> {
     match system {
         System::Raw => raw::serve(socket),
         System::Tokio => tokio_framing::serve(socket),
-        System::Peerwire | System::PeerwireC => pw::serve(socket, identity, pw::ServerMode::Plain),
+        System::Peerwire | System::PeerwireC | System::PeerwireBlocking => {
+            pw::serve(socket, identity, pw::ServerMode::Plain)
+        }
         System::PeerwireExe => pw::serve(socket, identity, pw::ServerMode::PlainExe),
         System::PeerwireTls => pw::serve(socket, identity, pw::ServerMode::MutualTls),
         System::PeerwireTlsToken => pw::serve(socket, identity, pw::ServerMode::ServerTlsToken),
@@ -259,6 +267,11 @@ async fn measure_system(
         }
         System::PeerwireC => steps.run("rtt-64B", c_client::rtt(t, 64, p)).await?,
         System::PeerwireWs => steps.common::<ws::Ws>(t, p).await?,
+        System::PeerwireBlocking => {
+            steps
+                .run("rtt-64B", async { blocking::rtt(t, 64, p) })
+                .await?
+        }
         #[cfg(feature = "peers")]
         System::Tonic => steps.peer::<grpc::Grpc>(t, server_pid, p, memory).await?,
         #[cfg(feature = "peers")]

@@ -283,6 +283,7 @@ fn color(system: System) -> &'static str {
         System::PeerwireTlsToken => "#98df8a",
         System::PeerwireC => "#17becf",
         System::PeerwireWs => "#8c564b",
+        System::PeerwireBlocking => "#e377c2",
         System::Tonic => "#ff7f0e",
         System::Ttrpc => "#9467bd",
     }

@@ -90,13 +90,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
 
 /// In TLS 1.3 a server that refuses our certificate says so after our side of the handshake
 /// completed: the alert, or the closed socket, shows on the first write or read.
-fn server_ended_tls(e: std::io::Error) -> ConnectError {
+pub(crate) fn server_ended_tls(e: std::io::Error) -> ConnectError {
     ConnectError::Tls(TlsError::EndedByServer(e))
 }
 
 /// A plain-text `Reject` the server sent instead of starting TLS (for example: access denied).
 fn refused_before_tls(seen: &Mutex<Vec<u8>>) -> Option<ConnectError> {
-    let mut buf = BytesMut::from(lock(seen).as_slice());
+    reject_in(lock(seen).as_slice())
+}
+
+/// The server's plain-text `Reject` at the start of `seen` (the first bytes read), if it is one.
+pub(crate) fn reject_in(seen: &[u8]) -> Option<ConnectError> {
+    let mut buf = BytesMut::from(seen);
     let frame = FrameCodec::new(HANDSHAKE_MAX_FRAME_SIZE)
         .decode(&mut buf)
         .ok()??;
@@ -244,12 +249,7 @@ impl Conn {
     }
 
     pub(crate) fn check_size(&self, frame: &Frame) -> Result<(), CallError> {
-        let max = self.session.max_frame_size();
-        let len = frame.encoded_len();
-        if len > max as usize {
-            return Err(CallError::TooLarge { len, max });
-        }
-        Ok(())
+        check_size(&self.session, frame)
     }
 
     /// Queues a frame; waits while the outbound queue is full, but not past the connection's end.
@@ -271,6 +271,16 @@ impl Conn {
             let _ = reply.send(Err(Some(CallError::Disconnected(why.clone()))));
         }
     }
+}
+
+/// Refuses a frame larger than the session's frame limit.
+pub(crate) fn check_size(session: &Session, frame: &Frame) -> Result<(), CallError> {
+    let max = session.max_frame_size();
+    let len = frame.encoded_len();
+    if len > max as usize {
+        return Err(CallError::TooLarge { len, max });
+    }
+    Ok(())
 }
 
 pub(crate) async fn connect(
@@ -326,20 +336,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         }
     };
     let now = tokio::time::Instant::now().into_std();
-    let mut state = ClientSession::new(
-        Hello {
-            protocol_versions: vec![],
-            client_name: config.name.clone(),
-            namespaces: config.namespaces.clone(),
-            max_frame_size: config.max_frame_size,
-            session_token: config
-                .token
-                .as_ref()
-                .map(|t| t.0.to_vec())
-                .unwrap_or_default(),
-        },
-        now,
-    );
+    let mut state = ClientSession::new(hello(config), now);
     let mut reader = stream::reader(rd);
     let hello = state.poll_transmit().ok_or(ConnectError::Closed)?;
     // No other task runs for this connection yet: this one finishes the write.
@@ -352,10 +349,10 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         if let Ok(Some(Ok(frame))) =
             tokio::time::timeout(Duration::from_secs(1), reader.next()).await
         {
-            if let Err(ClientError::Handshake(e @ HandshakeError::Rejected { .. })) =
-                state.handle_frame(now, frame)
+            if let Err(e @ ConnectError::Handshake(HandshakeError::Rejected { .. })) =
+                established(&mut state, now, frame)
             {
-                return Err(ConnectError::Handshake(e));
+                return Err(e);
             }
         }
         return Err(io_err(e));
@@ -368,17 +365,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         Some(Err(e)) => return Err(e.into()),
         None => return Err(ConnectError::Closed),
     };
-    let session = match state.handle_frame(tokio::time::Instant::now().into_std(), answer) {
-        Ok(ClientInput::Established(session)) => session,
-        Err(ClientError::Handshake(e)) => return Err(e.into()),
-        Err(ClientError::Unexpected(kind)) => {
-            return Err(HandshakeError::UnexpectedFrame(kind).into());
-        }
-        _ => return Err(ConnectError::Closed),
-    };
-    for ns in session.namespaces.iter().filter(|a| a.code != 0) {
-        tracing::warn!(namespace = %ns.namespace, "{}", ns.reason);
-    }
+    let session = established(&mut state, tokio::time::Instant::now().into_std(), answer)?;
     let (bytes, frames) = sink_bounds(config);
     let sink = wr.into_session(&mut reader, session.max_frame_size(), bytes, frames);
     let conn = Arc::new(Conn {
@@ -405,10 +392,45 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
     Ok(conn)
 }
 
+/// The `Hello` this client opens every session with.
+pub(crate) fn hello(config: &Config) -> Hello {
+    Hello {
+        protocol_versions: vec![],
+        client_name: config.name.clone(),
+        namespaces: config.namespaces.clone(),
+        max_frame_size: config.max_frame_size,
+        session_token: config
+            .token
+            .as_ref()
+            .map(|t| t.0.to_vec())
+            .unwrap_or_default(),
+    }
+}
+
+/// The session the server's answer to `Hello` opens, or why it does not.
+pub(crate) fn established<R>(
+    state: &mut ClientSession<R>,
+    now: std::time::Instant,
+    answer: Frame,
+) -> Result<Session, ConnectError> {
+    let session = match state.handle_frame(now, answer) {
+        Ok(ClientInput::Established(session)) => session,
+        Err(ClientError::Handshake(e)) => return Err(e.into()),
+        Err(ClientError::Unexpected(kind)) => {
+            return Err(HandshakeError::UnexpectedFrame(kind).into());
+        }
+        _ => return Err(ConnectError::Closed),
+    };
+    for ns in session.namespaces.iter().filter(|a| a.code != 0) {
+        tracing::warn!(namespace = %ns.namespace, "{}", ns.reason);
+    }
+    Ok(session)
+}
+
 /// Checks who listens on the socket before a single byte is sent to it.
-fn verify_server(
+pub(crate) fn verify_server(
     config: &Config,
-    stream: &UnixStream,
+    stream: &impl std::os::fd::AsFd,
     server: &PeerCredentials,
 ) -> Result<(), ConnectError> {
     let untrusted = |reason: String| ConnectError::UntrustedServer {

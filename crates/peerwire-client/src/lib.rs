@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod blocking;
 mod builder;
 mod conn;
 mod error;
@@ -106,6 +107,51 @@ impl Inner {
     fn current(&self) -> Option<Arc<Conn>> {
         lock(&self.conn).clone().filter(|c| !c.is_closed())
     }
+}
+
+/// Slack added to a call's deadline before the client gives up on it, so that the server's own
+/// `DEADLINE_EXCEEDED` answer (which cancels the handler) wins.
+pub(crate) const CALL_SLACK: Duration = Duration::from_millis(50);
+
+/// The `Request` frame of call `id`.
+pub(crate) fn request_frame(id: u64, method: &str, payload: Bytes, deadline: Duration) -> Frame {
+    Frame::new(Kind::Request(Request {
+        id,
+        method: method.to_owned(),
+        payload,
+        deadline_ms: u32::try_from(deadline.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1),
+    }))
+}
+
+/// The `Event` frame of a notification.
+pub(crate) fn event_frame<M: Message>(topic: &str, seq: u64, event: &M) -> Frame {
+    Frame::new(Kind::Event(Event {
+        topic: topic.to_owned(),
+        seq,
+        payload: event.encode_to_vec().into(),
+    }))
+}
+
+/// What a call of `method` with `deadline` returns for its answer.
+pub(crate) fn call_result(
+    method: &str,
+    deadline: Duration,
+    answer: conn::Answer,
+) -> Result<Bytes, CallError> {
+    let response = match answer {
+        Ok(response) => response,
+        Err(Some(e)) => return Err(e),
+        Err(None) => {
+            return Err(CallError::Status(Status::new(
+                Code::DeadlineExceeded,
+                format!("no response to {method} within its deadline of {deadline:?}"),
+            )));
+        }
+    };
+    Status::from_wire(response.code, &response.message).map_err(CallError::Status)?;
+    Ok(response.payload)
 }
 
 /// A connection to a peerwire server. Cheap to clone; all clones share the connection.
@@ -204,20 +250,10 @@ impl Client {
     ) -> Result<Bytes, CallError> {
         let conn = self.connection()?;
         conn.session.check_name(method).map_err(CallError::Status)?;
-        let deadline_ms = u32::try_from(deadline.as_millis())
-            .unwrap_or(u32::MAX)
-            .max(1);
         let (tx, mut rx) = oneshot::channel();
-        // A little slack so the server's own deadline answer, which cancels the handler, wins.
-        let slack = Duration::from_millis(50);
-        let due = tokio::time::Instant::now() + deadline.saturating_add(slack);
+        let due = tokio::time::Instant::now() + deadline.saturating_add(CALL_SLACK);
         let guard = conn.register(tx, due)?;
-        let frame = Frame::new(Kind::Request(Request {
-            id: guard.id,
-            method: method.to_owned(),
-            payload: payload.into(),
-            deadline_ms,
-        }));
+        let frame = request_frame(guard.id, method, payload.into(), deadline);
         if let Err(e) = conn.check_size(&frame) {
             guard.forget();
             return Err(e);
@@ -232,30 +268,17 @@ impl Client {
             }
         };
         drop(guard);
-        let response = match answer {
-            Ok(Ok(response)) => response,
-            Ok(Err(Some(e))) => return Err(e),
-            Ok(Err(None)) => {
-                return Err(CallError::Status(Status::new(
-                    Code::DeadlineExceeded,
-                    format!("no response to {method} within its deadline of {deadline:?}"),
-                )));
-            }
-            Err(_) => return Err(CallError::Disconnected(DisconnectReason::Closed)),
-        };
-        Status::from_wire(response.code, &response.message).map_err(CallError::Status)?;
-        Ok(response.payload)
+        match answer {
+            Ok(answer) => call_result(method, deadline, answer),
+            Err(_) => Err(CallError::Disconnected(DisconnectReason::Closed)),
+        }
     }
 
     /// Sends a one-way event (for example a touch or key event) to the server.
     pub async fn notify<M: Message>(&self, topic: &str, event: &M) -> Result<(), CallError> {
         let conn = self.connection()?;
         conn.session.check_name(topic).map_err(CallError::Status)?;
-        let frame = Frame::new(Kind::Event(Event {
-            topic: topic.to_owned(),
-            seq: conn.next_event_seq(topic),
-            payload: event.encode_to_vec().into(),
-        }));
+        let frame = event_frame(topic, conn.next_event_seq(topic), event);
         conn.check_size(&frame)?;
         conn.send(frame).await
     }

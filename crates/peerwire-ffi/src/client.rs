@@ -1,19 +1,21 @@
 //! The client side: options, connect, blocking and callback calls, notifications,
 //! subscriptions with a callback, close.
 
+use std::collections::HashMap;
 use std::ffi::{CString, c_char, c_void};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
+use ::peerwire_client::blocking::{self, Delivery};
 use ::peerwire_client::{Backoff, CallError, Client, ClientBuilder, ClientTls, ConnectError};
 use bytes::Bytes;
 
 use crate::handle::{self, Handle};
 use crate::peerwire_status::{self, *};
 use crate::server::{UserData, lock, peerwire_tls_mode};
-use crate::{Error, Result, boundary, in_callback, peerwire_buffer, raw};
+use crate::{Error, Result, boundary, in_callback, on_library_thread, peerwire_buffer, raw};
 
 /// What a client is built from; made by `peerwire_client_options_new`, consumed by
 /// `peerwire_client_connect`, or freed with `peerwire_client_options_free`.
@@ -21,6 +23,7 @@ pub struct peerwire_client_options {
     magic: u64,
     builder: Option<ClientBuilder>,
     default_deadline: Duration,
+    reconnect: Option<Backoff>,
 }
 
 impl Handle for peerwire_client_options {
@@ -53,6 +56,7 @@ pub unsafe extern "C" fn peerwire_client_options_new(
             magic: peerwire_client_options::MAGIC,
             builder: Some(Client::builder(PathBuf::from(path))),
             default_deadline: Duration::from_secs(30),
+            reconnect: None,
         });
         // SAFETY: `out` is not NULL (checked) and writable (this function's contract).
         unsafe { raw::write(out, p) };
@@ -296,14 +300,17 @@ pub unsafe extern "C" fn peerwire_client_options_reconnect(
     initial_ms: u64,
     max_ms: u64,
 ) -> peerwire_status {
-    with_builder("peerwire_client_options_reconnect", options, |b| {
+    boundary("peerwire_client_options_reconnect", || {
         let mut backoff = Backoff::default();
         backoff.initial = ms("initial_ms", initial_ms)?;
         backoff.max = ms("max_ms", max_ms)?;
         if backoff.max < backoff.initial {
             return Err(Error::invalid("max_ms is less than initial_ms"));
         }
-        Ok(b.reconnect(backoff))
+        // SAFETY: live options, exclusively the caller's (this function's contract).
+        let o = unsafe { handle::borrow_mut(options) }?;
+        o.reconnect = Some(backoff);
+        Ok(())
     })
 }
 
@@ -311,9 +318,8 @@ pub unsafe extern "C" fn peerwire_client_options_reconnect(
 /// Its functions may be called from any thread at once.
 pub struct peerwire_client {
     magic: u64,
-    client: Client,
+    shared: Arc<Shared>,
     default_deadline: Duration,
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
 impl Handle for peerwire_client {
@@ -327,12 +333,221 @@ impl Handle for peerwire_client {
     }
 }
 
-impl peerwire_client {
-    fn handle(&self) -> Result<tokio::runtime::Handle> {
-        lock(&self.runtime)
-            .as_ref()
-            .map(|rt| rt.handle().clone())
-            .ok_or_else(|| Error::new(PEERWIRE_CLOSED, "the client is being freed"))
+/// A C client is a [blocking](::peerwire_client::blocking) client: a blocking call writes its
+/// request and reads its answer on the calling thread. One library thread, started by the
+/// first subscription or asynchronous call (or at connect, with reconnection on), delivers
+/// events and asynchronous answers, and reconnects; while it runs it also reads for the
+/// blocking calls (one thread reads for all), and answers the server's keepalive pings.
+struct Shared {
+    /// How to connect again.
+    builder: ClientBuilder,
+    reconnect: Option<Backoff>,
+    /// The connection and its number: a new connection numbers its calls from 1 again.
+    conn: Mutex<(u64, blocking::Client)>,
+    /// Signalled on a new connection and on close.
+    changed: Condvar,
+    /// Set by `peerwire_client_close`: no reconnection; the library thread ends.
+    closed: AtomicBool,
+    subs: Mutex<Vec<Sub>>,
+    next_sub: AtomicU64,
+    /// `peerwire_client_call_async` calls waiting for their answer, by connection and id.
+    pending: Mutex<HashMap<(u64, u64), Completion>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A subscription's callback, as the library thread sees it.
+struct Sub {
+    id: u64,
+    topics: Vec<String>,
+    f: EventFn,
+    user_data: UserData,
+    stopped: Arc<AtomicBool>,
+    /// Held while the callback runs, so that freeing waits for a callback in progress.
+    running: Arc<Mutex<()>>,
+}
+
+type EventFn = unsafe extern "C" fn(*mut c_void, *const c_char, u64, *const u8, usize);
+
+impl Shared {
+    fn current(&self) -> (u64, blocking::Client) {
+        let conn = lock(&self.conn);
+        (conn.0, conn.1.clone())
+    }
+
+    /// Starts the library thread unless it runs.
+    fn ensure_thread(self: &Arc<Self>) -> Result<()> {
+        let mut thread = lock(&self.thread);
+        if thread.is_none() {
+            let shared = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("peerwire-client".into())
+                .spawn(move || shared.run())
+                .map_err(|e| Error::new(PEERWIRE_IO, format!("starting a thread: {e}")))?;
+            *thread = Some(spawned);
+        }
+        Ok(())
+    }
+
+    /// The library thread: events to their callbacks, answers to their completions,
+    /// reconnection.
+    fn run(&self) {
+        crate::mark_library_thread();
+        while !self.closed.load(Ordering::Acquire) {
+            let (generation, client) = self.current();
+            match client.recv(None) {
+                Ok(Some(Delivery::Answer(id, result))) => {
+                    let completion = lock(&self.pending).remove(&(generation, id));
+                    if let Some(mut c) = completion {
+                        c.complete(result.map_err(call_error));
+                    }
+                }
+                Ok(Some(Delivery::Event(ev))) => self.deliver(&ev),
+                Ok(_) => {}
+                Err(e) => {
+                    // Every call of the lost connection was answered before this error.
+                    self.fail_pending(Some(generation), &e.to_string());
+                    match self.reconnect {
+                        Some(backoff) if self.reconnect_with(backoff) => {}
+                        _ => break,
+                    }
+                }
+            }
+        }
+        self.fail_pending(None, "the client is closed");
+    }
+
+    fn fail_pending(&self, generation: Option<u64>, why: &str) {
+        let failed: Vec<Completion> = {
+            let mut pending = lock(&self.pending);
+            let keys: Vec<_> = pending
+                .keys()
+                .filter(|k| generation.is_none_or(|g| k.0 == g))
+                .copied()
+                .collect();
+            keys.iter().filter_map(|k| pending.remove(k)).collect()
+        };
+        for mut c in failed {
+            c.complete(Err(Error::new(PEERWIRE_DISCONNECTED, why)));
+        }
+    }
+
+    /// Connects again with `backoff` until it works (true) or the client is closed (false);
+    /// renews the subscriptions on the new connection.
+    fn reconnect_with(&self, backoff: Backoff) -> bool {
+        let mut attempt = 0;
+        loop {
+            {
+                let conn = lock(&self.conn);
+                let waited = self
+                    .changed
+                    .wait_timeout_while(conn, backoff.delay(attempt), |_| {
+                        !self.closed.load(Ordering::Acquire)
+                    });
+                drop(waited);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            attempt += 1;
+            match self.builder.clone().connect_blocking() {
+                Ok(client) => {
+                    let mut topics: Vec<String> = lock(&self.subs)
+                        .iter()
+                        .flat_map(|s| s.topics.iter().cloned())
+                        .collect();
+                    topics.sort();
+                    topics.dedup();
+                    if !topics.is_empty() {
+                        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                        if let Err(e) = client.subscribe(&topics) {
+                            tracing::warn!("re-subscribing after reconnect failed: {e}");
+                        }
+                    }
+                    let mut conn = lock(&self.conn);
+                    conn.0 += 1;
+                    conn.1 = client;
+                    drop(conn);
+                    self.changed.notify_all();
+                    tracing::info!(attempt, "reconnected");
+                    return true;
+                }
+                Err(
+                    e @ (ConnectError::UntrustedServer { .. }
+                    | ConnectError::Handshake(_)
+                    | ConnectError::Tls(_)),
+                ) => tracing::warn!(attempt, "reconnect refused: {e}"),
+                Err(e) => tracing::debug!(attempt, "reconnect failed: {e}"),
+            }
+        }
+    }
+
+    /// Calls every subscription of `ev`'s topic, in turn.
+    fn deliver(&self, ev: &::peerwire_client::EventMessage) {
+        let subs: Vec<_> = lock(&self.subs)
+            .iter()
+            .filter(|s| s.topics.contains(&ev.topic))
+            .map(|s| (s.f, s.user_data, s.stopped.clone(), s.running.clone()))
+            .collect();
+        if subs.is_empty() {
+            tracing::debug!(topic = %ev.topic, "event for a topic with no subscriber");
+            return;
+        }
+        let topic = CString::new(ev.topic.replace('\0', "")).unwrap_or_default();
+        for (f, user_data, stopped, running) in subs {
+            let _running = lock(&running);
+            if stopped.load(Ordering::Acquire) {
+                continue;
+            }
+            in_callback("event callback", || {
+                // SAFETY: the program's callback with its user_data; the topic and payload
+                // outlive the call.
+                unsafe {
+                    f(
+                        user_data.ptr(),
+                        topic.as_ptr(),
+                        ev.seq,
+                        ev.payload.as_ptr(),
+                        ev.payload.len(),
+                    )
+                }
+            });
+        }
+    }
+
+    /// Ends subscription `id`; tells the server about topics no other subscription wants.
+    fn unsubscribe(&self, id: u64, deadline: Duration) {
+        let gone: Vec<String> = {
+            let mut subs = lock(&self.subs);
+            let Some(at) = subs.iter().position(|s| s.id == id) else {
+                return;
+            };
+            let sub = subs.remove(at);
+            sub.topics
+                .into_iter()
+                .filter(|t| !subs.iter().any(|s| s.topics.contains(t)))
+                .collect()
+        };
+        if gone.is_empty() || self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        // Not waited for: its answer reaches the library thread, which has no use for it.
+        let request = ::peerwire_proto::v1::SubscribeRequest { topics: gone };
+        let started = self.current().1.start_call(
+            ::peerwire_proto::METHOD_UNSUBSCRIBE,
+            prost::Message::encode_to_vec(&request),
+            deadline,
+        );
+        if let Err(e) = started {
+            tracing::debug!("unsubscribe of {:?} failed: {e}", request.topics);
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let conn = lock(&self.conn);
+        conn.1.close();
+        drop(conn);
+        self.changed.notify_all();
     }
 }
 
@@ -365,9 +580,9 @@ pub(crate) fn call_error(e: CallError) -> Error {
     }
 }
 
-/// Connects and runs the handshake, blocking at most the connect timeout, on a runtime thread
-/// the library starts for this client. `options` is consumed whatever the result (do not free
-/// it); `*out` is set on success only. Not from a callback (`PEERWIRE_WRONG_THREAD`).
+/// Connects and runs the handshake on the calling thread, blocking at most the connect
+/// timeout. `options` is consumed whatever the result (do not free it); `*out` is set on
+/// success only. Not from a callback (`PEERWIRE_WRONG_THREAD`).
 ///
 /// # Safety
 /// `options` is live options; `out` points to writable memory for a pointer.
@@ -385,18 +600,25 @@ pub unsafe extern "C" fn peerwire_client_connect(
             .builder
             .take()
             .ok_or_else(|| Error::new(PEERWIRE_INTERNAL, "options without a builder"))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("peerwire-client")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::new(PEERWIRE_IO, format!("starting the runtime: {e}")))?;
-        let client = runtime.block_on(builder.connect()).map_err(connect_error)?;
+        let client = builder.clone().connect_blocking().map_err(connect_error)?;
+        let shared = Arc::new(Shared {
+            builder,
+            reconnect: o.reconnect,
+            conn: Mutex::new((0, client)),
+            changed: Condvar::new(),
+            closed: AtomicBool::new(false),
+            subs: Mutex::new(vec![]),
+            next_sub: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            thread: Mutex::new(None),
+        });
+        if shared.reconnect.is_some() {
+            shared.ensure_thread()?;
+        }
         let p = handle::give(peerwire_client {
             magic: peerwire_client::MAGIC,
-            client,
+            shared,
             default_deadline: o.default_deadline,
-            runtime: Mutex::new(Some(runtime)),
         });
         // SAFETY: `out` is not NULL (checked) and writable (this function's contract).
         unsafe { raw::write(out, p) };
@@ -413,11 +635,12 @@ fn deadline(c: &peerwire_client, timeout_ms: u64) -> Result<Duration> {
 }
 
 /// Calls `method` with `request` (`len` bytes, copied) and blocks the calling thread until the
-/// answer, the deadline (`timeout_ms`; 0: the default deadline) or a lost connection. On
-/// success `*response` is a new buffer the caller frees with `peerwire_buffer_free`; on failure
-/// it is left untouched. A non-OK answer is `PEERWIRE_REMOTE_STATUS` (the code:
-/// `peerwire_last_remote_code()`). Any number of threads may call at once. Not from a callback
-/// (`PEERWIRE_WRONG_THREAD`): use `peerwire_client_call_async` there.
+/// answer, the deadline (`timeout_ms`; 0: the default deadline) or a lost connection; the
+/// calling thread sends the request and reads the answer itself. On success `*response` is a
+/// new buffer the caller frees with `peerwire_buffer_free`; on failure it is left untouched. A
+/// non-OK answer is `PEERWIRE_REMOTE_STATUS` (the code: `peerwire_last_remote_code()`). Any
+/// number of threads may call at once. Not from a callback (`PEERWIRE_WRONG_THREAD`): use
+/// `peerwire_client_call_async` there.
 ///
 /// # Safety
 /// `client` is a live client; `method` a NUL-terminated string; `request` points to `len`
@@ -443,8 +666,10 @@ pub unsafe extern "C" fn peerwire_client_call(
         let deadline = deadline(c, timeout_ms)?;
         let payload = Bytes::copy_from_slice(request);
         let answer = c
-            .handle()?
-            .block_on(c.client.raw_call(method, payload, deadline))
+            .shared
+            .current()
+            .1
+            .raw_call(method, payload, deadline)
             .map_err(call_error)?;
         let p = handle::give(peerwire_buffer::new(answer));
         // SAFETY: not NULL (checked) and writable (this function's contract).
@@ -456,11 +681,11 @@ pub unsafe extern "C" fn peerwire_client_call(
 /// The answer to `peerwire_client_call_async`: `status` is `PEERWIRE_OK` with the response
 /// (`len` bytes), or the failure with `error` (a message) and `remote_code` (the protocol code
 /// for `PEERWIRE_REMOTE_STATUS`). `response` and `error` are valid during the call only.
-/// Called exactly once per accepted call, on a library thread; calls still pending when the
-/// client is closed or freed are answered `PEERWIRE_DISCONNECTED` (or `PEERWIRE_CLOSED`, on the
-/// thread calling `peerwire_client_free`, if their task had not started), always before
-/// `peerwire_client_free` returns. The rules of `peerwire_method_fn` apply (no blocking functions, no
-/// unwinding).
+/// Called exactly once per accepted call, on the client's library thread; calls still pending
+/// when the client is closed or freed are answered `PEERWIRE_DISCONNECTED` (or
+/// `PEERWIRE_CLOSED`, on the thread calling `peerwire_client_free`), always before
+/// `peerwire_client_free` returns. The rules of `peerwire_method_fn` apply (no blocking
+/// functions, no unwinding).
 pub type peerwire_call_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -475,7 +700,7 @@ pub type peerwire_call_fn = Option<
 type CallFn =
     unsafe extern "C" fn(*mut c_void, peerwire_status, i32, *const u8, usize, *const c_char);
 
-/// Calls the program back once, whatever happens to the task: if it is dropped unanswered (the
+/// Calls the program back once, whatever happens to the call: if it is dropped unanswered (the
 /// client is freed), with `PEERWIRE_CLOSED`.
 struct Completion {
     f: CallFn,
@@ -531,8 +756,9 @@ impl Drop for Completion {
 }
 
 /// Calls `method` without blocking: `callback` gets the answer (see `peerwire_call_fn`).
-/// `request` is copied before this returns. On a failure returned here (bad arguments, a freed
-/// client) the callback is not called. Callable from any thread, callbacks included.
+/// `request` is copied and sent before this returns. On a failure returned here (bad
+/// arguments, a freed client, no connection) the callback is not called. Callable from any
+/// thread, callbacks included.
 ///
 /// # Safety
 /// `client` is a live client; `method` a NUL-terminated string; `request` points to `len`
@@ -551,29 +777,34 @@ pub unsafe extern "C" fn peerwire_client_call_async(
         // SAFETY: a live client (this function's contract).
         let c = unsafe { handle::borrow(client) }?;
         // SAFETY: a NUL-terminated string (this function's contract).
-        let method = unsafe { raw::str(method, "method") }?.to_owned();
+        let method = unsafe { raw::str(method, "method") }?;
         // SAFETY: `len` readable bytes (this function's contract).
         let request = unsafe { raw::bytes(request, len, "request") }?;
         let f = callback.ok_or_else(|| Error::invalid("callback is NULL"))?;
         let deadline = deadline(c, timeout_ms)?;
         let payload = Bytes::copy_from_slice(request);
-        let client = c.client.clone();
-        let mut completion = Completion {
-            f,
-            user_data: UserData(user_data),
-            done: false,
-        };
-        c.handle()?.spawn(async move {
-            let result = client.raw_call(&method, payload, deadline).await;
-            completion.complete(result.map_err(call_error));
-        });
+        let shared = &c.shared;
+        shared.ensure_thread()?;
+        let (generation, client) = shared.current();
+        // Held until the completion is in place: the answer may come at once.
+        let mut pending = lock(&shared.pending);
+        let id = client
+            .start_call(method, payload, deadline)
+            .map_err(call_error)?;
+        pending.insert(
+            (generation, id),
+            Completion {
+                f,
+                user_data: UserData(user_data),
+                done: false,
+            },
+        );
         Ok(())
     })
 }
 
-/// Sends a one-way event (`len` bytes, copied) on `topic`. From an application thread it blocks
-/// until the event is queued on the connection (room in the outbound queue); from a callback it
-/// is queued by a library task and returns at once (a failure then is logged).
+/// Sends a one-way event (`len` bytes, copied) on `topic`: written on the calling thread (from
+/// any thread, callbacks included), waiting while the socket's buffer is full.
 ///
 /// # Safety
 /// `client` is a live client; `topic` a NUL-terminated string; `event` points to `len` bytes.
@@ -588,29 +819,18 @@ pub unsafe extern "C" fn peerwire_client_notify(
         // SAFETY: a live client (this function's contract).
         let c = unsafe { handle::borrow(client) }?;
         // SAFETY: a NUL-terminated string (this function's contract).
-        let topic = unsafe { raw::str(topic, "topic") }?.to_owned();
+        let topic = unsafe { raw::str(topic, "topic") }?;
         // SAFETY: `len` readable bytes (this function's contract).
         let event = unsafe { raw::bytes(event, len, "event") }?;
         let msg = crate::raw_message::RawMessage(Bytes::copy_from_slice(event));
-        let rt = c.handle()?;
-        if tokio::runtime::Handle::try_current().is_ok() {
-            let client = c.client.clone();
-            rt.spawn(async move {
-                if let Err(e) = client.notify(&topic, &msg).await {
-                    tracing::warn!(topic, "notification from a callback failed: {e}");
-                }
-            });
-            return Ok(());
-        }
-        rt.block_on(c.client.notify(&topic, &msg))
-            .map_err(call_error)
+        c.shared.current().1.notify(topic, &msg).map_err(call_error)
     })
 }
 
 /// An event pushed by the server on a subscribed topic: `topic`, its sequence number (per
 /// connection and topic from 1; a gap means events were dropped; restarts at 1 after a
-/// reconnection) and `len` bytes of payload, valid during the call only. Called on a library
-/// thread, one event at a time per subscription, in the order the server sent them. The rules
+/// reconnection) and `len` bytes of payload, valid during the call only. Called on the
+/// client's library thread, one event at a time, in the order the server sent them. The rules
 /// of `peerwire_method_fn` apply; `peerwire_client_notify`, `peerwire_client_call_async` and
 /// `peerwire_subscription_free` of this very subscription are allowed.
 pub type peerwire_event_callback = Option<
@@ -626,10 +846,12 @@ pub type peerwire_event_callback = Option<
 /// A subscription; made by `peerwire_client_subscribe`, ended by `peerwire_subscription_free`.
 pub struct peerwire_subscription {
     magic: u64,
+    id: u64,
+    client: Weak<Shared>,
+    deadline: Duration,
     stopped: Arc<AtomicBool>,
     /// Held while the callback runs, so that freeing waits for a callback in progress.
     running: Arc<Mutex<()>>,
-    task: tokio::task::AbortHandle,
 }
 
 impl Handle for peerwire_subscription {
@@ -672,49 +894,33 @@ pub unsafe extern "C" fn peerwire_client_subscribe(
         let f = callback.ok_or_else(|| Error::invalid("callback is NULL"))?;
         raw::out_ok(out, "out")?;
         crate::not_on_library_thread("peerwire_client_subscribe")?;
-        let rt = c.handle()?;
-        let mut stream = rt
-            .block_on(c.client.subscribe_many(&topics))
-            .map_err(call_error)?;
+        let shared = &c.shared;
+        let id = shared.next_sub.fetch_add(1, Ordering::Relaxed);
         let stopped = Arc::new(AtomicBool::new(false));
         let running = Arc::new(Mutex::new(()));
-        let (s, r) = (stopped.clone(), running.clone());
-        let user_data = UserData(user_data);
-        let task = rt.spawn(async move {
-            let mut last_topic: Option<(String, CString)> = None;
-            while let Some(ev) = stream.next().await {
-                let _running = lock(&r);
-                if s.load(Ordering::Acquire) {
-                    break;
-                }
-                let topic = match &last_topic {
-                    Some((t, c)) if *t == ev.topic => c.clone(),
-                    _ => {
-                        let c = CString::new(ev.topic.replace('\0', "")).unwrap_or_default();
-                        last_topic = Some((ev.topic.clone(), c.clone()));
-                        c
-                    }
-                };
-                in_callback("event callback", || {
-                    // SAFETY: the program's callback with its user_data; the topic and payload
-                    // outlive the call.
-                    unsafe {
-                        f(
-                            user_data.ptr(),
-                            topic.as_ptr(),
-                            ev.seq,
-                            ev.payload.as_ptr(),
-                            ev.payload.len(),
-                        )
-                    }
-                });
-            }
+        // In place before the server confirms: the first events may come right after.
+        lock(&shared.subs).push(Sub {
+            id,
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            f,
+            user_data: UserData(user_data),
+            stopped: stopped.clone(),
+            running: running.clone(),
         });
+        let subscribed = shared
+            .ensure_thread()
+            .and_then(|()| shared.current().1.subscribe(&topics).map_err(call_error));
+        if let Err(e) = subscribed {
+            lock(&shared.subs).retain(|s| s.id != id);
+            return Err(e);
+        }
         let p = handle::give(peerwire_subscription {
             magic: peerwire_subscription::MAGIC,
+            id,
+            client: Arc::downgrade(shared),
+            deadline: c.default_deadline,
             stopped,
             running,
-            task: task.abort_handle(),
         });
         // SAFETY: not NULL (checked) and writable (this function's contract).
         unsafe { raw::write(out, p) };
@@ -739,10 +945,12 @@ pub unsafe extern "C" fn peerwire_subscription_free(
         // SAFETY: a live subscription the caller gives up (this function's contract).
         let s = unsafe { handle::take(subscription) }?;
         s.stopped.store(true, Ordering::Release);
-        if tokio::runtime::Handle::try_current().is_err() {
+        if !on_library_thread() {
             drop(lock(&s.running));
         }
-        s.task.abort();
+        if let Some(shared) = s.client.upgrade() {
+            shared.unsubscribe(s.id, s.deadline);
+        }
         Ok(())
     })
 }
@@ -761,8 +969,9 @@ pub unsafe extern "C" fn peerwire_client_is_connected(
         // SAFETY: a live client (this function's contract).
         let c = unsafe { handle::borrow(client) }?;
         raw::out_ok(connected, "connected")?;
+        let up = !c.shared.closed.load(Ordering::Acquire) && c.shared.current().1.is_connected();
         // SAFETY: not NULL (checked) and writable (this function's contract).
-        unsafe { raw::write(connected, c.client.is_connected()) };
+        unsafe { raw::write(connected, up) };
         Ok(())
     })
 }
@@ -782,7 +991,15 @@ pub unsafe extern "C" fn peerwire_client_wait_connected(
         let c = unsafe { handle::borrow(client) }?;
         crate::not_on_library_thread("peerwire_client_wait_connected")?;
         let timeout = Duration::from_millis(timeout_ms);
-        if c.handle()?.block_on(c.client.wait_connected(timeout)) {
+        let shared = &c.shared;
+        let conn = lock(&shared.conn);
+        let (conn, _) = shared
+            .changed
+            .wait_timeout_while(conn, timeout, |conn| {
+                !conn.1.is_connected() && !shared.closed.load(Ordering::Acquire)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if conn.1.is_connected() && !shared.closed.load(Ordering::Acquire) {
             Ok(())
         } else {
             Err(Error::new(
@@ -793,10 +1010,9 @@ pub unsafe extern "C" fn peerwire_client_wait_connected(
     })
 }
 
-/// Says `Goodbye` and closes the connection (waiting up to 200 ms for queued frames to go);
-/// no reconnection follows, calls in flight fail with `PEERWIRE_DISCONNECTED`, subscriptions
-/// end. The handle stays valid until `peerwire_client_free`. From a callback, the close is
-/// started and this returns at once.
+/// Says `Goodbye` and closes the connection; no reconnection follows, calls in flight fail
+/// with `PEERWIRE_DISCONNECTED`, subscriptions end. The handle stays valid until
+/// `peerwire_client_free`. Callable from a callback too.
 ///
 /// # Safety
 /// `client` is a live client.
@@ -805,21 +1021,15 @@ pub unsafe extern "C" fn peerwire_client_close(client: *const peerwire_client) -
     boundary("peerwire_client_close", || {
         // SAFETY: a live client (this function's contract).
         let c = unsafe { handle::borrow(client) }?;
-        let rt = c.handle()?;
-        let client = c.client.clone();
-        if tokio::runtime::Handle::try_current().is_ok() {
-            rt.spawn(async move { client.close().await });
-        } else {
-            rt.block_on(client.close());
-        }
+        c.shared.close();
         Ok(())
     })
 }
 
-/// Closes the client (as `peerwire_client_close`), stops its runtime thread and frees it.
+/// Closes the client (as `peerwire_client_close`), stops its library thread and frees it.
 /// Pending `peerwire_client_call_async` callbacks are called (`PEERWIRE_DISCONNECTED` or
-/// `PEERWIRE_CLOSED`) before it returns; no callback runs after. NULL does nothing. Not from a callback
-/// (`PEERWIRE_WRONG_THREAD`, and nothing is freed).
+/// `PEERWIRE_CLOSED`) before it returns; no callback runs after. NULL does nothing. Not from a
+/// callback (`PEERWIRE_WRONG_THREAD`, and nothing is freed).
 ///
 /// # Safety
 /// `client` is NULL or a live client, not used afterwards by any thread.
@@ -831,14 +1041,17 @@ pub unsafe extern "C" fn peerwire_client_free(client: *mut peerwire_client) -> p
         }
         crate::not_on_library_thread("peerwire_client_free")?;
         // SAFETY: a live client the caller gives up (this function's contract).
-        let c = unsafe { handle::borrow(client) }?;
-        let runtime = lock(&c.runtime).take();
-        if let Some(rt) = runtime {
-            rt.block_on(c.client.close());
-            rt.shutdown_timeout(Duration::from_secs(1));
+        let c = unsafe { handle::take(client) }?;
+        c.shared.close();
+        let thread = lock(&c.shared.thread).take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the client's library thread panicked");
+            }
         }
-        // SAFETY: as above; the runtime has stopped, so no library thread uses it any more.
-        drop(unsafe { handle::take(client) }?);
+        // Calls accepted after the thread ended are answered PEERWIRE_CLOSED here.
+        let left = std::mem::take(&mut *lock(&c.shared.pending));
+        drop(left);
         Ok(())
     })
 }

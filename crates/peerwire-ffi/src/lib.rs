@@ -216,9 +216,25 @@ pub(crate) fn in_callback(what: &str, f: impl FnOnce()) {
     }
 }
 
+thread_local! {
+    /// Set on a client's library thread (the servers' threads are their runtimes').
+    static LIBRARY_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one of the library's own (it runs the program's callbacks).
+pub(crate) fn mark_library_thread() {
+    LIBRARY_THREAD.set(true);
+}
+
+/// Whether the calling thread is one of the library's own: a server's runtime thread or a
+/// client's library thread, where callbacks run.
+pub(crate) fn on_library_thread() -> bool {
+    LIBRARY_THREAD.get() || tokio::runtime::Handle::try_current().is_ok()
+}
+
 /// Refuses to block or to stop a runtime on one of the library's own threads.
 pub(crate) fn not_on_library_thread(what: &str) -> Result<()> {
-    if tokio::runtime::Handle::try_current().is_ok() {
+    if on_library_thread() {
         return Err(Error::new(
             PEERWIRE_WRONG_THREAD,
             format!("{what} may not be called from a peerwire callback (a library thread)"),

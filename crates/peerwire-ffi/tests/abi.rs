@@ -555,3 +555,133 @@ fn struct_layouts_are_plain() {
         std::mem::size_of::<std::ffi::c_int>()
     );
 }
+
+/// A C client with reconnection on comes back after its server restarts: calls fail with
+/// `PEERWIRE_DISCONNECTED` while it is down, the subscription is renewed on the new connection,
+/// and blocking calls work again.
+#[test]
+fn a_client_with_reconnection_comes_back_after_the_server_restarts() {
+    unsafe extern "C" fn echo_now(
+        _ud: *mut c_void,
+        _peer: *const peerwire_peer_info,
+        req: *const u8,
+        len: usize,
+        responder: *mut peerwire_responder,
+    ) {
+        assert_eq!(
+            unsafe { peerwire_responder_send(responder, req, len) },
+            PEERWIRE_OK
+        );
+    }
+    static GOT: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    unsafe extern "C" fn on_push(
+        _ud: *mut c_void,
+        _topic: *const c_char,
+        seq: u64,
+        _ev: *const u8,
+        _len: usize,
+    ) {
+        GOT.lock().unwrap().push(seq);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = c(dir.path().join("r.sock").to_str().unwrap());
+    let start = || {
+        let (mut so, mut server) = (null_mut(), null_mut());
+        unsafe {
+            ok(peerwire_server_options_new(path.as_ptr(), &mut so));
+            ok(peerwire_server_options_method(
+                so,
+                c"r.Echo".as_ptr(),
+                Some(echo_now),
+                null_mut(),
+            ));
+            ok(peerwire_server_start(so, &mut server));
+        }
+        server
+    };
+    let call = |client: *const peerwire_client| {
+        let mut resp = null_mut();
+        let s = unsafe {
+            peerwire_client_call(
+                client,
+                c"r.Echo".as_ptr(),
+                b"hi".as_ptr(),
+                2,
+                2000,
+                &mut resp,
+            )
+        };
+        if s == PEERWIRE_OK {
+            assert_eq!(unsafe { peerwire_buffer_len(resp) }, 2);
+            unsafe { ok(peerwire_buffer_free(resp)) };
+        }
+        s
+    };
+    let broadcast = |server: *const peerwire_server| {
+        let mut delivered = 0usize;
+        unsafe {
+            ok(peerwire_server_broadcast(
+                server,
+                c"r.Tick".as_ptr(),
+                b"t".as_ptr(),
+                1,
+                &mut delivered,
+            ))
+        };
+        delivered
+    };
+    let server = start();
+    let (mut co, mut client, mut sub) = (null_mut(), null_mut(), null_mut());
+    unsafe {
+        ok(peerwire_client_options_new(path.as_ptr(), &mut co));
+        ok(peerwire_client_options_namespace(
+            co,
+            c"r".as_ptr(),
+            &1,
+            1,
+            false,
+        ));
+        ok(peerwire_client_options_reconnect(co, 10, 100));
+        ok(peerwire_client_connect(co, &mut client));
+        let topics = [c"r.Tick".as_ptr()];
+        ok(peerwire_client_subscribe(
+            client,
+            topics.as_ptr(),
+            1,
+            Some(on_push),
+            null_mut(),
+            &mut sub,
+        ));
+    }
+    assert_eq!(call(client), PEERWIRE_OK);
+    assert_eq!(broadcast(server), 1);
+    wait_until("the first push", || GOT.lock().unwrap().len() == 1);
+    unsafe {
+        ok(peerwire_server_shutdown(server));
+        ok(peerwire_server_wait(server, 5000));
+        ok(peerwire_server_free(server));
+    }
+    let connected = || {
+        let mut up = true;
+        unsafe { ok(peerwire_client_is_connected(client, &mut up)) };
+        up
+    };
+    wait_until("the client sees the server gone", || !connected());
+    assert_eq!(call(client), PEERWIRE_DISCONNECTED);
+    let server = start();
+    unsafe { ok(peerwire_client_wait_connected(client, 10_000)) };
+    assert_eq!(call(client), PEERWIRE_OK);
+    // Renewed on the new connection: a push reaches the subscription, seq from 1 again.
+    wait_until("the subscription is renewed", || broadcast(server) == 1);
+    wait_until("the push after the reconnection", || {
+        GOT.lock().unwrap().len() >= 2
+    });
+    assert_eq!(GOT.lock().unwrap()[1], 1);
+    unsafe {
+        ok(peerwire_subscription_free(sub));
+        ok(peerwire_client_free(client));
+        ok(peerwire_server_shutdown(server));
+        ok(peerwire_server_wait(server, 5000));
+        ok(peerwire_server_free(server));
+    }
+}

@@ -775,6 +775,15 @@ impl<R> ClientSession<R> {
         self.calls.drain().map(|(id, (call, _))| (id, call))
     }
 
+    /// The driver reads again after a time it did not (a blocking client reads only while a
+    /// caller waits): the silence before `now` says nothing about the server, so the idle
+    /// timeout counts from `now` at the earliest.
+    pub fn resume_reading(&mut self, now: Instant) {
+        if matches!(self.state, State::Open | State::Closing) {
+            self.last_rx = self.last_rx.max(now);
+        }
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) must run next, if ever (the handshake's
     /// time is the driver's connect timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
