@@ -407,7 +407,13 @@ fn process_args(args: &[String]) -> anyhow::Result<(System, PathBuf, PathBuf)> {
 /// after the other, then the p50 printed. With `serve`, what `cargo xtask bench --callgrind`
 /// runs under callgrind to count instructions per call (and what `perf`/`strace` can watch).
 fn client(args: &[String]) -> anyhow::Result<()> {
-    let (system, socket, identity) = process_args(args)?;
+    // `peerwire-fanout`: the fan-out scenario against a `peerwire` server (per-event counts).
+    let fanout = args.first().is_some_and(|a| a == "peerwire-fanout");
+    let mut args = args.to_vec();
+    if fanout {
+        args[0] = "peerwire".into();
+    }
+    let (system, socket, identity) = process_args(&args)?;
     let calls: usize = args.get(4).context("calls")?.parse().context("calls")?;
     let security = match system {
         System::PeerwireTls => pw::Security::mutual(&identity, &socket)?,
@@ -421,6 +427,7 @@ fn client(args: &[String]) -> anyhow::Result<()> {
     let p = Params {
         rtt: calls,
         rtt_warm: 0,
+        fanout: calls,
         ..Params::new(true)
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -428,6 +435,8 @@ fn client(args: &[String]) -> anyhow::Result<()> {
         .build()?;
     let f = rt.block_on(async {
         match system {
+            // `client peerwire-fanout ...`: CALLS events fanned out to 8 subscribers, once.
+            _ if fanout => pw::fanout(&t, &p).await,
             System::Raw => calls_on::<raw::Raw>(&t, &p).await,
             System::Tokio => calls_on::<tokio_framing::Tokio>(&t, &p).await,
             System::Peerwire | System::PeerwireTls => calls_on::<pw::Pw>(&t, &p).await,
@@ -435,7 +444,10 @@ fn client(args: &[String]) -> anyhow::Result<()> {
             _ => bail!("no client mode for {}", system.name()),
         }
     })?;
-    println!("p50 {:.1} us", f.p50_us.unwrap_or(f64::NAN));
+    match f.msgs_per_s {
+        Some(rate) => println!("{rate:.0} events/s"),
+        None => println!("p50 {:.1} us", f.p50_us.unwrap_or(f64::NAN)),
+    }
     Ok(())
 }
 
