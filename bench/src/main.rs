@@ -439,6 +439,16 @@ fn client(args: &[String]) -> anyhow::Result<()> {
             _ if fanout => pw::fanout(&t, &p).await,
             System::Raw => calls_on::<raw::Raw>(&t, &p).await,
             System::Tokio => calls_on::<tokio_framing::Tokio>(&t, &p).await,
+            // With PEERWIRE_BENCH_IN_TASK set, the calls run in a spawned task rather than in
+            // `block_on`'s future (tokio polls the driver once more, `epoll_wait(0)`, before it
+            // polls a `block_on` future that a task woke).
+            System::Peerwire | System::PeerwireTls
+                if std::env::var_os("PEERWIRE_BENCH_IN_TASK").is_some() =>
+            {
+                tokio::spawn(async move { calls_on::<pw::Pw>(&t, &p).await })
+                    .await
+                    .context("calling task")?
+            }
             System::Peerwire | System::PeerwireTls => calls_on::<pw::Pw>(&t, &p).await,
             System::OpensslEcho => calls_on::<openssl_echo::OpensslEcho>(&t, &p).await,
             _ => bail!("no client mode for {}", system.name()),
