@@ -8,13 +8,19 @@
 //! `--allow-exe` rule: the sender of every chunk read is checked), `peerwire-tls` (mutual TLS 1.3), `peerwire-tls-token`
 //! (server TLS + one-time session tokens: connection set-up only), `peerwire-c` (the C client
 //! over the C API against the plain server: 64 B round trips only), `peerwire-blocking`
-//! (`peerwire_client::blocking` against the plain server: 64 B round trips only) and, with the
-//! `peers` feature,
-//! `tonic` (gRPC) and `ttrpc`. Scenarios and figures: see `measure.rs`; output: `report.rs`.
+//! (`peerwire_client::blocking` against the plain server: 64 B round trips only), `peerwire-ws`
+//! (the WebSocket endpoint over TLS, a browser-free client) and, with the `peers` feature,
+//! `tonic` (gRPC) and `ttrpc`. Issue 21's floors: `raw-batched` (a raw server and pipelined
+//! client that batch as peerwire does: 16 in flight only), `openssl-echo` (a bare blocking
+//! OpenSSL echo with peerwire's TLS contexts) and, at the start of the run, the one-core
+//! AES-128-GCM sealing rate. Scenarios and figures: see `measure.rs`; output and goals:
+//! `report.rs`.
 
 mod blocking;
 mod c_client;
+mod goals;
 mod measure;
+mod openssl_echo;
 mod pw;
 mod raw;
 mod report;
@@ -51,10 +57,12 @@ pub(crate) enum System {
     PeerwireBlocking,
     Tonic,
     Ttrpc,
+    RawBatched,
+    OpensslEcho,
 }
 
 impl System {
-    const ALL: [System; 10] = [
+    const ALL: [System; 13] = [
         System::Raw,
         System::Tokio,
         System::Peerwire,
@@ -66,6 +74,8 @@ impl System {
         System::PeerwireBlocking,
         System::Tonic,
         System::Ttrpc,
+        System::RawBatched,
+        System::OpensslEcho,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -81,6 +91,8 @@ impl System {
             System::PeerwireBlocking => "peerwire-blocking",
             System::Tonic => "tonic",
             System::Ttrpc => "ttrpc",
+            System::RawBatched => "raw-batched",
+            System::OpensslEcho => "openssl-echo",
         }
     }
 
@@ -114,6 +126,8 @@ fn raise_nofile() -> anyhow::Result<()> {
 fn serve(system: System, socket: &Path, identity: &Path) -> anyhow::Result<()> {
     match system {
         System::Raw => raw::serve(socket),
+        System::RawBatched => raw::serve_batched(socket),
+        System::OpensslEcho => openssl_echo::serve(socket, identity),
         System::Tokio => tokio_framing::serve(socket),
         System::Peerwire | System::PeerwireC | System::PeerwireBlocking => {
             pw::serve(socket, identity, pw::ServerMode::Plain)
@@ -189,12 +203,18 @@ impl Steps {
         Ok(())
     }
 
-    /// The scenarios every system has: round trips, in-flight, 1 MiB, connection set-up.
-    async fn common<C: Client>(&mut self, t: &Target, p: &Params) -> anyhow::Result<()> {
+    /// The scenarios every system has: round trips, in-flight (as `inflight`: the naive raw
+    /// row is named so), 1 MiB, connection set-up.
+    async fn common<C: Client>(
+        &mut self,
+        t: &Target,
+        p: &Params,
+        inflight: &'static str,
+    ) -> anyhow::Result<()> {
         let c = C::connect(t).await?;
         self.run("rtt-64B", measure::rtt(&c, 64, p)).await?;
         self.run("rtt-4KiB", measure::rtt(&c, 4096, p)).await?;
-        self.run("inflight16-64B", measure::inflight(&c, p)).await?;
+        self.run(inflight, measure::inflight(&c, p)).await?;
         self.run("stream-1MiB", measure::stream(&c, p)).await?;
         c.close().await;
         self.run("connect", measure::connect::<C>(t, p)).await
@@ -209,7 +229,7 @@ impl Steps {
         p: &Params,
         memory: bool,
     ) -> anyhow::Result<()> {
-        self.common::<C>(t, p).await?;
+        self.common::<C>(t, p, INFLIGHT).await?;
         if memory {
             let idle = measure::idle_memory::<C>(t, server_pid, p);
             self.run("idle-conn-mem", idle).await?;
@@ -228,14 +248,29 @@ async fn measure_system(
 ) -> anyhow::Result<()> {
     match system {
         System::Raw => {
-            steps.common::<raw::Raw>(t, p).await?;
+            // The naive raw pipeline: not the limit for 16 in flight (`raw-batched` is).
+            steps
+                .common::<raw::Raw>(t, p, "inflight16-64B-naive")
+                .await?;
             steps.run("fanout8", raw::fanout(t, p)).await?;
             if memory {
                 let idle = measure::idle_memory::<raw::Raw>(t, server_pid, p);
                 steps.run("idle-conn-mem", idle).await?;
             }
         }
-        System::Tokio => steps.common::<tokio_framing::Tokio>(t, p).await?,
+        System::Tokio => steps.common::<tokio_framing::Tokio>(t, p, INFLIGHT).await?,
+        System::RawBatched => {
+            let c = <raw::RawBatched as Client>::connect(t).await?;
+            steps.run(INFLIGHT, measure::inflight(&c, p)).await?;
+        }
+        System::OpensslEcho => {
+            let c = <openssl_echo::OpensslEcho as Client>::connect(t).await?;
+            steps.run("rtt-64B", measure::rtt(&c, 64, p)).await?;
+            steps.run("stream-1MiB", measure::stream(&c, p)).await?;
+            c.close().await;
+            let connect = measure::connect::<openssl_echo::OpensslEcho>(t, p);
+            steps.run("connect", connect).await?;
+        }
         System::PeerwireExe => {
             // What checking every chunk's sender costs: the round trips only.
             let c = <pw::Pw as Client>::connect(t).await?;
@@ -247,7 +282,7 @@ async fn measure_system(
             c.close().await;
         }
         System::Peerwire | System::PeerwireTls => {
-            steps.common::<pw::Pw>(t, p).await?;
+            steps.common::<pw::Pw>(t, p, INFLIGHT).await?;
             // The generated client's round trip beside the string API's (rtt-64B above).
             let typed = <pw::PwTyped as Client>::connect(t).await?;
             steps
@@ -255,7 +290,7 @@ async fn measure_system(
                 .await?;
             typed.close().await;
             steps.run("fanout8", pw::fanout(t, p)).await?;
-            if memory && system == System::Peerwire {
+            if memory {
                 let idle = measure::idle_memory::<pw::Pw>(t, server_pid, p);
                 steps.run("idle-conn-mem", idle).await?;
             }
@@ -286,6 +321,9 @@ async fn measure_system(
     Ok(())
 }
 
+/// The in-flight scenario's name (the naive raw pipeline's is `inflight16-64B-naive`).
+const INFLIGHT: &str = "inflight16-64B";
+
 /// Where the processes run: `same-cpu` (both on CPU 0) and, with two CPUs or more, `split`
 /// (server on CPU 0, client on CPU 1).
 fn placements() -> Vec<(&'static str, usize, usize)> {
@@ -305,6 +343,19 @@ fn run(quick: bool, peers: bool, out: &Path) -> anyhow::Result<()> {
     peerwire_security::identity::provision(&identity, "bench", true)
         .context("provisioning the identities of the run")?;
     let p = Params::new(quick);
+    // Before pinning: the placements depend on the CPUs this process may use.
+    let placements = placements();
+    // The crypto floor first, on one CPU, before any server runs.
+    pin(0)?;
+    let seal_rate = openssl_echo::seal_rate(std::time::Duration::from_millis(if quick {
+        200
+    } else {
+        500
+    }))?;
+    eprintln!(
+        "AES-128-GCM, 16 KiB records, one core: {:.2} GB/s",
+        seal_rate / 1e9
+    );
     let systems: Vec<System> = System::ALL
         .into_iter()
         .filter(|s| peers && cfg!(feature = "peers") || !s.is_peer())
@@ -314,13 +365,13 @@ fn run(quick: bool, peers: bool, out: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut rows = vec![];
-    for (placement, server_cpu, client_cpu) in placements() {
+    for (placement, server_cpu, client_cpu) in placements {
         pin(client_cpu)?;
         for &system in &systems {
             let socket = dir.join(format!("{}-{placement}.sock", system.name()));
             let server = ServerProcess::spawn(system, &socket, &identity, server_cpu)?;
             let security = match system {
-                System::PeerwireTls => pw::Security::MutualTls,
+                System::PeerwireTls => pw::Security::mutual(&identity, &socket)?,
                 System::PeerwireTlsToken => pw::Security::token(&identity, &socket)?,
                 _ => pw::Security::Plain,
             };
@@ -352,10 +403,88 @@ fn run(quick: bool, peers: bool, out: &Path) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    report::write(&rows, out)?;
+    report::write(&rows, seal_rate, out)?;
     report::c_client_ratio(&rows);
     eprintln!("run took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `SYSTEM SOCKET IDENTITY CPU` of `serve` and `client`; pins this process to CPU.
+fn process_args(args: &[String]) -> anyhow::Result<(System, PathBuf, PathBuf)> {
+    let name = args.first().context("system")?;
+    let system = System::ALL
+        .into_iter()
+        .find(|s| s.name() == name)
+        .with_context(|| format!("unknown system {name}"))?;
+    let socket = PathBuf::from(args.get(1).context("socket path")?);
+    let identity = PathBuf::from(args.get(2).context("identity directory")?);
+    pin(args.get(3).context("CPU")?.parse().context("CPU number")?)?;
+    Ok((system, socket, identity))
+}
+
+/// `client SYSTEM SOCKET IDENTITY CPU CALLS`: one connection, CALLS round trips of 64 B one
+/// after the other, then the p50 printed. With `serve`, what `cargo xtask bench --callgrind`
+/// runs under callgrind to count instructions per call (and what `perf`/`strace` can watch).
+fn client(args: &[String]) -> anyhow::Result<()> {
+    // `peerwire-fanout`: the fan-out scenario against a `peerwire` server (per-event counts).
+    let fanout = args.first().is_some_and(|a| a == "peerwire-fanout");
+    let mut args = args.to_vec();
+    if fanout {
+        args[0] = "peerwire".into();
+    }
+    let (system, socket, identity) = process_args(&args)?;
+    let calls: usize = args.get(4).context("calls")?.parse().context("calls")?;
+    let security = match system {
+        System::PeerwireTls => pw::Security::mutual(&identity, &socket)?,
+        _ => pw::Security::Plain,
+    };
+    let t = Target {
+        socket,
+        identity,
+        security,
+    };
+    let p = Params {
+        rtt: calls,
+        rtt_warm: 0,
+        fanout: calls,
+        ..Params::new(true)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let f = rt.block_on(async {
+        match system {
+            // `client peerwire-fanout ...`: CALLS events fanned out to 8 subscribers, once.
+            _ if fanout => pw::fanout(&t, &p).await,
+            System::Raw => calls_on::<raw::Raw>(&t, &p).await,
+            System::Tokio => calls_on::<tokio_framing::Tokio>(&t, &p).await,
+            // With PEERWIRE_BENCH_IN_TASK set, the calls run in a spawned task rather than in
+            // `block_on`'s future (tokio polls the driver once more, `epoll_wait(0)`, before it
+            // polls a `block_on` future that a task woke).
+            System::Peerwire | System::PeerwireTls
+                if std::env::var_os("PEERWIRE_BENCH_IN_TASK").is_some() =>
+            {
+                tokio::spawn(async move { calls_on::<pw::Pw>(&t, &p).await })
+                    .await
+                    .context("calling task")?
+            }
+            System::Peerwire | System::PeerwireTls => calls_on::<pw::Pw>(&t, &p).await,
+            System::OpensslEcho => calls_on::<openssl_echo::OpensslEcho>(&t, &p).await,
+            _ => bail!("no client mode for {}", system.name()),
+        }
+    })?;
+    match f.msgs_per_s {
+        Some(rate) => println!("{rate:.0} events/s"),
+        None => println!("p50 {:.1} us", f.p50_us.unwrap_or(f64::NAN)),
+    }
+    Ok(())
+}
+
+async fn calls_on<C: Client>(t: &Target, p: &Params) -> anyhow::Result<Figures> {
+    let c = C::connect(t).await?;
+    let f = measure::rtt(&c, 64, p).await?;
+    c.close().await;
+    Ok(f)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -363,16 +492,16 @@ fn main() -> anyhow::Result<()> {
     raise_nofile()?;
     match args.first().map(String::as_str) {
         Some("serve") => {
-            let name = args.get(1).context("system")?;
-            let system = System::ALL
-                .into_iter()
-                .find(|s| s.name() == name)
-                .with_context(|| format!("unknown system {name}"))?;
-            let socket = PathBuf::from(args.get(2).context("socket path")?);
-            let identity = PathBuf::from(args.get(3).context("identity directory")?);
-            pin(args.get(4).context("CPU")?.parse().context("CPU number")?)?;
+            let (system, socket, identity) = process_args(&args[1..])?;
             serve(system, &socket, &identity)
         }
+        Some("init") => {
+            let dir = PathBuf::from(args.get(1).context("identity directory")?);
+            peerwire_security::identity::provision(&dir, "bench", true)
+                .context("provisioning the identities")?;
+            Ok(())
+        }
+        Some("client") => client(&args[1..]),
         Some("run") => {
             let flag = |f: &str| args.iter().any(|a| a == f);
             let out = args
@@ -382,6 +511,9 @@ fn main() -> anyhow::Result<()> {
                 .map_or_else(|| PathBuf::from("target/bench"), PathBuf::from);
             run(flag("--quick"), !flag("--no-peers"), &out)
         }
-        _ => bail!("usage: peerwire-bench run [--quick] [--no-peers] [--out DIR]"),
+        _ => bail!(
+            "usage: peerwire-bench run [--quick] [--no-peers] [--out DIR] | init DIR | \
+             serve SYSTEM SOCKET IDENTITY CPU | client SYSTEM SOCKET IDENTITY CPU CALLS"
+        ),
     }
 }

@@ -191,6 +191,29 @@ pub(crate) async fn inflight<C: Client>(c: &C, p: &Params) -> anyhow::Result<Fig
     })
 }
 
+/// The in-flight scenario for a blocking client on one thread, pipelined: 16 requests written,
+/// then one more written per answer read; `receive` reads one answer and checks it.
+pub(crate) fn pipelined(
+    n: usize,
+    mut send: impl FnMut() -> std::io::Result<()>,
+    mut receive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < n.min(16) {
+        send()?;
+        sent += 1;
+    }
+    for _ in 0..n {
+        receive()?;
+        if sent < n {
+            send()?;
+            sent += 1;
+        }
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
 /// The in-flight scenario for clients whose clones share one connection: 16 local tasks, each
 /// calling one after the other.
 pub(crate) async fn inflight_tasks<C: Client + Clone>(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use peerwire_client::{Client as PwClient, ClientTls, TlsMode};
+use peerwire_client::{Client as PwClient, ClientBuilder, ClientTls, TlsMode};
 use peerwire_security::token::{Binding, DeviceSecret, Minter};
 use peerwire_server::{
     AccessPolicy, Limits, RequestContext, Server, ServerHandle, ServerTls, Status, Verifier,
@@ -40,18 +40,26 @@ impl service::Bench for Bench {
     }
 }
 
-/// How a peerwire connection is secured.
+/// How a peerwire connection is secured. The TLS set-ups hold a client builder with the TLS
+/// context already built (once per client, as a client that connects more than once does; the
+/// identity files are read and the `SSL_CTX` built once), cloned for each connection.
 #[derive(Clone)]
 pub(crate) enum Security {
     Plain,
     /// Mutual TLS 1.3 with the identities of the run.
-    MutualTls,
+    MutualTls(ClientBuilder),
     /// TLS 1.3 authenticating the server only, and a fresh one-time session token per
     /// connection, minted with the device secret of the run (`server/token.key`).
-    ServerTlsToken(Arc<Minter>, Binding),
+    ServerTlsToken(ClientBuilder, Arc<Minter>, Binding),
 }
 
 impl Security {
+    /// Mutual TLS to the server at `socket`.
+    pub(crate) fn mutual(identity: &Path, socket: &Path) -> anyhow::Result<Self> {
+        let tls = ClientTls::from_dir(identity, TlsMode::Mutual)?.context("no TLS")?;
+        Ok(Self::MutualTls(PwClient::builder(socket).tls(tls)))
+    }
+
     /// The token set-up for the server at `socket`.
     pub(crate) fn token(identity: &Path, socket: &Path) -> anyhow::Result<Self> {
         let secret = DeviceSecret::read(&identity.join("server/token.key"))
@@ -61,7 +69,9 @@ impl Security {
             exe: None,
             socket: std::fs::canonicalize(socket).context("canonical socket path")?,
         };
+        let tls = ClientTls::from_dir(identity, TlsMode::ServerAuth)?.context("no TLS")?;
         Ok(Self::ServerTlsToken(
+            PwClient::builder(socket).tls(tls),
             Arc::new(Minter::new(&secret)?),
             binding,
         ))
@@ -167,17 +177,13 @@ async fn broadcast_all(server: &ServerHandle, mut n: u64) -> Result<(), Status> 
 pub(crate) struct Pw(PwClient);
 
 async fn connect(t: &Target, event_buffer: usize) -> anyhow::Result<PwClient> {
-    let mut b = BenchClient::announce(PwClient::builder(&t.socket)).event_buffer(event_buffer);
-    match &t.security {
-        Security::Plain => {}
-        Security::MutualTls => {
-            b = b.tls(ClientTls::from_dir(&t.identity, TlsMode::Mutual)?.context("no TLS")?);
-        }
-        Security::ServerTlsToken(minter, binding) => {
-            b = b
-                .tls(ClientTls::from_dir(&t.identity, TlsMode::ServerAuth)?.context("no TLS")?)
-                .token(minter.mint(binding, Duration::from_secs(60))?);
-        }
+    let base = match &t.security {
+        Security::Plain => PwClient::builder(&t.socket),
+        Security::MutualTls(b) | Security::ServerTlsToken(b, ..) => b.clone(),
+    };
+    let mut b = BenchClient::announce(base).event_buffer(event_buffer);
+    if let Security::ServerTlsToken(_, minter, binding) = &t.security {
+        b = b.token(minter.mint(binding, Duration::from_secs(60))?);
     }
     b.connect()
         .await
@@ -252,13 +258,27 @@ async fn fanout_once(t: &Target, count: usize) -> anyhow::Result<(Instant, Vec<(
                 .map(|mut s| {
                     tokio::task::spawn_local(async move {
                         let (mut got, mut last) = (0, Instant::now());
+                        // Gives up when the events stall: fewer than 1,024 in 2 s. One timer,
+                        // moved every 1,024 events, not a timeout per event (whose timer cost
+                        // as much as a tenth of what a subscriber's event costs, and is the
+                        // harness's, not peerwire's: a subscriber just awaits the stream).
+                        let stall = tokio::time::sleep(Duration::from_secs(2));
+                        tokio::pin!(stall);
                         while got < count {
-                            match tokio::time::timeout(Duration::from_secs(2), s.next()).await {
-                                Ok(Some(_)) => {
-                                    got += 1;
-                                    last = Instant::now();
-                                }
-                                _ => break,
+                            tokio::select! {
+                                biased;
+                                next = s.next() => match next {
+                                    Some(_) => {
+                                        got += 1;
+                                        last = Instant::now();
+                                        if got % 1024 == 0 {
+                                            let at = tokio::time::Instant::now() + Duration::from_secs(2);
+                                            stall.as_mut().reset(at);
+                                        }
+                                    }
+                                    None => break,
+                                },
+                                () = &mut stall => break,
                             }
                         }
                         (got, last)

@@ -2,6 +2,12 @@
 //! connection on the server. Two control headers drive the fan-out: `SUBSCRIBE` registers the
 //! connection as a subscriber (answered by an empty frame), `FANOUT | count` writes `count`
 //! 64-byte events to every subscriber, 64 events per write, then forgets the subscribers.
+//!
+//! Two servers and clients: the naive ones (`raw`: two `read_exact` and one `write` per message,
+//! the pipelined client likewise) and the batched ones (`raw-batched`, issue 21: one read takes
+//! everything available, every complete frame in it is answered in one write; the pipelined
+//! client writes the requests that answers read in one go made room for in one write), the
+//! limit when many calls are in flight on one connection, as peerwire batches.
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -77,6 +83,104 @@ fn fan_out(subs: &Subscribers, count: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The batched server (`raw-batched`): a thread per connection; each read takes what the socket
+/// has, and the complete frames in it are answered by one write.
+pub(crate) fn serve_batched(path: &Path) -> anyhow::Result<()> {
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    crate::ready()?;
+    for conn in listener.incoming() {
+        let stream = conn.context("accept")?;
+        std::thread::spawn(move || serve_batched_conn(stream));
+    }
+    Ok(())
+}
+
+/// The length of the complete frames at the start of `buf`, and how many there are.
+fn complete_frames(buf: &[u8]) -> (usize, usize) {
+    let (mut at, mut frames) = (0, 0);
+    while let Some(head) = buf.get(at..at + 4) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if buf.len() < at + 4 + len {
+            break;
+        }
+        at += 4 + len;
+        frames += 1;
+    }
+    (at, frames)
+}
+
+fn serve_batched_conn(mut s: UnixStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = s.read(&mut buf[filled..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+        // An echo answers each frame with itself: the complete frames go back as they are.
+        let (done, _) = complete_frames(&buf[..filled]);
+        if done > 0 {
+            s.write_all(&buf[..done])?;
+            buf.copy_within(done..filled, 0);
+            filled -= done;
+        }
+    }
+}
+
+/// A batched raw client connection (`raw-batched`): one at a time like [`Raw`], pipelined with
+/// one read for every answer available and one write for the requests they make room for.
+pub(crate) struct RawBatched(Raw);
+
+impl Client for RawBatched {
+    async fn connect(target: &Target) -> anyhow::Result<Self> {
+        Raw::connect(target).await.map(Self)
+    }
+
+    async fn echo(&self, msg: &Bytes) -> anyhow::Result<()> {
+        self.0.echo(msg).await
+    }
+
+    async fn inflight16(&self, msg: &Bytes, n: usize) -> anyhow::Result<f64> {
+        let frame: Vec<u8> = (msg.len() as u32)
+            .to_be_bytes()
+            .into_iter()
+            .chain(msg.iter().copied())
+            .collect();
+        let mut stream = &self.0.stream;
+        let t = Instant::now();
+        let first = n.min(16);
+        stream.write_all(&frame.repeat(first))?;
+        let (mut sent, mut received) = (first, 0);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut filled = 0;
+        let mut out = Vec::new();
+        while received < n {
+            let k = stream.read(&mut buf[filled..])?;
+            anyhow::ensure!(k > 0, "the server closed the connection");
+            filled += k;
+            let (done, frames) = complete_frames(&buf[..filled]);
+            buf.copy_within(done..filled, 0);
+            filled -= done;
+            received += frames;
+            let more = frames.min(n - sent);
+            if more > 0 {
+                out.clear();
+                for _ in 0..more {
+                    out.extend_from_slice(&frame);
+                }
+                stream.write_all(&out)?;
+                sent += more;
+            }
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    }
+}
+
 /// A raw client connection; `echo` builds each request in a reused buffer.
 pub(crate) struct Raw {
     stream: UnixStream,
@@ -119,20 +223,11 @@ impl Client for Raw {
 
     /// Pipelined on one thread: 16 requests written, then one more written per answer read.
     async fn inflight16(&self, msg: &Bytes, n: usize) -> anyhow::Result<f64> {
-        let t = Instant::now();
-        let mut sent = 0;
-        while sent < n.min(16) {
-            self.send(msg)?;
-            sent += 1;
-        }
-        for _ in 0..n {
-            check_echo(msg.len(), self.receive()?)?;
-            if sent < n {
-                self.send(msg)?;
-                sent += 1;
-            }
-        }
-        Ok(n as f64 / t.elapsed().as_secs_f64())
+        measure::pipelined(
+            n,
+            || self.send(msg),
+            || check_echo(msg.len(), self.receive()?),
+        )
     }
 }
 

@@ -3,7 +3,10 @@
 //! release mode and runs it. `--quick` cuts the iterations (under 30 s); `--no-peers` builds
 //! without the `peers` feature and measures peerwire against raw and bare tokio only (CI: the
 //! harness cannot rot, and CI does not compile tonic and ttrpc). Results: a table on stdout,
-//! `target/bench/results.json`, `results.md` and the charts `ratios.svg` and `ratios-split.svg`.
+//! then issue 21's goals (each with its figure, its floor and met / NOT met, per placement),
+//! `target/bench/results.json`, `results.md` (table and goals), `goals.json` and the charts
+//! `ratios.svg` and `ratios-split.svg`. Instructions per call (callgrind) are
+//! `bench/callgrind.sh` after this (see docs/performance.md).
 //! The C client row (`peerwire-c`): `bench/c/echo_client.c` built against the release
 //! `libpeerwire.so` and `include/peerwire.h`, its 64 B round trip printed beside the Rust
 //! client's with the ratio.
@@ -45,9 +48,10 @@ pub(crate) fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     succeed(&mut cmd, "running the benchmark")?;
     renderer(root, &cargo, &out, quick)?;
     println!(
-        "results: {}\ntable and goals: {}\ncharts: {} and {}\nrenderer: {}",
+        "results: {}\ntable and goals: {}\ngoals: {}\ncharts: {} and {}\nrenderer: {}",
         out.join("results.json").display(),
         out.join("results.md").display(),
+        out.join("goals.json").display(),
         out.join("ratios.svg").display(),
         out.join("ratios-split.svg").display(),
         out.join("renderer.json").display()

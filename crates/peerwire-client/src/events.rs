@@ -132,13 +132,23 @@ impl Inner {
             seq: event.seq,
             payload: event.payload,
         };
-        list.retain(|tx| match tx.try_send(msg.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(topic = %msg.topic, seq = msg.seq, "subscriber is not keeping up: event dropped");
-                true
+        // Each subscriber but the last gets a copy; the last one the event itself (one
+        // subscriber, the usual case: no copy of the topic's name per event).
+        let last = list.len().saturating_sub(1);
+        let mut msg = Some(msg);
+        let mut i = 0;
+        list.retain(|tx| {
+            let this = if i == last { msg.take() } else { msg.clone() };
+            i += 1;
+            let Some(this) = this else { return true };
+            match tx.try_send(this) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(m)) => {
+                    tracing::warn!(topic = %m.topic, seq = m.seq, "subscriber is not keeping up: event dropped");
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
     }
 }

@@ -288,7 +288,7 @@ impl ServerBuilder {
     }
 
     fn add_method(mut self, name: &str, f: router::MethodFn) -> Self {
-        if self.check_name(name) && self.router.methods.insert(name.to_owned(), f).is_some() {
+        if self.check_name(name) && self.router.methods.insert(name.into(), f).is_some() {
             self.errors
                 .push(ConfigProblem::DuplicateMethod(name.to_owned()));
         }

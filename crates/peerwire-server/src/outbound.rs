@@ -195,10 +195,13 @@ impl Outbox {
     }
 }
 
+/// The ids of the connections corked by one handler poll.
+type Corked = std::collections::HashSet<u64, crate::registry::FastHash>;
+
 thread_local! {
     /// The connections whose sinks the events of the running handler poll corked, by id (see
     /// [`batched`]); `None` outside a handler poll.
-    static CORKED: std::cell::RefCell<Option<(std::collections::HashSet<u64>, Vec<Outbox>)>> =
+    static CORKED: std::cell::RefCell<Option<(Corked, Vec<Outbox>)>> =
         const { std::cell::RefCell::new(None) };
 }
 

@@ -15,6 +15,37 @@ use crate::config::Limits;
 use crate::outbound::{Full, Outbox};
 use crate::router::{ConnInfo, ConnectionId, Router};
 
+/// A cheap hash (FNV-1a) for maps on the event path whose keys the server chooses, never a
+/// peer (connection ids, the topics the server pushes): SipHash's resistance to chosen
+/// collisions buys nothing there, and it cost about a fifth of a broadcast's instructions per
+/// subscriber (callgrind).
+pub(crate) type FastHash = std::hash::BuildHasherDefault<Fnv>;
+
+/// FNV-1a, 64 bits.
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x0100_0000_01b3);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 pub(crate) struct ConnEntry {
     pub(crate) info: Arc<ConnInfo>,
     pub(crate) topics: HashSet<String>,
@@ -29,7 +60,7 @@ pub(crate) struct PushTarget {
     pub(crate) tx: Outbox,
     /// The last `seq` per topic. Its lock is held while an event is numbered and queued, so a
     /// connection's events are queued in `seq` order even when several tasks push at once.
-    pub(crate) seq: Mutex<HashMap<String, u64>>,
+    pub(crate) seq: Mutex<HashMap<String, u64, FastHash>>,
     /// Events of topics with a drop policy.
     pub(crate) events: Arc<crate::outbound::EventQueue>,
     /// Cancelled to make the connection task close the connection (slow consumer).
@@ -236,10 +267,30 @@ impl Shared {
         stats
     }
 
+    /// The slow-consumer policy of `topic` (looked up once per push, not per subscriber).
+    fn policy(&self, topic: &str) -> crate::SlowConsumerPolicy {
+        if self.topic_policies.is_empty() {
+            return crate::SlowConsumerPolicy::default();
+        }
+        self.topic_policies.get(topic).copied().unwrap_or_default()
+    }
+
     /// Queues an event on one connection. Called without the map's lock: never blocks.
-    fn push_one(&self, target: &PushTarget, topic: &str, payload: &Bytes) -> Result<(), PushError> {
+    fn push_one(
+        &self,
+        target: &PushTarget,
+        topic: &str,
+        payload: &Bytes,
+        policy: crate::SlowConsumerPolicy,
+    ) -> Result<(), PushError> {
         let mut seqs = target.seq.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = seqs.entry(topic.to_owned()).or_insert(0);
+        // The topic's name is copied into the map once, not on every event.
+        if !seqs.contains_key(topic) {
+            seqs.insert(topic.to_owned(), 0);
+        }
+        let Some(seq) = seqs.get_mut(topic) else {
+            return Err(PushError::NoSuchConnection(target.info.id));
+        };
         let frame = Frame::new(Kind::Event(Event {
             topic: topic.to_owned(),
             seq: *seq + 1,
@@ -250,7 +301,6 @@ impl Shared {
         if len > max as usize {
             return Err(PushError::TooLarge { len, max });
         }
-        let policy = self.topic_policies.get(topic).copied().unwrap_or_default();
         if policy != crate::SlowConsumerPolicy::Disconnect {
             *seq += 1;
             bump(&self.counters.events_sent);
@@ -303,9 +353,10 @@ impl Shared {
             .filter(|e| e.topics.contains(topic))
             .map(|e| e.out.clone())
             .collect();
+        let policy = self.policy(topic);
         let delivered = targets
             .iter()
-            .filter(|t| self.push_one(t, topic, payload).is_ok())
+            .filter(|t| self.push_one(t, topic, payload, policy).is_ok())
             .count();
         Ok(delivered)
     }
@@ -329,6 +380,6 @@ impl Shared {
             }
             entry.out.clone()
         };
-        self.push_one(&target, topic, payload)
+        self.push_one(&target, topic, payload, self.policy(topic))
     }
 }

@@ -91,7 +91,8 @@ impl RequestContext {
 
 #[derive(Default, Clone)]
 pub(crate) struct Router {
-    pub(crate) methods: HashMap<String, MethodFn>,
+    /// By name; the name is shared with each call's context (no copy per call).
+    pub(crate) methods: HashMap<Arc<str>, MethodFn>,
     pub(crate) events: HashMap<String, EventFn>,
 }
 

@@ -1,7 +1,6 @@
 //! Dispatch: what each frame of a session does (requests to handlers, cancels, client
 //! events, pings, goodbye), and the built-in methods (stats, subscribe).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -27,7 +26,7 @@ impl<W: peerwire_transport::SinkIo> Connection<W> {
         }
         let now = tokio::time::Instant::now().into_std();
         let next = match self.session.handle_frame(now, frame) {
-            ServerInput::Request(req) => self.on_request(req),
+            ServerInput::Request(req) => self.on_request(req, now),
             ServerInput::Refused {
                 id,
                 why: Refusal::TooManyInFlight,
@@ -87,7 +86,8 @@ impl<W: peerwire_transport::SinkIo> Connection<W> {
         }
     }
 
-    pub(super) fn on_request(&mut self, req: Request) -> Next {
+    /// `now`: when the frame was read (the request's deadline counts from it).
+    pub(super) fn on_request(&mut self, req: Request, now: Instant) -> Next {
         let limits = &self.shared.limits;
         if let Err(status) = self.info.session.check_name(&req.method) {
             return self.respond(status.to_response(req.id));
@@ -116,19 +116,17 @@ impl<W: peerwire_transport::SinkIo> Connection<W> {
             }
             _ => {}
         }
-        let Some(handler) = self.shared.router.methods.get(&req.method) else {
+        let Some((method, handler)) = self.shared.router.methods.get_key_value(&*req.method) else {
             return self.respond(
                 Status::not_found(format!("unknown method {}", req.method)).to_response(req.id),
             );
         };
         let deadline = limits.deadline_for(req.deadline_ms);
-        let method: Arc<str> = req.method.into();
+        let method = method.clone();
         let ctx = RequestContext {
             conn: self.ctx.clone(),
             method: method.clone(),
-            deadline: Instant::now()
-                .checked_add(deadline)
-                .unwrap_or_else(Instant::now),
+            deadline: now.checked_add(deadline).unwrap_or(now),
         };
         let mut fut = handler(ctx, req.payload);
         let id = req.id;
