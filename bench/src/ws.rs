@@ -125,8 +125,7 @@ impl Client for Ws {
         // One TLS record per read (tungstenite zero-fills its read room, 128 KiB by default).
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(16 * 1024);
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(req, s, Some(config)).await?;
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, s, Some(config)).await?;
         let hello = Hello {
             protocol_versions: vec![1],
             client_name: "bench-ws".into(),
