@@ -122,7 +122,10 @@ impl Client for Ws {
             "Sec-WebSocket-Protocol",
             format!("peerwire.v1, peerwire.token.{token}").parse()?,
         );
-        let (mut ws, _) = tokio_tungstenite::client_async(req, s).await?;
+        // One TLS record per read (tungstenite zero-fills its read room, 128 KiB by default).
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(16 * 1024);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, s, Some(config)).await?;
         let hello = Hello {
             protocol_versions: vec![1],
             client_name: "bench-ws".into(),

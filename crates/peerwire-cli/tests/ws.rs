@@ -599,6 +599,8 @@ fn a_websocket_endpoint_is_refused_off_loopback_and_under_executable_rules() {
     assert!(err.contains("executable rules"), "{err}");
     let err = run(&["--ws-listen", "127.0.0.1:0", "--ws-origin", "null"]);
     assert!(err.contains("invalid allowed origin"), "{err}");
+    // Refused before the Unix socket is bound: nothing left behind.
+    assert!(!tmp.path().join("run/s.sock").exists());
 }
 
 #[tokio::test]

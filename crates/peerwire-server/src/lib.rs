@@ -332,10 +332,15 @@ impl ServerBuilder {
             "RLIMIT_NOFILE {nofile}: room for the {} descriptors the limits allow",
             fds::needed(&self.limits)
         );
+        // The WebSocket endpoint first: a configuration it refuses leaves no socket file.
+        let ws = match &self.ws {
+            None => None,
+            Some(ep) => Some(self.bind_ws(ep)?),
+        };
         let (listener, origin) = socket::listen(&self.path, self.socket_group)?;
         listener.set_nonblocking(true)?;
         let listener = UnixListener::from_std(listener)?;
-        self.serve_on(listener, origin)
+        self.serve_on(listener, origin, ws)
     }
 
     fn validate(&self) -> Result<(), ServerError> {
@@ -384,14 +389,11 @@ impl ServerBuilder {
         &self,
         listener: UnixListener,
         origin: socket::Origin,
+        ws: Option<(tokio::net::TcpListener, Arc<ws::WsShared>)>,
     ) -> Result<Server, ServerError> {
         self.policy
             .prepare_listener(&listener, self.tokens.is_some())
             .map_err(|e| ConfigProblem::SenderCheck(Arc::new(e)))?;
-        let ws = match &self.ws {
-            None => None,
-            Some(ep) => Some(self.bind_ws(ep)?),
-        };
         let shared = Arc::new(Shared {
             name: self.name.clone(),
             limits: self.limits,

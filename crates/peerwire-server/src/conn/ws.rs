@@ -219,7 +219,10 @@ pub(crate) async fn serve(
             Ok(None) => return,
             Err(refusal) => return refusal.record(&shared, uid),
         };
+        // Reads of one TLS record (16 KiB) at most: tungstenite zero-fills the read buffer's
+        // room before every read, 128 KiB by default.
         let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
             .max_message_size(Some(shared.limits.max_frame_size as usize))
             .max_frame_size(Some(shared.limits.max_frame_size as usize))
             .max_write_buffer_size(
