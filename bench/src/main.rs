@@ -301,7 +301,7 @@ async fn measure_system(
                 .await?;
         }
         System::PeerwireC => steps.run("rtt-64B", c_client::rtt(t, 64, p)).await?,
-        System::PeerwireWs => steps.common::<ws::Ws>(t, p).await?,
+        System::PeerwireWs => steps.common::<ws::Ws>(t, p, INFLIGHT).await?,
         System::PeerwireBlocking => {
             steps
                 .run("rtt-64B", async { blocking::rtt(t, 64, p) })
