@@ -12,8 +12,10 @@ use peerwire_proto::v1::{Event, Frame, frame::Kind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
-use crate::outbound::{Full, Outbox};
+use crate::outbound::Outbox;
 use crate::router::{ConnInfo, ConnectionId, Router};
+use peerwire_proto::codec::CodecError;
+use peerwire_transport::SinkError;
 
 /// A cheap hash for maps on the event path whose keys the server chooses, never a peer
 /// (connection ids, the topics the server pushes): SipHash's resistance to chosen collisions
@@ -28,6 +30,33 @@ pub(crate) struct ConnEntry {
     /// What a push to the connection needs: taken out of the map (an `Arc`), so that events
     /// are encoded, sealed and written after the map's lock is released.
     pub(crate) out: Arc<PushTarget>,
+}
+
+/// An event on its way to its subscribers: its frame is built once per push (one copy of the
+/// topic's name per event, not one per subscriber), its `seq` set for each connection.
+struct Outgoing<'a> {
+    topic: &'a str,
+    frame: Frame,
+    policy: crate::SlowConsumerPolicy,
+    /// The topic's name as the event queues of drop-policy topics keep it (made once, when
+    /// first needed).
+    name: Option<Arc<str>>,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(topic: &'a str, payload: &Bytes, policy: crate::SlowConsumerPolicy) -> Self {
+        let frame = Frame::new(Kind::Event(Event {
+            topic: topic.to_owned(),
+            seq: 0,
+            payload: payload.clone(),
+        }));
+        Self {
+            topic,
+            frame,
+            policy,
+            name: None,
+        }
+    }
 }
 
 /// A connection as a destination of events.
@@ -251,54 +280,61 @@ impl Shared {
         self.topic_policies.get(topic).copied().unwrap_or_default()
     }
 
-    /// Queues an event on one connection. Called without the map's lock: never blocks.
-    fn push_one(
-        &self,
-        target: &PushTarget,
-        topic: &str,
-        payload: &Bytes,
-        policy: crate::SlowConsumerPolicy,
-    ) -> Result<(), PushError> {
+    /// Queues `ev` on one connection, numbered for it. Called without the map's lock: never
+    /// blocks.
+    fn push_one(&self, target: &PushTarget, ev: &mut Outgoing<'_>) -> Result<(), PushError> {
         let mut seqs = target.seq.lock().unwrap_or_else(|e| e.into_inner());
-        // The topic's name is copied into the map once, not on every event.
-        if !seqs.contains_key(topic) {
-            seqs.insert(topic.to_owned(), 0);
-        }
-        let Some(seq) = seqs.get_mut(topic) else {
-            return Err(PushError::NoSuchConnection(target.info.id));
-        };
-        let frame = Frame::new(Kind::Event(Event {
-            topic: topic.to_owned(),
-            seq: *seq + 1,
-            payload: payload.clone(),
-        }));
-        let max = target.info.session.max_frame_size();
-        let len = prost::Message::encoded_len(&frame);
-        if len > max as usize {
-            return Err(PushError::TooLarge { len, max });
-        }
-        if policy != crate::SlowConsumerPolicy::Disconnect {
-            *seq += 1;
-            bump(&self.counters.events_sent);
-            let name: Arc<str> = topic.into();
-            target.events.push(&name, frame, policy);
-            return Ok(());
-        }
-        crate::outbound::cork_for_batch(target.info.id, &target.tx);
-        match target.tx.push(frame) {
-            Ok(()) => {
+        // Numbered with one look-up (the topic's name is copied into the map once, not on every
+        // event); a failure below gives the number back, under the same lock.
+        let seq = match seqs.get_mut(ev.topic) {
+            Some(seq) => {
                 *seq += 1;
-                bump(&self.counters.events_sent);
+                *seq
+            }
+            None => {
+                seqs.insert(ev.topic.to_owned(), 1);
+                1
+            }
+        };
+        if let Some(Kind::Event(e)) = &mut ev.frame.kind {
+            e.seq = seq;
+        }
+        let pushed = if ev.policy != crate::SlowConsumerPolicy::Disconnect {
+            let max = target.info.session.max_frame_size();
+            let len = prost::Message::encoded_len(&ev.frame);
+            if len > max as usize {
+                Err(PushError::TooLarge { len, max })
+            } else {
+                let name = ev.name.get_or_insert_with(|| ev.topic.into());
+                target.events.push(name, ev.frame.clone(), len, ev.policy);
                 Ok(())
             }
-            Err(Full::Queue) => {
-                drop(seqs);
-                self.slow_consumer(target);
-                Err(PushError::SlowConsumer(target.info.id))
+        } else {
+            crate::outbound::cork_for_batch(target.info.id, &target.tx);
+            // The sink checks the frame against the session's limit as it encodes it (its codec
+            // has the session's `max_frame_size`): one encoding pass, not a size pass first.
+            target.tx.send(&ev.frame).map_err(|e| match e {
+                SinkError::Full => PushError::SlowConsumer(target.info.id),
+                SinkError::Codec(CodecError::OutgoingTooLarge { len, max }) => {
+                    PushError::TooLarge { len, max }
+                }
+                // The connection is closing; it is about to leave the map.
+                _ => PushError::NoSuchConnection(target.info.id),
+            })
+        };
+        match pushed {
+            Ok(()) => bump(&self.counters.events_sent),
+            Err(_) => {
+                if let Some(seq) = seqs.get_mut(ev.topic) {
+                    *seq -= 1;
+                }
             }
-            // The connection is closing; it is about to leave the map.
-            Err(Full::Closed) => Err(PushError::NoSuchConnection(target.info.id)),
         }
+        drop(seqs);
+        if let Err(PushError::SlowConsumer(_)) = pushed {
+            self.slow_consumer(target);
+        }
+        pushed
     }
 
     /// Closes `target` as a slow consumer (once): counted, logged, its task told to close.
@@ -329,10 +365,10 @@ impl Shared {
             .filter(|e| e.topics.contains(topic))
             .map(|e| e.out.clone())
             .collect();
-        let policy = self.policy(topic);
+        let mut ev = Outgoing::new(topic, payload, self.policy(topic));
         let delivered = targets
             .iter()
-            .filter(|t| self.push_one(t, topic, payload, policy).is_ok())
+            .filter(|t| self.push_one(t, &mut ev).is_ok())
             .count();
         Ok(delivered)
     }
@@ -356,6 +392,9 @@ impl Shared {
             }
             entry.out.clone()
         };
-        self.push_one(&target, topic, payload, self.policy(topic))
+        self.push_one(
+            &target,
+            &mut Outgoing::new(topic, payload, self.policy(topic)),
+        )
     }
 }
