@@ -203,6 +203,11 @@ pub(crate) struct Shared {
     /// The socket path, canonical (what session tokens are bound to).
     pub(crate) socket_path: std::path::PathBuf,
     pub(crate) conns: Mutex<HashMap<ConnectionId, ConnEntry>>,
+    /// The subscribers of each topic (what `conns`' entries' `topics` say, indexed by topic:
+    /// a broadcast looks its topic up once instead of in every open connection's set). Changed
+    /// only with `conns`' lock held (taken first), so the two agree; read alone by broadcasts.
+    /// SipHash: the topics are the names peers subscribed to.
+    pub(crate) subscribers: Mutex<HashMap<String, Vec<Arc<PushTarget>>>>,
     pub(crate) next_id: AtomicU64,
     /// Admitted connections, in total, per uid, and still in their handshake.
     pub(crate) admitted: Mutex<Admitted>,
@@ -216,6 +221,17 @@ pub(crate) struct Shared {
     pub(crate) lingering: Arc<tokio::sync::Semaphore>,
     /// Uids the access policy keeps denying.
     pub(crate) penalty: crate::fds::Penalty,
+}
+
+/// Takes connection `id` out of `topic`'s subscribers (and the topic out of the index when it
+/// has none left).
+fn unindex(index: &mut HashMap<String, Vec<Arc<PushTarget>>>, topic: &str, id: ConnectionId) {
+    if let Some(list) = index.get_mut(topic) {
+        list.retain(|t| t.info.id != id);
+        if list.is_empty() {
+            index.remove(topic);
+        }
+    }
 }
 
 /// Why an event could not be queued.
@@ -254,6 +270,48 @@ impl Shared {
         // A poisoned lock only means a thread panicked while holding it; the map itself is
         // always left consistent (single inserts/removes), so keep serving.
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn subscribers(&self) -> MutexGuard<'_, HashMap<String, Vec<Arc<PushTarget>>>> {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes `entry`'s connection to `topics` (called with `conns`' lock held).
+    pub(crate) fn subscribe(&self, entry: &mut ConnEntry, topics: Vec<String>) {
+        let mut index = self.subscribers();
+        for topic in topics {
+            if entry.topics.contains(&topic) {
+                continue;
+            }
+            match index.get_mut(&topic) {
+                Some(list) => list.push(entry.out.clone()),
+                None => {
+                    index.insert(topic.clone(), vec![entry.out.clone()]);
+                }
+            }
+            entry.topics.insert(topic);
+        }
+    }
+
+    /// Unsubscribes `entry`'s connection from `topics` (called with `conns`' lock held).
+    pub(crate) fn unsubscribe(&self, entry: &mut ConnEntry, topics: &[String]) {
+        let mut index = self.subscribers();
+        for topic in topics {
+            if entry.topics.remove(topic) {
+                unindex(&mut index, topic, entry.info.id);
+            }
+        }
+    }
+
+    /// Unregisters a closing connection: out of `conns` and of the subscribers' index.
+    pub(crate) fn unregister(&self, id: ConnectionId) {
+        let mut conns = self.conns();
+        if let Some(entry) = conns.remove(&id) {
+            let mut index = self.subscribers();
+            for topic in &entry.topics {
+                unindex(&mut index, topic, id);
+            }
+        }
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -359,12 +417,10 @@ impl Shared {
     pub(crate) fn broadcast(&self, topic: &str, payload: &Bytes) -> Result<usize, PushError> {
         peerwire_proto::names::namespace_of(topic)
             .map_err(|e| PushError::InvalidTopic(e.to_string()))?;
-        let targets: Vec<Arc<PushTarget>> = self
-            .conns()
-            .values()
-            .filter(|e| e.topics.contains(topic))
-            .map(|e| e.out.clone())
-            .collect();
+        let targets: Vec<Arc<PushTarget>> = match self.subscribers().get(topic) {
+            Some(list) => list.clone(),
+            None => return Ok(0),
+        };
         let mut ev = Outgoing::new(topic, payload, self.policy(topic));
         let delivered = targets
             .iter()

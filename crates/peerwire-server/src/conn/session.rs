@@ -154,7 +154,7 @@ impl<W: SinkIo> Connection<W> {
         // queued (bounded by the grace period: a peer that does not read is not waited for).
         self.tasks.abort_all();
         event_task.abort();
-        self.shared.conns().remove(&self.info.id);
+        self.shared.unregister(self.info.id);
         self.shared.counters.events_dropped.fetch_add(
             self.events_out.dropped.load(Ordering::Relaxed),
             Ordering::Relaxed,
