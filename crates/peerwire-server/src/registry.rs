@@ -17,8 +17,9 @@ use crate::router::{ConnInfo, ConnectionId, Router};
 use peerwire_proto::codec::CodecError;
 use peerwire_transport::SinkError;
 
-/// A cheap hash for maps on the event path whose keys the server chooses, never a peer
-/// (connection ids, the topics the server pushes): SipHash's resistance to chosen collisions
+/// A cheap hash for maps whose keys the server chooses, never a peer (connection ids, tokio's
+/// task ids, the topics the server pushes, the method and topic names it registered: a peer's
+/// names are only looked up in these, never inserted): SipHash's resistance to chosen collisions
 /// buys nothing there, and it cost about a fifth of a broadcast's instructions per subscriber
 /// (callgrind). rustc-hash's Fx hash (the compiler's own; one multiply per 8 bytes, where FNV-1a
 /// needs one per byte). Maps keyed by what a peer sends keep std's SipHash.
