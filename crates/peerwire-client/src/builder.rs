@@ -158,7 +158,7 @@ impl ClientBuilder {
         let inner = Arc::new(Inner {
             config: self.config,
             conn: Mutex::new(None),
-            subs: Mutex::new(HashMap::new()),
+            subs: Mutex::new(HashMap::default()),
             closed: CancellationToken::new(),
             generation,
         });

@@ -149,7 +149,8 @@ pub(crate) struct Conn {
     /// without taking the lock the reader takes for every frame.
     goodbye_said: std::sync::atomic::AtomicBool,
     close_reason: Mutex<Option<DisconnectReason>>,
-    event_seq: Mutex<HashMap<String, u64>>,
+    /// Keyed by the topics this client sends events on: a cheap hash.
+    event_seq: Mutex<HashMap<String, u64, rustc_hash::FxBuildHasher>>,
 }
 
 /// Removes a pending call when the call ends; if no answer came (deadline passed or the
@@ -377,7 +378,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         closed: CancellationToken::new(),
         goodbye_said: std::sync::atomic::AtomicBool::new(false),
         close_reason: Mutex::new(None),
-        event_seq: Mutex::new(HashMap::new()),
+        event_seq: Mutex::new(HashMap::default()),
     });
     let writer_conn = conn.clone();
     tokio::spawn(async move {

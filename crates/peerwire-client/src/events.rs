@@ -117,7 +117,10 @@ impl EventStream {
     }
 }
 
-pub(crate) type Subscribers = HashMap<String, Vec<mpsc::Sender<EventMessage>>>;
+/// Keyed by the topics this client subscribed to (the server's events are only looked up in
+/// it, never insert a key): a cheap hash, not SipHash.
+pub(crate) type Subscribers =
+    HashMap<String, Vec<mpsc::Sender<EventMessage>>, rustc_hash::FxBuildHasher>;
 
 impl Inner {
     /// Delivers a pushed event to every local subscriber of its topic; never blocks.

@@ -594,7 +594,8 @@ pub struct ClientSession<R> {
     state: State,
     /// Until the handshake ends (dropped then, with the `Hello` it keeps).
     handshake: Option<ClientHandshake>,
-    calls: HashMap<u64, (R, Instant)>,
+    /// Keyed by ids this client chose (never by what the peer sends): a cheap hash.
+    calls: HashMap<u64, (R, Instant), rustc_hash::FxBuildHasher>,
     /// When the calls' timer fires: at or before the earliest due time (a call that ended early
     /// leaves it armed; firing then finds nothing and re-arms for the next).
     armed: Option<Instant>,
@@ -616,7 +617,7 @@ impl<R> ClientSession<R> {
         Self {
             state: State::Handshaking,
             handshake: Some(handshake),
-            calls: HashMap::new(),
+            calls: HashMap::default(),
             armed: None,
             next_id: 1,
             last_rx: now,

@@ -418,6 +418,7 @@ impl ServerBuilder {
             },
             socket_path: std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()),
             conns: Default::default(),
+            subscribers: Default::default(),
             next_id: AtomicU64::new(1),
             admitted: Default::default(),
             shutdown: CancellationToken::new(),

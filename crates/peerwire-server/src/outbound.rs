@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use peerwire_proto::v1::Frame;
-use prost::Message;
 use tokio::sync::Notify;
 
 /// What happens to a topic's events when a subscriber does not read fast enough.
@@ -73,8 +72,14 @@ impl EventQueue {
     /// Queues an event by its topic's policy; never blocks, never fails. `KeepLatest` replaces
     /// the topic's queued event; `DropOldest` makes room by dropping the topic's own oldest
     /// events (never another topic's), and drops the new event if the topic has none queued.
-    pub(crate) fn push(&self, topic: &Arc<str>, frame: Frame, policy: SlowConsumerPolicy) {
-        let len = frame.encoded_len();
+    /// `len` is the frame's encoded length.
+    pub(crate) fn push(
+        &self,
+        topic: &Arc<str>,
+        frame: Frame,
+        len: usize,
+        policy: SlowConsumerPolicy,
+    ) {
         let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut dropped = 0u64;
         if policy == SlowConsumerPolicy::KeepLatest {
@@ -185,9 +190,14 @@ impl Outbox {
         self.0.uncork();
     }
 
+    /// Queues `frame` (see [`FrameSink::try_send`]); the sink's error as it is.
+    pub(crate) fn send(&self, frame: &Frame) -> Result<(), SinkError> {
+        self.0.try_send(frame)
+    }
+
     /// Queues `frame`; a frame is always accepted into an empty queue, whatever its size.
     pub(crate) fn push(&self, frame: Frame) -> Result<(), Full> {
-        self.0.try_send(&frame).map_err(|e| match e {
+        self.send(&frame).map_err(|e| match e {
             SinkError::Full => Full::Queue,
             // Frames are checked against the session's limit before they get here.
             _ => Full::Closed,
@@ -307,6 +317,7 @@ pub(crate) async fn sink_loop<W: SinkIo>(sink: Arc<FrameSink<W>>, events: Arc<Ev
 mod tests {
     use super::*;
     use peerwire_proto::v1::{Event, frame::Kind};
+    use prost::Message;
 
     fn event(topic: &str, n: u64) -> Frame {
         Frame::new(Kind::Event(Event {
@@ -314,6 +325,12 @@ mod tests {
             seq: n,
             payload: vec![0; 100].into(),
         }))
+    }
+
+    fn push(q: &EventQueue, topic: &Arc<str>, n: u64, policy: SlowConsumerPolicy) {
+        let frame = event(topic, n);
+        let len = frame.encoded_len();
+        q.push(topic, frame, len, policy);
     }
 
     fn topics(q: &EventQueue) -> Vec<(String, u64)> {
@@ -331,11 +348,11 @@ mod tests {
     fn policies_stay_within_their_bounds_and_their_topic() {
         let (state, log): (Arc<str>, Arc<str>) = ("t.State".into(), "t.Log".into());
         let q = EventQueue::new(3, 1 << 20);
-        q.push(&state, event("t.State", 1), SlowConsumerPolicy::KeepLatest);
+        push(&q, &state, 1, SlowConsumerPolicy::KeepLatest);
         for n in 1..=10 {
-            q.push(&log, event("t.Log", n), SlowConsumerPolicy::DropOldest);
+            push(&q, &log, n, SlowConsumerPolicy::DropOldest);
         }
-        q.push(&state, event("t.State", 2), SlowConsumerPolicy::KeepLatest);
+        push(&q, &state, 2, SlowConsumerPolicy::KeepLatest);
         // Log kept its newest two beside State's latest; State's event was never evicted by Log.
         assert_eq!(
             topics(&q),
@@ -349,7 +366,7 @@ mod tests {
         // The byte bound: 100-byte events, 350 bytes at most.
         let q = EventQueue::new(1000, 350);
         for n in 1..=10 {
-            q.push(&log, event("t.Log", n), SlowConsumerPolicy::DropOldest);
+            push(&q, &log, n, SlowConsumerPolicy::DropOldest);
         }
         let kept = topics(&q);
         assert!(

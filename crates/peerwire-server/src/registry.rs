@@ -12,39 +12,18 @@ use peerwire_proto::v1::{Event, Frame, frame::Kind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
-use crate::outbound::{Full, Outbox};
+use crate::outbound::Outbox;
 use crate::router::{ConnInfo, ConnectionId, Router};
+use peerwire_proto::codec::CodecError;
+use peerwire_transport::SinkError;
 
-/// A cheap hash (FNV-1a) for maps on the event path whose keys the server chooses, never a
-/// peer (connection ids, the topics the server pushes): SipHash's resistance to chosen
-/// collisions buys nothing there, and it cost about a fifth of a broadcast's instructions per
-/// subscriber (callgrind).
-pub(crate) type FastHash = std::hash::BuildHasherDefault<Fnv>;
-
-/// FNV-1a, 64 bits.
-pub(crate) struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::hash::Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x0100_0000_01b3);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// A cheap hash for maps whose keys the server chooses, never a peer (connection ids, tokio's
+/// task ids, the topics the server pushes, the method and topic names it registered: a peer's
+/// names are only looked up in these, never inserted): SipHash's resistance to chosen collisions
+/// buys nothing there, and it cost about a fifth of a broadcast's instructions per subscriber
+/// (callgrind). rustc-hash's Fx hash (the compiler's own; one multiply per 8 bytes, where FNV-1a
+/// needs one per byte). Maps keyed by what a peer sends keep std's SipHash.
+pub(crate) type FastHash = rustc_hash::FxBuildHasher;
 
 pub(crate) struct ConnEntry {
     pub(crate) info: Arc<ConnInfo>,
@@ -52,6 +31,33 @@ pub(crate) struct ConnEntry {
     /// What a push to the connection needs: taken out of the map (an `Arc`), so that events
     /// are encoded, sealed and written after the map's lock is released.
     pub(crate) out: Arc<PushTarget>,
+}
+
+/// An event on its way to its subscribers: its frame is built once per push (one copy of the
+/// topic's name per event, not one per subscriber), its `seq` set for each connection.
+struct Outgoing<'a> {
+    topic: &'a str,
+    frame: Frame,
+    policy: crate::SlowConsumerPolicy,
+    /// The topic's name as the event queues of drop-policy topics keep it (made once, when
+    /// first needed).
+    name: Option<Arc<str>>,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(topic: &'a str, payload: &Bytes, policy: crate::SlowConsumerPolicy) -> Self {
+        let frame = Frame::new(Kind::Event(Event {
+            topic: topic.to_owned(),
+            seq: 0,
+            payload: payload.clone(),
+        }));
+        Self {
+            topic,
+            frame,
+            policy,
+            name: None,
+        }
+    }
 }
 
 /// A connection as a destination of events.
@@ -198,6 +204,11 @@ pub(crate) struct Shared {
     /// The socket path, canonical (what session tokens are bound to).
     pub(crate) socket_path: std::path::PathBuf,
     pub(crate) conns: Mutex<HashMap<ConnectionId, ConnEntry>>,
+    /// The subscribers of each topic (what `conns`' entries' `topics` say, indexed by topic:
+    /// a broadcast looks its topic up once instead of in every open connection's set). Changed
+    /// only with `conns`' lock held (taken first), so the two agree; read alone by broadcasts.
+    /// SipHash: the topics are the names peers subscribed to.
+    pub(crate) subscribers: Mutex<HashMap<String, Vec<Arc<PushTarget>>>>,
     pub(crate) next_id: AtomicU64,
     /// Admitted connections, in total, per uid, and still in their handshake.
     pub(crate) admitted: Mutex<Admitted>,
@@ -211,6 +222,17 @@ pub(crate) struct Shared {
     pub(crate) lingering: Arc<tokio::sync::Semaphore>,
     /// Uids the access policy keeps denying.
     pub(crate) penalty: crate::fds::Penalty,
+}
+
+/// Takes connection `id` out of `topic`'s subscribers (and the topic out of the index when it
+/// has none left).
+fn unindex(index: &mut HashMap<String, Vec<Arc<PushTarget>>>, topic: &str, id: ConnectionId) {
+    if let Some(list) = index.get_mut(topic) {
+        list.retain(|t| t.info.id != id);
+        if list.is_empty() {
+            index.remove(topic);
+        }
+    }
 }
 
 /// Why an event could not be queued.
@@ -251,6 +273,48 @@ impl Shared {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn subscribers(&self) -> MutexGuard<'_, HashMap<String, Vec<Arc<PushTarget>>>> {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes `entry`'s connection to `topics` (called with `conns`' lock held).
+    pub(crate) fn subscribe(&self, entry: &mut ConnEntry, topics: Vec<String>) {
+        let mut index = self.subscribers();
+        for topic in topics {
+            if entry.topics.contains(&topic) {
+                continue;
+            }
+            match index.get_mut(&topic) {
+                Some(list) => list.push(entry.out.clone()),
+                None => {
+                    index.insert(topic.clone(), vec![entry.out.clone()]);
+                }
+            }
+            entry.topics.insert(topic);
+        }
+    }
+
+    /// Unsubscribes `entry`'s connection from `topics` (called with `conns`' lock held).
+    pub(crate) fn unsubscribe(&self, entry: &mut ConnEntry, topics: &[String]) {
+        let mut index = self.subscribers();
+        for topic in topics {
+            if entry.topics.remove(topic) {
+                unindex(&mut index, topic, entry.info.id);
+            }
+        }
+    }
+
+    /// Unregisters a closing connection: out of `conns` and of the subscribers' index.
+    pub(crate) fn unregister(&self, id: ConnectionId) {
+        let mut conns = self.conns();
+        if let Some(entry) = conns.remove(&id) {
+            let mut index = self.subscribers();
+            for topic in &entry.topics {
+                unindex(&mut index, topic, id);
+            }
+        }
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         // One lock, released before the counters are read (std mutexes are not reentrant).
         let (open, live_dropped) = {
@@ -275,54 +339,61 @@ impl Shared {
         self.topic_policies.get(topic).copied().unwrap_or_default()
     }
 
-    /// Queues an event on one connection. Called without the map's lock: never blocks.
-    fn push_one(
-        &self,
-        target: &PushTarget,
-        topic: &str,
-        payload: &Bytes,
-        policy: crate::SlowConsumerPolicy,
-    ) -> Result<(), PushError> {
+    /// Queues `ev` on one connection, numbered for it. Called without the map's lock: never
+    /// blocks.
+    fn push_one(&self, target: &PushTarget, ev: &mut Outgoing<'_>) -> Result<(), PushError> {
         let mut seqs = target.seq.lock().unwrap_or_else(|e| e.into_inner());
-        // The topic's name is copied into the map once, not on every event.
-        if !seqs.contains_key(topic) {
-            seqs.insert(topic.to_owned(), 0);
-        }
-        let Some(seq) = seqs.get_mut(topic) else {
-            return Err(PushError::NoSuchConnection(target.info.id));
-        };
-        let frame = Frame::new(Kind::Event(Event {
-            topic: topic.to_owned(),
-            seq: *seq + 1,
-            payload: payload.clone(),
-        }));
-        let max = target.info.session.max_frame_size();
-        let len = prost::Message::encoded_len(&frame);
-        if len > max as usize {
-            return Err(PushError::TooLarge { len, max });
-        }
-        if policy != crate::SlowConsumerPolicy::Disconnect {
-            *seq += 1;
-            bump(&self.counters.events_sent);
-            let name: Arc<str> = topic.into();
-            target.events.push(&name, frame, policy);
-            return Ok(());
-        }
-        crate::outbound::cork_for_batch(target.info.id, &target.tx);
-        match target.tx.push(frame) {
-            Ok(()) => {
+        // Numbered with one look-up (the topic's name is copied into the map once, not on every
+        // event); a failure below gives the number back, under the same lock.
+        let seq = match seqs.get_mut(ev.topic) {
+            Some(seq) => {
                 *seq += 1;
-                bump(&self.counters.events_sent);
+                *seq
+            }
+            None => {
+                seqs.insert(ev.topic.to_owned(), 1);
+                1
+            }
+        };
+        if let Some(Kind::Event(e)) = &mut ev.frame.kind {
+            e.seq = seq;
+        }
+        let pushed = if ev.policy != crate::SlowConsumerPolicy::Disconnect {
+            let max = target.info.session.max_frame_size();
+            let len = prost::Message::encoded_len(&ev.frame);
+            if len > max as usize {
+                Err(PushError::TooLarge { len, max })
+            } else {
+                let name = ev.name.get_or_insert_with(|| ev.topic.into());
+                target.events.push(name, ev.frame.clone(), len, ev.policy);
                 Ok(())
             }
-            Err(Full::Queue) => {
-                drop(seqs);
-                self.slow_consumer(target);
-                Err(PushError::SlowConsumer(target.info.id))
+        } else {
+            crate::outbound::cork_for_batch(target.info.id, &target.tx);
+            // The sink checks the frame against the session's limit as it encodes it (its codec
+            // has the session's `max_frame_size`): one encoding pass, not a size pass first.
+            target.tx.send(&ev.frame).map_err(|e| match e {
+                SinkError::Full => PushError::SlowConsumer(target.info.id),
+                SinkError::Codec(CodecError::OutgoingTooLarge { len, max }) => {
+                    PushError::TooLarge { len, max }
+                }
+                // The connection is closing; it is about to leave the map.
+                _ => PushError::NoSuchConnection(target.info.id),
+            })
+        };
+        match pushed {
+            Ok(()) => bump(&self.counters.events_sent),
+            Err(_) => {
+                if let Some(seq) = seqs.get_mut(ev.topic) {
+                    *seq -= 1;
+                }
             }
-            // The connection is closing; it is about to leave the map.
-            Err(Full::Closed) => Err(PushError::NoSuchConnection(target.info.id)),
         }
+        drop(seqs);
+        if let Err(PushError::SlowConsumer(_)) = pushed {
+            self.slow_consumer(target);
+        }
+        pushed
     }
 
     /// Closes `target` as a slow consumer (once): counted, logged, its task told to close.
@@ -347,16 +418,14 @@ impl Shared {
     pub(crate) fn broadcast(&self, topic: &str, payload: &Bytes) -> Result<usize, PushError> {
         peerwire_proto::names::namespace_of(topic)
             .map_err(|e| PushError::InvalidTopic(e.to_string()))?;
-        let targets: Vec<Arc<PushTarget>> = self
-            .conns()
-            .values()
-            .filter(|e| e.topics.contains(topic))
-            .map(|e| e.out.clone())
-            .collect();
-        let policy = self.policy(topic);
+        let targets: Vec<Arc<PushTarget>> = match self.subscribers().get(topic) {
+            Some(list) => list.clone(),
+            None => return Ok(0),
+        };
+        let mut ev = Outgoing::new(topic, payload, self.policy(topic));
         let delivered = targets
             .iter()
-            .filter(|t| self.push_one(t, topic, payload, policy).is_ok())
+            .filter(|t| self.push_one(t, &mut ev).is_ok())
             .count();
         Ok(delivered)
     }
@@ -380,6 +449,9 @@ impl Shared {
             }
             entry.out.clone()
         };
-        self.push_one(&target, topic, payload, self.policy(topic))
+        self.push_one(
+            &target,
+            &mut Outgoing::new(topic, payload, self.policy(topic)),
+        )
     }
 }

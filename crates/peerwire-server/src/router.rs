@@ -13,6 +13,7 @@ use peerwire_security::cred::PeerCredentials;
 use prost::Message;
 
 use crate::ServerHandle;
+use crate::registry::FastHash;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub(crate) type MethodFn =
@@ -91,9 +92,11 @@ impl RequestContext {
 
 #[derive(Default, Clone)]
 pub(crate) struct Router {
-    /// By name; the name is shared with each call's context (no copy per call).
-    pub(crate) methods: HashMap<Arc<str>, MethodFn>,
-    pub(crate) events: HashMap<String, EventFn>,
+    /// By name; the name is shared with each call's context (no copy per call). The keys are
+    /// the names the server registered (a peer's names are only looked up, never inserted),
+    /// so the cheap hash (`FastHash`), like the other maps keyed by what the server chooses.
+    pub(crate) methods: HashMap<Arc<str>, MethodFn, FastHash>,
+    pub(crate) events: HashMap<String, EventFn, FastHash>,
 }
 
 impl std::fmt::Debug for Router {

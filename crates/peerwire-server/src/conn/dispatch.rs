@@ -234,11 +234,9 @@ impl<W: peerwire_transport::SinkIo> Connection<W> {
                     format!("max_subscriptions limit of {max} topics reached"),
                 ));
             }
-            entry.topics.extend(sub.topics);
+            self.shared.subscribe(entry, sub.topics);
         } else {
-            for t in &sub.topics {
-                entry.topics.remove(t);
-            }
+            self.shared.unsubscribe(entry, &sub.topics);
         }
         let mut topics: Vec<_> = entry.topics.iter().cloned().collect();
         drop(conns);

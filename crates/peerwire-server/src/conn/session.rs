@@ -50,7 +50,8 @@ pub(super) struct Connection<W: SinkIo> {
     /// The session rules: frame kinds allowed, request ids in flight, keepalive, idle timeout,
     /// the grace period once closing.
     pub(super) session: ServerSession<InFlight>,
-    pub(super) task_ids: HashMap<tokio::task::Id, u64>,
+    /// Keyed by tokio's task ids (not the peer's): the cheap hash.
+    pub(super) task_ids: HashMap<tokio::task::Id, u64, crate::registry::FastHash>,
     pub(super) tasks: JoinSet<Response>,
 }
 
@@ -97,7 +98,7 @@ impl<W: SinkIo> Connection<W> {
             events_rx: Some(events_rx),
             kick: CancellationToken::new(),
             session,
-            task_ids: HashMap::new(),
+            task_ids: HashMap::default(),
             tasks: JoinSet::new(),
         }
     }
@@ -154,7 +155,7 @@ impl<W: SinkIo> Connection<W> {
         // queued (bounded by the grace period: a peer that does not read is not waited for).
         self.tasks.abort_all();
         event_task.abort();
-        self.shared.conns().remove(&self.info.id);
+        self.shared.unregister(self.info.id);
         self.shared.counters.events_dropped.fetch_add(
             self.events_out.dropped.load(Ordering::Relaxed),
             Ordering::Relaxed,
