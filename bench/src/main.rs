@@ -301,7 +301,7 @@ async fn measure_system(
                 .await?;
         }
         System::PeerwireC => steps.run("rtt-64B", c_client::rtt(t, 64, p)).await?,
-        System::PeerwireWs => steps.common::<ws::Ws>(t, p).await?,
+        System::PeerwireWs => steps.common::<ws::Ws>(t, p, INFLIGHT).await?,
         System::PeerwireBlocking => {
             steps
                 .run("rtt-64B", async { blocking::rtt(t, 64, p) })
@@ -356,10 +356,13 @@ fn run(quick: bool, peers: bool, out: &Path) -> anyhow::Result<()> {
         "AES-128-GCM, 16 KiB records, one core: {:.2} GB/s",
         seal_rate / 1e9
     );
+    let only = std::env::var("PEERWIRE_BENCH_ONLY").ok();
     let systems: Vec<System> = System::ALL
         .into_iter()
         .filter(|s| peers && cfg!(feature = "peers") || !s.is_peer())
         .filter(|s| *s != System::PeerwireC || c_client::program().is_some())
+        // PEERWIRE_BENCH_ONLY="peerwire-tls peerwire-ws": these systems only (comparisons).
+        .filter(|s| only.as_ref().is_none_or(|o| o.split(' ').any(|n| n == s.name())))
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -470,6 +473,7 @@ fn client(args: &[String]) -> anyhow::Result<()> {
             }
             System::Peerwire | System::PeerwireTls => calls_on::<pw::Pw>(&t, &p).await,
             System::OpensslEcho => calls_on::<openssl_echo::OpensslEcho>(&t, &p).await,
+            System::PeerwireWs => calls_on::<ws::Ws>(&t, &p).await,
             _ => bail!("no client mode for {}", system.name()),
         }
     })?;
