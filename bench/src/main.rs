@@ -362,7 +362,10 @@ fn run(quick: bool, peers: bool, out: &Path) -> anyhow::Result<()> {
         .filter(|s| peers && cfg!(feature = "peers") || !s.is_peer())
         .filter(|s| *s != System::PeerwireC || c_client::program().is_some())
         // PEERWIRE_BENCH_ONLY="peerwire-tls peerwire-ws": these systems only (comparisons).
-        .filter(|s| only.as_ref().is_none_or(|o| o.split(' ').any(|n| n == s.name())))
+        .filter(|s| {
+            only.as_ref()
+                .is_none_or(|o| o.split(' ').any(|n| n == s.name()))
+        })
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
