@@ -52,7 +52,8 @@ pub(crate) fn serve(socket: &Path, identity: &Path) -> anyhow::Result<()> {
     )
 }
 
-type Wss = WebSocketStream<SslStream<TcpStream>>;
+/// TLS over the TCP stream read 64 KiB at a time (one `recv` per chunk, not two per record).
+type Wss = WebSocketStream<SslStream<tokio::io::BufReader<TcpStream>>>;
 
 /// One WebSocket session; calls take turns on it (the in-flight figure pipelines 16).
 pub(crate) struct Ws {
@@ -114,7 +115,10 @@ impl Client for Ws {
         let tls = ClientTls::from_dir(&t.identity, TlsMode::ServerAuth)?.context("no TLS")?;
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let mut s = SslStream::new(tls.ssl()?, tcp)?;
+        let mut s = SslStream::new(
+            tls.ssl()?,
+            tokio::io::BufReader::with_capacity(64 * 1024, tcp),
+        )?;
         std::pin::Pin::new(&mut s).connect().await?;
         let mut req = format!("wss://{addr}/peerwire").into_client_request()?;
         req.headers_mut().insert("Origin", ORIGIN.parse()?);
