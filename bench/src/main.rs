@@ -489,7 +489,9 @@ fn client(args: &[String]) -> anyhow::Result<()> {
 
 async fn calls_on<C: Client>(t: &Target, p: &Params) -> anyhow::Result<Figures> {
     let c = C::connect(t).await?;
-    let f = measure::rtt(&c, 64, p).await?;
+    // PEERWIRE_BENCH_CALL_BYTES: another message size than 64 B (bench/callgrind.sh's 1 MiB).
+    let size = std::env::var("PEERWIRE_BENCH_CALL_BYTES").map_or(Ok(64), |s| s.parse())?;
+    let f = measure::rtt(&c, size, p).await?;
     c.close().await;
     Ok(f)
 }
