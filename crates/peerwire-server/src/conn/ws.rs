@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::logs::Untrusted;
 use crate::registry::{Shared, bump};
 use crate::ws::http::{self, HeadError};
-use crate::ws::io::{OutHandle, WsIn, WsOut};
+use crate::ws::io::{OutHandle, WholeWrites, WsIn, WsOut};
 use crate::ws::{WsShared, peer};
 
 use super::ConnWriter;
@@ -236,8 +236,13 @@ pub(crate) async fn serve(
                     + shared.limits.max_frame_size as usize
                     + 64,
             );
-        let socket =
-            WebSocketStream::from_partially_read(tls, rest, Role::Server, Some(config)).await;
+        let socket = WebSocketStream::from_partially_read(
+            WholeWrites(tls),
+            rest,
+            Role::Server,
+            Some(config),
+        )
+        .await;
         let (sink_half, stream_half) = futures_util::StreamExt::split(socket);
         let out = Arc::new(WsOut::default());
         let writer = {

@@ -257,6 +257,50 @@ impl peerwire_transport::SinkIo for OutHandle {
     }
 }
 
+/// The TLS stream as tungstenite writes to it: a write takes as much of the buffer as TLS takes
+/// before the socket would block. TLS (partial writes enabled) takes one 16 KiB record per
+/// write, and tungstenite moves the rest of its buffer to the front after every write: a 1 MiB
+/// message cost 64 such moves (about 32 MiB copied); now one per time the socket is full.
+pub(crate) struct WholeWrites<S>(pub(crate) S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for WholeWrites<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WholeWrites<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut done = 0;
+        while let Some(rest) = buf.get(done..).filter(|r| !r.is_empty()) {
+            match Pin::new(&mut self.0).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => break,
+                Poll::Ready(Ok(n)) => done += n,
+                // What was written counts; the error comes again with the next write.
+                Poll::Ready(Err(_)) | Poll::Pending if done > 0 => break,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(done))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// The writer task of a WebSocket connection: sends each complete frame `out` was given as one
 /// binary message (the frames of one take together, then one flush), until `out` is closed and
 /// empty; then a close message. A frame is gathered up to its declared length (at most the
