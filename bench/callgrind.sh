@@ -4,6 +4,8 @@
 #
 #   cargo xtask bench --quick --no-peers      # or: (cd bench && cargo build --release --no-default-features --target-dir ../target)
 #   bench/callgrind.sh [SYSTEM...]            # default: raw tokio peerwire peerwire-tls openssl-echo
+#   PEERWIRE_BENCH_CALL_BYTES=1048576 N1=10 N2=30 bench/callgrind.sh peerwire-tls peerwire-ws
+#                                             # another message size, other call counts
 #
 # For each system, two runs under valgrind --tool=callgrind, each a server (`peerwire-bench
 # serve`) and a client (`peerwire-bench client`, one connection, N round trips of 64 B), with
@@ -13,13 +15,15 @@ set -eu
 BIN=${BIN:-target/release/peerwire-bench}
 [ -x "$BIN" ] || { echo "no $BIN: build the harness first" >&2; exit 1; }
 SYSTEMS=${*:-raw tokio peerwire peerwire-tls openssl-echo}
+N1=${N1:-1000} N2=${N2:-3000}
+BYTES=${PEERWIRE_BENCH_CALL_BYTES:-64}
 dir=$(mktemp -d)
 chmod 700 "$dir"
 trap 'rm -rf "$dir"' EXIT
 "$BIN" init "$dir/id"
 total() { sed -n 's/^summary: *//p; s/^totals: *//p' "$1" | head -1; }
 for sys in $SYSTEMS; do
-    for n in 1000 3000; do
+    for n in $N1 $N2; do
         sock="$dir/$sys-$n.sock"
         : >"$dir/ready"
         valgrind --tool=callgrind --callgrind-out-file="$dir/srv-$sys-$n" \
@@ -36,7 +40,7 @@ for sys in $SYSTEMS; do
         kill -TERM $srv
         wait $srv 2>/dev/null || true
     done
-    cli=$(( ($(total "$dir/cli-$sys-3000") - $(total "$dir/cli-$sys-1000")) / 2000 ))
-    srv=$(( ($(total "$dir/srv-$sys-3000") - $(total "$dir/srv-$sys-1000")) / 2000 ))
-    echo "$sys: client $cli, server $srv instructions per 64 B call"
+    cli=$(( ($(total "$dir/cli-$sys-$N2") - $(total "$dir/cli-$sys-$N1")) / (N2 - N1) ))
+    srv=$(( ($(total "$dir/srv-$sys-$N2") - $(total "$dir/srv-$sys-$N1")) / (N2 - N1) ))
+    echo "$sys: client $cli, server $srv instructions per $BYTES B call"
 done

@@ -356,10 +356,16 @@ fn run(quick: bool, peers: bool, out: &Path) -> anyhow::Result<()> {
         "AES-128-GCM, 16 KiB records, one core: {:.2} GB/s",
         seal_rate / 1e9
     );
+    let only = std::env::var("PEERWIRE_BENCH_ONLY").ok();
     let systems: Vec<System> = System::ALL
         .into_iter()
         .filter(|s| peers && cfg!(feature = "peers") || !s.is_peer())
         .filter(|s| *s != System::PeerwireC || c_client::program().is_some())
+        // PEERWIRE_BENCH_ONLY="peerwire-tls peerwire-ws": these systems only (comparisons).
+        .filter(|s| {
+            only.as_ref()
+                .is_none_or(|o| o.split(' ').any(|n| n == s.name()))
+        })
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -470,6 +476,7 @@ fn client(args: &[String]) -> anyhow::Result<()> {
             }
             System::Peerwire | System::PeerwireTls => calls_on::<pw::Pw>(&t, &p).await,
             System::OpensslEcho => calls_on::<openssl_echo::OpensslEcho>(&t, &p).await,
+            System::PeerwireWs => calls_on::<ws::Ws>(&t, &p).await,
             _ => bail!("no client mode for {}", system.name()),
         }
     })?;
@@ -482,7 +489,9 @@ fn client(args: &[String]) -> anyhow::Result<()> {
 
 async fn calls_on<C: Client>(t: &Target, p: &Params) -> anyhow::Result<Figures> {
     let c = C::connect(t).await?;
-    let f = measure::rtt(&c, 64, p).await?;
+    // PEERWIRE_BENCH_CALL_BYTES: another message size than 64 B (bench/callgrind.sh's 1 MiB).
+    let size = std::env::var("PEERWIRE_BENCH_CALL_BYTES").map_or(Ok(64), |s| s.parse())?;
+    let f = measure::rtt(&c, size, p).await?;
     c.close().await;
     Ok(f)
 }

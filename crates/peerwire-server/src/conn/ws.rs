@@ -15,7 +15,7 @@ use peerwire_proto::{HANDSHAKE_MAX_FRAME_SIZE, Status};
 use peerwire_security::token::Presenter;
 use peerwire_transport::FrameSink;
 use peerwire_transport::stream::{self, FrameReader};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
 use tokio_tungstenite::WebSocketStream;
@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::logs::Untrusted;
 use crate::registry::{Shared, bump};
 use crate::ws::http::{self, HeadError};
-use crate::ws::io::{OutHandle, WsIn, WsOut};
+use crate::ws::io::{OutHandle, WholeWrites, WsIn, WsOut};
 use crate::ws::{WsShared, peer};
 
 use super::ConnWriter;
@@ -33,7 +33,13 @@ use super::accept::establish;
 use super::admission::Admission;
 use super::handshake::check_token;
 
-type Tls = SslStream<TcpStream>;
+/// TLS over the TCP stream read in chunks of [`READ_CHUNK`]: OpenSSL (no read-ahead) reads a
+/// record's 5-byte header, then its body; from the socket that is one `recv` per chunk, not two
+/// per record, and a short read tells tokio the socket is drained (no `recv` that finds nothing).
+type Tls = SslStream<BufReader<TcpStream>>;
+
+/// Bytes read from the TCP socket at a time (as the Unix socket's TLS transport reads).
+const READ_CHUNK: usize = 64 * 1024;
 
 /// A WebSocket connection's write side: its sink from the upgrade on.
 struct WsWriter {
@@ -230,8 +236,13 @@ pub(crate) async fn serve(
                     + shared.limits.max_frame_size as usize
                     + 64,
             );
-        let socket =
-            WebSocketStream::from_partially_read(tls, rest, Role::Server, Some(config)).await;
+        let socket = WebSocketStream::from_partially_read(
+            WholeWrites(tls),
+            rest,
+            Role::Server,
+            Some(config),
+        )
+        .await;
         let (sink_half, stream_half) = futures_util::StreamExt::split(socket);
         let out = Arc::new(WsOut::default());
         let writer = {
@@ -295,7 +306,9 @@ async fn upgrade(
     let mut tls = ws
         .tls
         .ssl()
-        .and_then(|ssl| SslStream::new(ssl, tcp).map_err(Into::into))
+        .and_then(|ssl| {
+            SslStream::new(ssl, BufReader::with_capacity(READ_CHUNK, tcp)).map_err(Into::into)
+        })
         .map_err(Refusal::Tls)?;
     if let Err(e) = std::pin::Pin::new(&mut tls).accept().await {
         let e = peerwire_security::tls::handshake_error(tls.ssl(), e, "client");
@@ -311,6 +324,7 @@ async fn upgrade(
             tls.write_all(&http::switching_protocols(&key))
                 .await
                 .map_err(Refusal::Write)?;
+            tls.flush().await.map_err(Refusal::Write)?;
             tracing::info!("WebSocket upgrade: origin and session token accepted");
             return Ok(Some((tls, buf)));
         }

@@ -6,10 +6,10 @@
 //! - [`WsIn`]: the read side, an `AsyncRead` giving each binary message as a length-prefixed
 //!   frame to the connection's frame reader (text messages are a protocol error);
 //! - [`WsOut`]: what the connection's `FrameSink` writes to: it takes the encoded frames
-//!   without waiting, bounded by [`OUT_BUFFER`] bytes; [`writer`], a task per connection,
-//!   sends each complete frame as one binary message. A peer that does not read stops the
-//!   writer task, `WsOut` fills, and the sink's own bounds (slow consumer) apply, as over a
-//!   Unix socket.
+//!   without waiting, bounded by [`OUT_BUFFER`] bytes (or one larger frame whole); [`writer`],
+//!   a task per connection, sends each frame as one binary message. A peer that does not read
+//!   stops the writer task, `WsOut` fills, and the sink's own bounds (slow consumer) apply, as
+//!   over a Unix socket.
 
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -157,7 +157,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIn<S> {
 #[derive(Default)]
 struct OutState {
     buf: BytesMut,
+    /// Bytes at the start of `buf` that are whole frames (what the writer task takes).
+    whole: usize,
     closed: bool,
+}
+
+impl OutState {
+    /// The declared length of the frame whose 4-byte head starts at `at`, if it is there.
+    fn frame_len(&self, at: usize) -> Option<usize> {
+        let head = self.buf.get(at..at + 4)?;
+        let head = <[u8; 4]>::try_from(head).ok()?;
+        Some(u32::from_be_bytes(head) as usize)
+    }
+
+    /// How many bytes `buf` may hold: [`OUT_BUFFER`], or the whole of a larger frame being
+    /// written (its length was checked against the frame limit when it was encoded), so that
+    /// the writer task takes it whole, never a piece to gather.
+    fn limit(&self) -> usize {
+        let open = self
+            .frame_len(self.whole)
+            .map_or(0, |len| self.whole + 4 + len);
+        OUT_BUFFER.max(open)
+    }
+
+    /// Counts the frames the last write completed.
+    fn count_whole(&mut self) {
+        while let Some(len) = self.frame_len(self.whole) {
+            if self.buf.len() < self.whole + 4 + len {
+                break;
+            }
+            self.whole += 4 + len;
+        }
+    }
 }
 
 /// What a WebSocket connection's `FrameSink` writes to (see the module documentation).
@@ -182,14 +213,16 @@ impl WsOut {
         self.room.notify_waiters();
     }
 
-    /// Takes what waits (`None` once closed and empty), waiting for bytes.
+    /// Takes the whole frames that wait (`None` once closed and no whole frame is left),
+    /// waiting for them.
     async fn take(&self) -> Option<BytesMut> {
         loop {
             let notified = self.data.notified();
             {
                 let mut st = self.lock();
-                if !st.buf.is_empty() {
-                    let taken = st.buf.split();
+                if st.whole > 0 {
+                    let whole = std::mem::take(&mut st.whole);
+                    let taken = st.buf.split_to(whole);
                     drop(st);
                     self.room.notify_waiters();
                     return Some(taken);
@@ -217,7 +250,7 @@ impl peerwire_transport::SinkIo for OutHandle {
         if st.closed {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         }
-        let room = OUT_BUFFER.saturating_sub(st.buf.len());
+        let room = st.limit().saturating_sub(st.buf.len());
         if room == 0 {
             return Err(std::io::ErrorKind::WouldBlock.into());
         }
@@ -230,6 +263,7 @@ impl peerwire_transport::SinkIo for OutHandle {
                 break;
             }
         }
+        st.count_whole();
         drop(st);
         if taken > 0 {
             this.data.notify_one();
@@ -248,7 +282,7 @@ impl peerwire_transport::SinkIo for OutHandle {
                 if st.closed {
                     return Err(std::io::ErrorKind::BrokenPipe.into());
                 }
-                if st.buf.len() < OUT_BUFFER {
+                if st.buf.len() < st.limit() {
                     return Ok(());
                 }
             }
@@ -257,35 +291,68 @@ impl peerwire_transport::SinkIo for OutHandle {
     }
 }
 
-/// The writer task of a WebSocket connection: sends each complete frame `out` was given as one
-/// binary message (the frames of one take together, then one flush), until `out` is closed and
-/// empty; then a close message. A frame is gathered up to its declared length (at most the
-/// session's frame limit, which the sink checked when it encoded it).
+/// The TLS stream as tungstenite writes to it: a write takes as much of the buffer as TLS takes
+/// before the socket would block. TLS (partial writes enabled) takes one 16 KiB record per
+/// write, and tungstenite moves the rest of its buffer to the front after every write: a 1 MiB
+/// message cost 64 such moves (about 32 MiB copied); now one per time the socket is full.
+pub(crate) struct WholeWrites<S>(pub(crate) S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for WholeWrites<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WholeWrites<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut done = 0;
+        while let Some(rest) = buf.get(done..).filter(|r| !r.is_empty()) {
+            match Pin::new(&mut self.0).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => break,
+                Poll::Ready(Ok(n)) => done += n,
+                // What was written counts; the error comes again with the next write.
+                Poll::Ready(Err(_)) | Poll::Pending if done > 0 => break,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(done))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// The writer task of a WebSocket connection: sends each frame `out` was given as one binary
+/// message (the frames of one take together, then one flush), until `out` is closed and has no
+/// whole frame left; then a close message.
 pub(crate) async fn writer<S: AsyncRead + AsyncWrite + Unpin>(
     out: std::sync::Arc<WsOut>,
     mut ws: SplitSink<WebSocketStream<S>, Message>,
 ) -> Result<(), tungstenite::Error> {
-    let mut pending = BytesMut::new();
-    while let Some(bytes) = out.take().await {
-        if pending.is_empty() {
-            pending = bytes;
-        } else {
-            pending.extend_from_slice(&bytes);
-        }
-        let mut fed = false;
-        while let Some(head) = pending.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) {
+    while let Some(mut frames) = out.take().await {
+        while let Some(head) = frames.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()) {
             let len = u32::from_be_bytes(head) as usize;
-            if pending.len() < 4 + len {
-                break;
+            if frames.len() < 4 + len {
+                break; // not reached: `take` gives whole frames only
             }
-            pending.advance(4);
-            let frame = pending.split_to(len).freeze();
-            ws.feed(Message::Binary(frame)).await?;
-            fed = true;
+            frames.advance(4);
+            ws.feed(Message::Binary(frames.split_to(len).freeze()))
+                .await?;
         }
-        if fed {
-            ws.flush().await?;
-        }
+        ws.flush().await?;
     }
     ws.close().await
 }
