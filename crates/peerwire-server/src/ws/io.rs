@@ -72,21 +72,26 @@ impl<S> WsIn<S> {
 fn io_error(e: tungstenite::Error) -> std::io::Error {
     match e {
         tungstenite::Error::Io(e) => e,
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            std::io::ErrorKind::UnexpectedEof.into()
-        }
+        // A peer that went away without a close frame (a browser killed, a tab closed hard)
+        // ended its stream; it broke no rule.
+        tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::AlreadyClosed
+        | tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => std::io::ErrorKind::UnexpectedEof.into(),
         // Oversized messages, bad framing, unmasked frames, bad UTF-8 in a close reason.
-        e @ (tungstenite::Error::Capacity(_) | tungstenite::Error::Protocol(_)) => {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                WsProtocolError {
-                    too_large: matches!(e, tungstenite::Error::Capacity(_)),
-                    what: e.to_string(),
-                },
-            )
-        }
+        // `what` is the inner error's text: this type's message already says what kind it is.
+        tungstenite::Error::Capacity(e) => protocol_error(e.to_string(), true),
+        tungstenite::Error::Protocol(e) => protocol_error(e.to_string(), false),
         e => std::io::Error::other(e.to_string()),
     }
+}
+
+fn protocol_error(what: String, too_large: bool) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        WsProtocolError { what, too_large },
+    )
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIn<S> {
