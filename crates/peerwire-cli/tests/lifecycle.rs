@@ -224,6 +224,15 @@ fn demo_runs_end_to_end() {
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
+    // A clean run warns about nothing: the client leaving right after its last answer is not
+    // a peer that stopped reading (it was logged as one when the server's last write met the
+    // closed socket).
+    let log = String::from_utf8_lossy(&out.stderr);
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(warned.is_empty(), "the demo warned:\n{}", warned.join("\n"));
 }
 
 #[test]

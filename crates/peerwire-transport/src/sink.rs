@@ -83,6 +83,23 @@ struct SinkState {
     /// Frames are gathered, not written, until `uncork` (the sender knows more are coming).
     corked: bool,
     closed: bool,
+    /// Why a write failed, if one did (the sink was shut by it).
+    failed: Option<std::io::ErrorKind>,
+}
+
+/// How [`FrameSink::drain`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Drained {
+    /// Everything sent was written.
+    Written,
+    /// A write failed (a peer that left: broken pipe, reset), so the sink was shut and what
+    /// was unwritten dropped.
+    WriteFailed(std::io::ErrorKind),
+    /// The sink was closed before everything was written (by its owner, or over its bound).
+    Closed,
+    /// Bytes were still unwritten when the time ran out: the peer does not read.
+    TimedOut,
 }
 
 /// The non-blocking write side a [`FrameSink`] writes to: tokio's `OwnedWriteHalf`, or
@@ -293,6 +310,7 @@ impl<W: SinkIo> FrameSink<W> {
                 pending: false,
                 corked: false,
                 closed: false,
+                failed: None,
             }),
             max_bytes,
             max_frames: max_frames.max(1),
@@ -447,7 +465,8 @@ impl<W: SinkIo> FrameSink<W> {
                 match st.seal_next() {
                     Ok(true) => {}
                     Ok(false) => break,
-                    Err(_) => {
+                    Err(e) => {
+                        st.failed = Some(e.kind());
                         self.shut(st);
                         return;
                     }
@@ -493,7 +512,8 @@ impl<W: SinkIo> FrameSink<W> {
                     return;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
+                Err(e) => {
+                    st.failed = Some(e.kind());
                     self.shut(st);
                     return;
                 }
@@ -567,6 +587,12 @@ impl<W: SinkIo> FrameSink<W> {
     /// Waits until everything sent has been written, at most `timeout`; false if bytes are
     /// still unwritten then (the peer does not read), or if the sink is closed.
     pub async fn flushed(&self, timeout: std::time::Duration) -> bool {
+        self.drain(timeout).await == Drained::Written
+    }
+
+    /// Waits until everything sent has been written, at most `timeout`, and says how it ended:
+    /// written, a failed write (the peer left), closed, or timed out (the peer does not read).
+    pub async fn drain(&self, timeout: std::time::Duration) -> Drained {
         let wait = async {
             loop {
                 let room = self.room.notified();
@@ -574,17 +600,19 @@ impl<W: SinkIo> FrameSink<W> {
                 {
                     let st = self.lock();
                     if st.closed {
-                        return false;
+                        return st.failed.map_or(Drained::Closed, Drained::WriteFailed);
                     }
                     if st.unwritten() == 0 {
-                        return true;
+                        return Drained::Written;
                     }
                     room.as_mut().enable();
                 }
                 room.await;
             }
         };
-        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Drained::TimedOut)
     }
 
     /// Closes the sink: later sends fail, unwritten bytes are dropped, the flusher returns.
@@ -674,6 +702,60 @@ mod tests {
         sender.await.unwrap();
         assert!(sink.flushed(Duration::from_secs(10)).await);
         sink.close();
+        flusher.await.unwrap();
+    }
+
+    /// `drain` tells the three endings apart: all written; a peer that left (the write fails
+    /// with a broken pipe: nothing to warn about); a peer still there that does not read
+    /// (timed out). `flushed` is false for the last two.
+    #[tokio::test]
+    async fn drain_tells_a_peer_that_left_from_one_that_does_not_read() {
+        // Written.
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, wa) = a.into_split();
+        let sink = FrameSink::new(wa, FrameCodec::new(1 << 20), 1 << 20, 1024);
+        sink.try_send(&ping(1)).unwrap();
+        assert_eq!(sink.drain(Duration::from_secs(5)).await, Drained::Written);
+        let mut buf = BytesMut::new();
+        assert!(b.read_buf(&mut buf).await.unwrap() > 0);
+
+        // The peer left: the write fails, the sink is shut.
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        drop(b);
+        let (_ra, wa) = a.into_split();
+        let sink = FrameSink::new(wa, FrameCodec::new(1 << 20), 1 << 20, 1024);
+        let _ = sink.try_send(&ping(2));
+        assert_eq!(
+            sink.drain(Duration::from_secs(5)).await,
+            Drained::WriteFailed(std::io::ErrorKind::BrokenPipe)
+        );
+        assert!(!sink.flushed(Duration::from_secs(5)).await);
+
+        // The peer is there and does not read: the socket fills, the rest waits, time runs out.
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let (_ra, wa) = a.into_split();
+        let sink = Arc::new(FrameSink::new(
+            wa,
+            FrameCodec::new(1 << 23),
+            16 << 20,
+            1 << 20,
+        ));
+        let flusher = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.run().await }
+        });
+        let big = Frame::new(Kind::Event(peerwire_proto::v1::Event {
+            topic: "t.Big".into(),
+            seq: 1,
+            payload: vec![7u8; 4 << 20].into(),
+        }));
+        sink.try_send(&big).unwrap();
+        assert_eq!(
+            sink.drain(Duration::from_millis(200)).await,
+            Drained::TimedOut
+        );
+        sink.close();
+        assert_eq!(sink.drain(Duration::from_secs(5)).await, Drained::Closed);
         flusher.await.unwrap();
     }
 

@@ -13,7 +13,7 @@ use peerwire_proto::codec::CodecError;
 use peerwire_proto::session::{ServerSession, ServerTimeout};
 use peerwire_proto::v1::{Code, Frame, Response, frame::Kind};
 use peerwire_transport::stream::FrameReader;
-use peerwire_transport::{FrameSink, SinkIo};
+use peerwire_transport::{Drained, FrameSink, SinkIo};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -174,12 +174,25 @@ impl<W: SinkIo> Connection<W> {
             while !events_out.is_empty() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            sink.flushed(grace).await
+            sink.drain(grace).await
         })
         .await
-        .unwrap_or(false);
-        if !drained {
-            tracing::warn!("peer is not reading; dropping its unsent frames");
+        .unwrap_or(Drained::TimedOut);
+        match drained {
+            Drained::Written => {}
+            // The peer closed its end first (a client that ends after its last answer): what
+            // it did not wait for goes with it. Not a fault of the peer's, nor of ours.
+            Drained::WriteFailed(
+                kind @ (std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::NotConnected),
+            ) => tracing::info!("peer left before reading its last frames ({kind})"),
+            Drained::WriteFailed(kind) => {
+                tracing::warn!("write failed ({kind}); dropping the unsent frames");
+            }
+            // Closed over its bound (a slow consumer, logged where it happened).
+            Drained::Closed => tracing::info!("unsent frames dropped with the closed sink"),
+            _ => tracing::warn!("peer is not reading; dropping its unsent frames"),
         }
         sink.close();
         if let Err(e) = writer.await {
