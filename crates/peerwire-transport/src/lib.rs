@@ -26,5 +26,6 @@ pub mod tls;
 
 pub use codec::Codec;
 pub use sink::{
-    FrameSink, Opened, OutboundFull, SEAL_CHUNK, Seal, SinkError, SinkIo, WRITE_BATCH, recycle,
+    BULK_FRAME, FrameSink, Opened, OutboundFull, SEAL_CHUNK, Seal, SinkError, SinkIo, WRITE_BATCH,
+    recycle,
 };

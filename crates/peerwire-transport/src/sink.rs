@@ -83,6 +83,8 @@ struct SinkState {
     /// Frames are gathered, not written, until `uncork` (the sender knows more are coming).
     corked: bool,
     closed: bool,
+    /// A frame of at least [`BULK_FRAME`] bytes was sent ([`SinkIo::bulk`] was called).
+    bulk: bool,
 }
 
 /// The non-blocking write side a [`FrameSink`] writes to: tokio's `OwnedWriteHalf`, or
@@ -96,6 +98,10 @@ pub trait SinkIo: Send + Sync + 'static {
     fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
     /// Everything written: whatever the waits for room kept may be released.
     fn drained(&self) {}
+    /// A frame of at least [`BULK_FRAME`] bytes is being written (called once per sink): the
+    /// socket may take more at a time, so that a large message crosses it in fewer writes,
+    /// reads and wake-ups.
+    fn bulk(&self) {}
 }
 
 impl SinkIo for tokio::net::unix::OwnedWriteHalf {
@@ -145,8 +151,11 @@ impl<W: SinkIo> tokio::io::AsyncRead for Opened<W> {
     }
 }
 
-/// Bytes of a large message sealed at a time (a sealed sink seals as the socket takes records).
-pub const SEAL_CHUNK: usize = 64 * 1024;
+/// Bytes of a large message sealed at a time (a sealed sink seals as the socket takes records):
+/// one `write` each.
+pub const SEAL_CHUNK: usize = 256 * 1024;
+/// Frames this large make the sink ask its socket for a larger send buffer ([`SinkIo::bulk`]).
+pub const BULK_FRAME: usize = 256 * 1024;
 /// Pieces this large are sealed from their own buffer; smaller ones are gathered first.
 const SEAL_IN_PLACE: usize = 16 * 1024;
 
@@ -293,6 +302,7 @@ impl<W: SinkIo> FrameSink<W> {
                 pending: false,
                 corked: false,
                 closed: false,
+                bulk: false,
             }),
             max_bytes,
             max_frames: max_frames.max(1),
@@ -392,6 +402,10 @@ impl<W: SinkIo> FrameSink<W> {
         } = st;
         let tail = if st.seal.is_some() { plain } else { buf };
         if let Some(payload) = codec.encode_split(frame, tail)? {
+            if payload.len() >= BULK_FRAME && !st.bulk {
+                st.bulk = true;
+                self.io.bulk();
+            }
             let head = tail.split().freeze();
             st.chunk_bytes += head.len() + payload.len();
             st.chunks.push_back(head);
