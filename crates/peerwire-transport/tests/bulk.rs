@@ -21,10 +21,17 @@ use peerwire_transport::{BULK_FRAME, FrameSink, SEAL_CHUNK, SinkError, tls};
 
 const MAX_FRAME: u32 = 8 << 20;
 
+/// The other halves of a [`tls_pair`]: the server's sink and the client's reader, kept open
+/// for the test's length.
+type Unused = (Arc<FrameSink<PlainWriter>>, FrameReader);
+
 /// Both ends of a mutual-TLS connection over a socket pair, past the TLS handshake: the
 /// client's sink (bounded by `max_bytes`) and the server's frame reader, both with a frame limit
 /// of `max_frame`.
-async fn tls_pair(max_frame: u32, max_bytes: usize) -> (Arc<FrameSink<PlainWriter>>, FrameReader) {
+async fn tls_pair(
+    max_frame: u32,
+    max_bytes: usize,
+) -> (Arc<FrameSink<PlainWriter>>, FrameReader, Unused) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         dir.path(),
@@ -53,9 +60,7 @@ async fn tls_pair(max_frame: u32, max_bytes: usize) -> (Arc<FrameSink<PlainWrite
     let mut server_reader = stream::reader(server_rd);
     let sink = client_writer.into_session(&mut client_reader, max_frame, max_bytes, 1 << 20);
     let server_sink = server_writer.into_session(&mut server_reader, max_frame, max_bytes, 1 << 20);
-    // The server's write side and the client's read side stay open for the test's length.
-    std::mem::forget((server_sink, client_reader));
-    (sink, server_reader)
+    (sink, server_reader, (server_sink, client_reader))
 }
 
 fn patterned(len: usize, seed: u8) -> Bytes {
@@ -78,7 +83,7 @@ fn request(id: u64, payload: Bytes) -> Frame {
 /// ones arrive whole, byte for byte, and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_tls_frames_arrive_byte_identical_and_in_order() {
-    let (sink, mut reader) = tls_pair(MAX_FRAME, 16 << 20).await;
+    let (sink, mut reader, _unused) = tls_pair(MAX_FRAME, 16 << 20).await;
     let flusher = tokio::spawn({
         let sink = sink.clone();
         async move { sink.run().await }
@@ -132,7 +137,7 @@ async fn large_tls_frames_arrive_byte_identical_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_frame_over_the_limit_is_refused_and_one_at_it_passes() {
     let max = 1 << 20;
-    let (sink, mut reader) = tls_pair(max, 16 << 20).await;
+    let (sink, mut reader, _unused) = tls_pair(max, 16 << 20).await;
     let flusher = tokio::spawn({
         let sink = sink.clone();
         async move { sink.run().await }
@@ -170,7 +175,7 @@ async fn a_large_frame_over_the_limit_is_refused_and_one_at_it_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_frames_to_a_peer_that_does_not_read_stop_at_the_bound() {
     let bound = 4 << 20;
-    let (sink, mut reader) = tls_pair(MAX_FRAME, bound).await;
+    let (sink, mut reader, _unused) = tls_pair(MAX_FRAME, bound).await;
     let flusher = tokio::spawn({
         let sink = sink.clone();
         async move { sink.run().await }
