@@ -26,6 +26,6 @@ pub mod tls;
 
 pub use codec::Codec;
 pub use sink::{
-    Drained, FrameSink, Opened, OutboundFull, SEAL_CHUNK, Seal, SinkError, SinkIo, WRITE_BATCH,
-    recycle,
+    BULK_FRAME, Drained, FrameSink, Opened, OutboundFull, SEAL_CHUNK, Seal, SinkError, SinkIo,
+    WRITE_BATCH, recycle,
 };

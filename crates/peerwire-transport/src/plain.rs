@@ -43,6 +43,12 @@ pub fn split_guarded(
     Ok((PlainReader { fd: reader, guard }, PlainWriter::new(writer)))
 }
 
+/// The send buffer a socket that carries large frames asks for ([`PlainWriter::bulk`]): with
+/// Linux's doubling, room for a 1 MiB message and its TLS records. The kernel memory a peer
+/// that does not read can hold this way stays below a connection's outbound bound (8 MiB
+/// by default).
+pub const BULK_SNDBUF: usize = 1024 * 1024;
+
 /// The read side: registered for readability only.
 #[derive(Debug)]
 pub struct PlainReader {
@@ -141,6 +147,17 @@ impl PlainWriter {
         self.waiting().take();
     }
 
+    /// Asks for a send buffer of [`BULK_SNDBUF`] (Linux grants twice that): for a connection
+    /// that sends large frames. A 1 MiB message then crosses the socket in a few writes and
+    /// reads, and on one CPU the two ends switch a few times per message instead of once per
+    /// default buffer (208 KiB). It is a limit, not an allocation: an idle connection holds
+    /// nothing more. Best effort (a smaller `net.core.wmem_max` caps it; a failure changes
+    /// only the speed).
+    pub fn bulk(&self) {
+        use nix::sys::socket::{setsockopt, sockopt::SndBuf};
+        let _ = setsockopt(&self.io, SndBuf, &BULK_SNDBUF);
+    }
+
     /// Shuts the write direction down now.
     pub fn shutdown(&self) {
         let _ = self.io.shutdown(std::net::Shutdown::Write);
@@ -162,6 +179,10 @@ impl crate::SinkIo for PlainWriter {
 
     fn drained(&self) {
         PlainWriter::drained(self);
+    }
+
+    fn bulk(&self) {
+        PlainWriter::bulk(self);
     }
 }
 
@@ -216,6 +237,27 @@ mod tests {
     use peerwire_proto::v1::{Event, Frame, frame::Kind};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A sink (frames up to 4 MiB, 64 MiB unwritten) on `a`'s write side, its flusher running,
+    /// and `b`'s two sides.
+    fn sink_on_pair(
+        a: tokio::net::UnixStream,
+        b: tokio::net::UnixStream,
+    ) -> (
+        Arc<FrameSink<PlainWriter>>,
+        tokio::task::JoinHandle<()>,
+        PlainReader,
+        PlainWriter,
+    ) {
+        let (_ra, wa) = split(a).unwrap();
+        let (rb, wb) = split(b).unwrap();
+        let sink = Arc::new(FrameSink::new(wa, FrameCodec::new(4 << 20), 64 << 20, 1024));
+        let flusher = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.run().await }
+        });
+        (sink, flusher, rb, wb)
+    }
+
     /// Through a socket far smaller than what is written, both write paths wait for room and
     /// go on (the `AsyncWrite` one and the `FrameSink` one, which keeps its registration while
     /// the socket keeps filling up); the bytes arrive intact and in order, and dropping the
@@ -242,13 +284,7 @@ mod tests {
         );
 
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        let (_ra, wa) = split(a).unwrap();
-        let (mut rb, _wb) = split(b).unwrap();
-        let sink = Arc::new(FrameSink::new(wa, FrameCodec::new(4 << 20), 64 << 20, 1024));
-        let flusher = tokio::spawn({
-            let sink = sink.clone();
-            async move { sink.run().await }
-        });
+        let (sink, flusher, mut rb, _wb) = sink_on_pair(a, b);
         let frame = |i: u64| {
             Frame::new(Kind::Event(Event {
                 topic: "t.Big".into(),
@@ -266,6 +302,50 @@ mod tests {
                 assert!(rb.read_buf(&mut buf).await.unwrap() > 0);
             }
             assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), frame(i));
+        }
+        assert!(sink.flushed(std::time::Duration::from_secs(10)).await);
+        sink.close();
+        flusher.await.unwrap();
+    }
+
+    /// A sink keeps the socket's default send buffer until it sends a frame of at least
+    /// `BULK_FRAME` bytes, then asks for a larger one (granted up to `net.core.wmem_max`);
+    /// the frames arrive intact either way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_frame_makes_the_send_buffer_larger_and_small_ones_do_not() {
+        use nix::sys::socket::{getsockopt, sockopt::SndBuf};
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        // The option belongs to the socket: a duplicate descriptor reads it.
+        let dup = a.as_fd().try_clone_to_owned().unwrap();
+        let default = getsockopt(&dup, SndBuf).unwrap();
+        let (sink, flusher, mut rb, _wb) = sink_on_pair(a, b);
+        let frame = |i: u64, n: usize| {
+            Frame::new(Kind::Event(Event {
+                topic: "t.Big".into(),
+                seq: i,
+                payload: vec![i as u8; n].into(),
+            }))
+        };
+        let frames = [
+            frame(0, 100),
+            frame(1, crate::BULK_FRAME - 1),
+            frame(2, crate::BULK_FRAME),
+            frame(3, 100),
+        ];
+        let mut codec = FrameCodec::new(4 << 20);
+        let mut buf = BytesMut::new();
+        for (i, f) in frames.iter().enumerate() {
+            sink.send(f).await.unwrap();
+            let now = getsockopt(&dup, SndBuf).unwrap();
+            if i < 2 {
+                assert_eq!(now, default, "frame {i} changed the send buffer");
+            } else {
+                assert!(now > default, "still {now} bytes after a large frame");
+            }
+            while !frame_ready(&buf) {
+                assert!(rb.read_buf(&mut buf).await.unwrap() > 0);
+            }
+            assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), *f);
         }
         assert!(sink.flushed(std::time::Duration::from_secs(10)).await);
         sink.close();

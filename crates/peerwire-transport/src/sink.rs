@@ -85,6 +85,8 @@ struct SinkState {
     closed: bool,
     /// Why a write failed, if one did (the sink was shut by it).
     failed: Option<std::io::ErrorKind>,
+    /// A frame of at least [`BULK_FRAME`] bytes was sent ([`SinkIo::bulk`] was called).
+    bulk: bool,
 }
 
 /// How [`FrameSink::drain`] ended.
@@ -113,6 +115,10 @@ pub trait SinkIo: Send + Sync + 'static {
     fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
     /// Everything written: whatever the waits for room kept may be released.
     fn drained(&self) {}
+    /// A frame of at least [`BULK_FRAME`] bytes is being written (called once per sink): the
+    /// socket may take more at a time, so that a large message crosses it in fewer writes,
+    /// reads and wake-ups.
+    fn bulk(&self) {}
 }
 
 impl SinkIo for tokio::net::unix::OwnedWriteHalf {
@@ -162,8 +168,11 @@ impl<W: SinkIo> tokio::io::AsyncRead for Opened<W> {
     }
 }
 
-/// Bytes of a large message sealed at a time (a sealed sink seals as the socket takes records).
-pub const SEAL_CHUNK: usize = 64 * 1024;
+/// Bytes of a large message sealed at a time (a sealed sink seals as the socket takes records):
+/// one `write` each.
+pub const SEAL_CHUNK: usize = 256 * 1024;
+/// Frames this large make the sink ask its socket for a larger send buffer ([`SinkIo::bulk`]).
+pub const BULK_FRAME: usize = 256 * 1024;
 /// Pieces this large are sealed from their own buffer; smaller ones are gathered first.
 const SEAL_IN_PLACE: usize = 16 * 1024;
 
@@ -311,6 +320,7 @@ impl<W: SinkIo> FrameSink<W> {
                 corked: false,
                 closed: false,
                 failed: None,
+                bulk: false,
             }),
             max_bytes,
             max_frames: max_frames.max(1),
@@ -410,6 +420,10 @@ impl<W: SinkIo> FrameSink<W> {
         } = st;
         let tail = if st.seal.is_some() { plain } else { buf };
         if let Some(payload) = codec.encode_split(frame, tail)? {
+            if payload.len() >= BULK_FRAME && !st.bulk {
+                st.bulk = true;
+                self.io.bulk();
+            }
             let head = tail.split().freeze();
             st.chunk_bytes += head.len() + payload.len();
             st.chunks.push_back(head);

@@ -17,6 +17,14 @@ use crate::plain::{PlainReader, PlainWriter};
 
 /// Socket bytes read at a time (many records of a burst, or of one large message, per read).
 const READ_CHUNK: usize = 64 * 1024;
+/// The largest TLS record's plaintext.
+const MAX_RECORD: usize = 16 * 1024;
+/// What a TLS 1.3 record adds to its plaintext: the header (5 bytes), the inner content type
+/// (1) and the AEAD tag (16).
+const RECORD_OVERHEAD: usize = 22;
+/// Socket bytes read at a time while the socket keeps filling whole chunks (a large message):
+/// fewer reads and wake-ups per message.
+const BULK_READ_CHUNK: usize = 256 * 1024;
 
 /// The socket as OpenSSL sees it: reads come from the read side through `inbuf`, filled a chunk
 /// at a time (OpenSSL, without read-ahead, asks for each record's header, then its body); the
@@ -32,16 +40,33 @@ struct TlsIo<R> {
     /// Present during the handshake only.
     writer: Option<PlainWriter>,
     out: BytesMut,
+    /// The last read filled a whole [`READ_CHUNK`]: read [`BULK_READ_CHUNK`] next.
+    bulk: bool,
 }
 
 impl<R: AsyncRead + Unpin> TlsIo<R> {
     /// Reads what the socket has into `inbuf` (empty on Ready: the end of the stream). While
     /// there is nothing to read, an idle connection keeps no buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.inbuf.reserve(READ_CHUNK);
+        let want = if self.bulk {
+            BULK_READ_CHUNK
+        } else {
+            READ_CHUNK
+        };
+        if self.inbuf.capacity() < want {
+            // Growing: a fresh buffer takes only the unread bytes (a partial record), where
+            // growing this one would copy the bytes already read too.
+            let mut fresh = BytesMut::with_capacity(want + self.inbuf.len());
+            fresh.extend_from_slice(&self.inbuf);
+            self.inbuf = fresh;
+        } else {
+            self.inbuf.reserve(want);
+        }
         let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.reader), cx, &mut self.inbuf);
-        if read.is_pending() && self.inbuf.is_empty() {
-            self.inbuf = BytesMut::new();
+        match &read {
+            Poll::Ready(Ok(n)) => self.bulk = *n >= READ_CHUNK,
+            Poll::Pending if self.inbuf.is_empty() => self.inbuf = BytesMut::new(),
+            _ => {}
         }
         read.map_ok(drop)
     }
@@ -133,6 +158,9 @@ impl<R: AsyncRead + Unpin> TlsSession<R> {
 
 impl<R: AsyncRead + Unpin + Send> Seal for TlsSession<R> {
     fn seal(&mut self, plain: &[u8], out: &mut BytesMut) -> std::io::Result<()> {
+        // Room for all the records at once: OpenSSL hands them over one by one, and a buffer
+        // grown record by record is copied each time it doubles.
+        out.reserve(plain.len() + plain.len().div_ceil(MAX_RECORD) * RECORD_OVERHEAD);
         self.records_to(out, |mut stream| {
             // Writes never wait (`TlsIo` takes every record), so no waker is ever kept.
             let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -209,6 +237,7 @@ async fn handshake<R: AsyncRead + Unpin>(
         inbuf: BytesMut::new(),
         writer: Some(writer),
         out: BytesMut::new(),
+        bulk: false,
     };
     let mut s = SslStream::new(ssl, io)?;
     let done = if accept {
