@@ -63,7 +63,7 @@ use peerwire_proto::v1::{
 };
 use peerwire_proto::{METHOD_SUBSCRIBE, Status};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use bytes::Bytes;
@@ -296,7 +296,7 @@ impl Client {
         for topic in topics {
             conn.session.check_name(topic).map_err(CallError::Status)?;
         }
-        let (tx, rx) = mpsc::channel(self.inner.config.event_buffer);
+        let (tx, rx) = events::event_queue(self.inner.config.event_buffer);
         let new: Vec<String> = {
             let mut subs = lock(&self.inner.subs);
             let mut new = vec![];

@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+mod fast;
 pub mod handshake;
 pub mod names;
 pub mod session;

@@ -205,14 +205,19 @@ impl Outbox {
     }
 }
 
-/// The ids of the connections corked by one handler poll.
-type Corked = std::collections::HashSet<u64, crate::registry::FastHash>;
+/// One handler poll's batch (see [`batched`]): its number, and the sinks it corked.
+struct Batch {
+    id: u64,
+    corked: Vec<Outbox>,
+}
+
+/// Numbers the batches, from 1 (a [`PushTarget`](crate::registry::PushTarget) that no batch
+/// corked holds 0), unique across the runtime's threads.
+static BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 thread_local! {
-    /// The connections whose sinks the events of the running handler poll corked, by id (see
-    /// [`batched`]); `None` outside a handler poll.
-    static CORKED: std::cell::RefCell<Option<(Corked, Vec<Outbox>)>> =
-        const { std::cell::RefCell::new(None) };
+    /// The batch of the running handler poll (see [`batched`]); `None` outside a handler poll.
+    static CORKED: std::cell::RefCell<Option<Batch>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f`, one poll of a handler, with the events it pushes gathered per connection and written
@@ -223,8 +228,8 @@ pub(crate) fn batched<T>(f: impl FnOnce() -> T) -> T {
     struct Uncork;
     impl Drop for Uncork {
         fn drop(&mut self) {
-            if let Some((_, corked)) = CORKED.with(|c| c.borrow_mut().take()) {
-                for tx in corked {
+            if let Some(batch) = CORKED.with(|c| c.borrow_mut().take()) {
+                for tx in batch.corked {
                     tx.uncork();
                 }
             }
@@ -233,7 +238,10 @@ pub(crate) fn batched<T>(f: impl FnOnce() -> T) -> T {
     let outer = CORKED.with(|c| {
         let mut c = c.borrow_mut();
         let outer = c.is_some();
-        c.get_or_insert_with(Default::default);
+        c.get_or_insert_with(|| Batch {
+            id: BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            corked: Vec::new(),
+        });
         outer
     });
     if outer {
@@ -243,14 +251,27 @@ pub(crate) fn batched<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Within [`batched`], corks connection `id`'s sink (once) before an event is pushed to it.
-pub(crate) fn cork_for_batch(id: u64, tx: &Outbox) {
+/// The number of the running handler poll's batch, if any: what [`cork_for_batch`] takes (read
+/// once per broadcast, not once per subscriber).
+pub(crate) fn current_batch() -> Option<u64> {
+    CORKED.with(|c| c.borrow().as_ref().map(|b| b.id))
+}
+
+/// Within batch `batch` ([`current_batch`]), corks `target`'s sink before an event is pushed
+/// to it: once per batch, which `target` remembers (its `corked_in`), so that a batch of many
+/// events costs one comparison per subscriber and event, not a set insert. Two threads'
+/// batches pushing to one connection may both cork it: uncorking twice is harmless.
+pub(crate) fn cork_for_batch(batch: Option<u64>, target: &crate::registry::PushTarget) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(id) = batch else { return };
+    if target.corked_in.load(Relaxed) == id {
+        return;
+    }
+    target.corked_in.store(id, Relaxed);
     CORKED.with(|c| {
-        if let Some((ids, corked)) = c.borrow_mut().as_mut() {
-            if ids.insert(id) {
-                tx.cork();
-                corked.push(tx.clone());
-            }
+        if let Some(b) = c.borrow_mut().as_mut() {
+            target.tx.cork();
+            b.corked.push(target.tx.clone());
         }
     });
 }

@@ -71,6 +71,8 @@ pub(crate) struct PushTarget {
     pub(crate) events: Arc<crate::outbound::EventQueue>,
     /// Cancelled to make the connection task close the connection (slow consumer).
     pub(crate) kick: CancellationToken,
+    /// The handler-poll batch that last corked `tx` (see `outbound::cork_for_batch`); 0: none.
+    pub(crate) corked_in: std::sync::atomic::AtomicU64,
 }
 
 /// The one list of the server's counters: [`Stats`], the atomics behind it (`Counters`), their
@@ -341,7 +343,12 @@ impl Shared {
 
     /// Queues `ev` on one connection, numbered for it. Called without the map's lock: never
     /// blocks.
-    fn push_one(&self, target: &PushTarget, ev: &mut Outgoing<'_>) -> Result<(), PushError> {
+    fn push_one(
+        &self,
+        target: &PushTarget,
+        ev: &mut Outgoing<'_>,
+        batch: Option<u64>,
+    ) -> Result<(), PushError> {
         let mut seqs = target.seq.lock().unwrap_or_else(|e| e.into_inner());
         // Numbered with one look-up (the topic's name is copied into the map once, not on every
         // event); a failure below gives the number back, under the same lock.
@@ -369,7 +376,7 @@ impl Shared {
                 Ok(())
             }
         } else {
-            crate::outbound::cork_for_batch(target.info.id, &target.tx);
+            crate::outbound::cork_for_batch(batch, target);
             // The sink checks the frame against the session's limit as it encodes it (its codec
             // has the session's `max_frame_size`): one encoding pass, not a size pass first.
             target.tx.send(&ev.frame).map_err(|e| match e {
@@ -423,9 +430,10 @@ impl Shared {
             None => return Ok(0),
         };
         let mut ev = Outgoing::new(topic, payload, self.policy(topic));
+        let batch = crate::outbound::current_batch();
         let delivered = targets
             .iter()
-            .filter(|t| self.push_one(t, &mut ev).is_ok())
+            .filter(|t| self.push_one(t, &mut ev, batch).is_ok())
             .count();
         Ok(delivered)
     }
@@ -452,6 +460,7 @@ impl Shared {
         self.push_one(
             &target,
             &mut Outgoing::new(topic, payload, self.policy(topic)),
+            crate::outbound::current_batch(),
         )
     }
 }

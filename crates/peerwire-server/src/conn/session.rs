@@ -128,6 +128,7 @@ impl<W: SinkIo> Connection<W> {
                     seq: Default::default(),
                     events: self.events_out.clone(),
                     kick: self.kick.clone(),
+                    corked_in: Default::default(),
                 }),
             },
         );
