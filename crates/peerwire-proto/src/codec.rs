@@ -149,7 +149,7 @@ impl FrameCodec {
         let body = src.split_to(len).freeze();
         self.state = DecodeState::Head;
         src.reserve(HEADER_LEN);
-        let frame = Frame::decode(body)?;
+        let frame = Frame::decode_body(body)?;
         if frame.kind.is_none() {
             return Err(CodecError::Empty);
         }
