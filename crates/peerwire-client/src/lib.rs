@@ -264,7 +264,7 @@ impl Client {
             early = &mut rx => early,
             sent = conn.send(frame) => {
                 sent?;
-                rx.await
+                conn.answer(&guard, &mut rx).await
             }
         };
         drop(guard);
