@@ -297,6 +297,7 @@ impl Conn {
     }
 
     /// Why the connection ends on what a read returned, if it does.
+    #[inline]
     fn read_end(&self, next: Option<Result<Frame, CodecError>>) -> Result<Frame, DisconnectReason> {
         match next {
             Some(Ok(frame)) => Ok(frame),
@@ -308,6 +309,7 @@ impl Conn {
     /// Takes a frame from the server, read at `now`: answers a pong, delivers an event, notes a
     /// `Goodbye`; a response is returned with its call (whoever read it answers the call).
     /// `Err`: the frame ends the connection.
+    #[inline]
     fn on_frame(
         &self,
         now: std::time::Instant,
@@ -345,32 +347,69 @@ impl Conn {
 
     /// The reader task's next frame, and whether the next one is already read too; `Err`: the
     /// connection ends. `Pending` while a call reads (it hands the socket back when it is done).
+    /// `held`: the socket, kept by the task while it has frames read and not yet handled.
+    #[inline]
     fn poll_task_read(
         &self,
         cx: &mut Context<'_>,
+        held: &mut Option<FrameReader>,
     ) -> Poll<Result<(Frame, bool), DisconnectReason>> {
-        let mut slot = lock(&self.read);
+        if let Some(reader) = held.as_mut() {
+            // A frame is in its buffer: no read, no lock.
+            let next = std::task::ready!(reader.poll_next_unpin(cx));
+            let more = peerwire_proto::codec::frame_ready(reader.read_buffer());
+            if !more {
+                // The next frame needs a read: the socket goes back (still busy, until this
+                // frame is handled).
+                lock(&self.read).reader = held.take();
+            }
+            return Poll::Ready(match next {
+                Some(Ok(frame)) => Ok((frame, more)),
+                next => self.read_end(next).map(|frame| (frame, false)),
+            });
+        }
+        let mut guard = lock(&self.read);
+        let slot = &mut *guard;
         // The last frame this task took is handled: a call may read now.
         slot.busy = false;
         if !slot.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             slot.task = Some(cx.waker().clone());
         }
-        if let Some(why) = slot.ended.take() {
-            return Poll::Ready(Err(why));
+        if slot.ended.is_some() || slot.stash.is_some() {
+            return Poll::Ready(self.handed_back(slot));
         }
-        let next = match slot.stash.take() {
-            Some(next) => next,
-            None => match slot.reader.as_mut() {
-                Some(reader) => std::task::ready!(reader.poll_next_unpin(cx)),
-                None => return Poll::Pending,
-            },
+        let Some(reader) = slot.reader.as_mut() else {
+            return Poll::Pending;
         };
-        let frame = self.read_end(next).inspect(|_| slot.busy = true);
+        Poll::Ready(match std::task::ready!(reader.poll_next_unpin(cx)) {
+            Some(Ok(frame)) => {
+                slot.busy = true;
+                let more = peerwire_proto::codec::frame_ready(reader.read_buffer());
+                if more {
+                    // Several frames in one read: the task keeps the socket until they are
+                    // handled, without taking the lock for each.
+                    *held = slot.reader.take();
+                }
+                Ok((frame, more))
+            }
+            next => self.read_end(next).map(|frame| (frame, false)),
+        })
+    }
+
+    /// What a call that handed the socket back read for the reader task: the connection's end,
+    /// or the frame (or end) its hand-back read.
+    #[cold]
+    fn handed_back(&self, slot: &mut ReadSlot) -> Result<(Frame, bool), DisconnectReason> {
+        if let Some(why) = slot.ended.take() {
+            return Err(why);
+        }
+        let frame = self.read_end(slot.stash.take().flatten())?;
+        slot.busy = true;
         let more = slot
             .reader
             .as_ref()
             .is_some_and(|r| peerwire_proto::codec::frame_ready(r.read_buffer()));
-        Poll::Ready(frame.map(|frame| (frame, more)))
+        Ok((frame, more))
     }
 
     /// The socket, for a call alone in flight to read its own answer: none while the reader
@@ -427,7 +466,8 @@ impl Conn {
 /// Who reads a connection's socket (see [`Conn::answer`]).
 #[derive(Default)]
 struct ReadSlot {
-    /// `None` while a call reads, or once the connection ended.
+    /// `None` while a call reads, while the reader task handles several frames one read
+    /// brought, or once the connection ended.
     reader: Option<FrameReader>,
     /// The reader task is handling a frame it read: no call reads until it is done.
     busy: bool,
@@ -728,10 +768,11 @@ async fn read_loop(conn: Arc<Conn>) {
     let closed = conn.closed.clone().cancelled_owned();
     let rearm = conn.rearm.notified();
     tokio::pin!(timer, closed, rearm);
+    let mut held = None;
     let why = loop {
         let (frame, more) = tokio::select! {
             biased;
-            next = std::future::poll_fn(|cx| conn.poll_task_read(cx)) => match next {
+            next = std::future::poll_fn(|cx| conn.poll_task_read(cx, &mut held)) => match next {
                 Ok(next) => next,
                 Err(why) => break why,
             },
