@@ -477,6 +477,7 @@ fn client(args: &[String]) -> anyhow::Result<()> {
             System::Peerwire | System::PeerwireTls => calls_on::<pw::Pw>(&t, &p).await,
             System::OpensslEcho => calls_on::<openssl_echo::OpensslEcho>(&t, &p).await,
             System::PeerwireWs => calls_on::<ws::Ws>(&t, &p).await,
+            System::PeerwireBlocking => blocking::rtt(&t, 64, &p),
             _ => bail!("no client mode for {}", system.name()),
         }
     })?;

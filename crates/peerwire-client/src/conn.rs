@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -149,6 +150,10 @@ pub(crate) struct Conn {
     /// without taking the lock the reader takes for every frame.
     goodbye_said: std::sync::atomic::AtomicBool,
     close_reason: Mutex<Option<DisconnectReason>>,
+    /// Who reads the socket: the reader task, or a call alone in flight reading its own answer.
+    read: Mutex<ReadSlot>,
+    /// The client, for the events read.
+    inner: Weak<Inner>,
     /// Keyed by the topics this client sends events on: a cheap hash.
     event_seq: Mutex<HashMap<String, u64, rustc_hash::FxBuildHasher>>,
 }
@@ -158,6 +163,8 @@ pub(crate) struct Conn {
 pub(crate) struct PendingGuard<'a> {
     conn: &'a Conn,
     pub(crate) id: u64,
+    /// No other call was waiting when this one started: it may read its own answer.
+    lone: bool,
 }
 
 impl PendingGuard<'_> {
@@ -234,13 +241,21 @@ impl Conn {
         reply: Reply,
         due: tokio::time::Instant,
     ) -> Result<PendingGuard<'_>, CallError> {
-        let started = lock(&self.state).start_call(reply, due.into_std());
+        let started = {
+            let mut state = lock(&self.state);
+            let started = state.start_call(reply, due.into_std());
+            started.map(|(id, rearm)| (id, rearm, state.pending() == 1))
+        };
         match started {
-            Ok((id, rearm)) => {
+            Ok((id, rearm, lone)) => {
                 if rearm {
                     self.rearm.notify_one();
                 }
-                Ok(PendingGuard { conn: self, id })
+                Ok(PendingGuard {
+                    conn: self,
+                    id,
+                    lone,
+                })
             }
             Err(NotOpen::Closing(status)) => {
                 Err(CallError::Disconnected(DisconnectReason::Closing(status)))
@@ -270,6 +285,263 @@ impl Conn {
         let pending: Vec<_> = lock(&self.state).lost().collect();
         for (_, reply) in pending {
             let _ = reply.send(Err(Some(CallError::Disconnected(why.clone()))));
+        }
+    }
+
+    /// Why the connection ends when the server closed it.
+    fn server_closed(&self) -> DisconnectReason {
+        match self.goodbye() {
+            Some(status) => DisconnectReason::ServerClosedSession(status),
+            None => DisconnectReason::ServerClosed,
+        }
+    }
+
+    /// Why the connection ends on what a read returned, if it does.
+    #[inline]
+    fn read_end(&self, next: Option<Result<Frame, CodecError>>) -> Result<Frame, DisconnectReason> {
+        match next {
+            Some(Ok(frame)) => Ok(frame),
+            Some(Err(e)) => Err(DisconnectReason::BadFrame(Arc::new(e))),
+            None => Err(self.server_closed()),
+        }
+    }
+
+    /// Takes a frame from the server, read at `now`: answers a pong, delivers an event, notes a
+    /// `Goodbye`; a response is returned with its call (whoever read it answers the call).
+    /// `Err`: the frame ends the connection.
+    #[inline]
+    fn on_frame(
+        &self,
+        now: std::time::Instant,
+        frame: Frame,
+    ) -> Result<Option<(Reply, Response)>, DisconnectReason> {
+        let (input, reply) = {
+            let mut state = lock(&self.state);
+            let input = state.handle_frame(now, frame);
+            (input, state.poll_transmit())
+        };
+        if let Some(pong) = reply {
+            self.tx.try_send(pong);
+        }
+        match input {
+            Ok(ClientInput::Response { call, response }) => return Ok(Some((call, response))),
+            Ok(ClientInput::Event(ev)) => {
+                if let Some(inner) = self.inner.upgrade() {
+                    inner.deliver(ev);
+                }
+            }
+            Ok(ClientInput::Goodbye(status)) => {
+                self.goodbye_said
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!("server says goodbye: {status}");
+            }
+            Ok(_) => {}
+            Err(ClientError::Unexpected(kind)) => {
+                return Err(DisconnectReason::UnexpectedFrame(kind));
+            }
+            // Handshake errors end `connect`, not a session.
+            Err(_) => return Err(DisconnectReason::Closed),
+        }
+        Ok(None)
+    }
+
+    /// The reader task's next frame, and whether the next one is already read too; `Err`: the
+    /// connection ends. `Pending` while a call reads (it hands the socket back when it is done).
+    /// `held`: the socket, kept by the task while it has frames read and not yet handled.
+    #[inline]
+    fn poll_task_read(
+        &self,
+        cx: &mut Context<'_>,
+        held: &mut Option<FrameReader>,
+    ) -> Poll<Result<(Frame, bool), DisconnectReason>> {
+        if let Some(reader) = held.as_mut() {
+            // A frame is in its buffer: no read, no lock.
+            let next = std::task::ready!(reader.poll_next_unpin(cx));
+            let more = peerwire_proto::codec::frame_ready(reader.read_buffer());
+            if !more {
+                // The next frame needs a read: the socket goes back (still busy, until this
+                // frame is handled).
+                lock(&self.read).reader = held.take();
+            }
+            return Poll::Ready(match next {
+                Some(Ok(frame)) => Ok((frame, more)),
+                next => self.read_end(next).map(|frame| (frame, false)),
+            });
+        }
+        let mut guard = lock(&self.read);
+        let slot = &mut *guard;
+        // The last frame this task took is handled: a call may read now.
+        slot.busy = false;
+        if !slot.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            slot.task = Some(cx.waker().clone());
+        }
+        if slot.ended.is_some() || slot.stash.is_some() {
+            return Poll::Ready(self.handed_back(slot));
+        }
+        let Some(reader) = slot.reader.as_mut() else {
+            return Poll::Pending;
+        };
+        Poll::Ready(match std::task::ready!(reader.poll_next_unpin(cx)) {
+            Some(Ok(frame)) => {
+                slot.busy = true;
+                let more = peerwire_proto::codec::frame_ready(reader.read_buffer());
+                if more {
+                    // Several frames in one read: the task keeps the socket until they are
+                    // handled, without taking the lock for each.
+                    *held = slot.reader.take();
+                }
+                Ok((frame, more))
+            }
+            next => self.read_end(next).map(|frame| (frame, false)),
+        })
+    }
+
+    /// What a call that handed the socket back read for the reader task: the connection's end,
+    /// or the frame (or end) its hand-back read.
+    #[cold]
+    fn handed_back(&self, slot: &mut ReadSlot) -> Result<(Frame, bool), DisconnectReason> {
+        if let Some(why) = slot.ended.take() {
+            return Err(why);
+        }
+        let frame = self.read_end(slot.stash.take().flatten())?;
+        slot.busy = true;
+        let more = slot
+            .reader
+            .as_ref()
+            .is_some_and(|r| peerwire_proto::codec::frame_ready(r.read_buffer()));
+        Ok((frame, more))
+    }
+
+    /// The socket, for a call alone in flight to read its own answer: none while the reader
+    /// task handles a frame it read (frames are handled in the order they came).
+    fn borrow_reader(&self) -> Option<Borrowed<'_>> {
+        let mut slot = lock(&self.read);
+        if slot.busy || slot.stash.is_some() || slot.ended.is_some() {
+            return None;
+        }
+        let reader = slot.reader.take()?;
+        Some(Borrowed {
+            conn: self,
+            reader: Some(reader),
+            ended: None,
+        })
+    }
+
+    /// The answer of call `guard`, whose request is sent. A call alone in flight reads it
+    /// itself (and whatever else comes meanwhile: events, pings, other calls' answers), rather
+    /// than wait for the reader task to read it and wake it: a task hop per call, and under
+    /// `block_on` a poll of the runtime's driver, on every round trip's critical path.
+    pub(crate) async fn answer(
+        &self,
+        guard: &PendingGuard<'_>,
+        rx: &mut oneshot::Receiver<Answer>,
+    ) -> Result<Answer, oneshot::error::RecvError> {
+        let mut own = None;
+        let mut tried = !guard.lone;
+        std::future::poll_fn(|cx| {
+            if !tried {
+                tried = true;
+                own = self.borrow_reader();
+            }
+            if let Some(borrowed) = own.as_mut() {
+                match borrowed.poll_answer(cx, guard.id) {
+                    Poll::Ready(Some((call, response))) => {
+                        // The call is answered: nothing is sent on its channel, and closing
+                        // it first, dropping the sender wakes nobody.
+                        rx.close();
+                        drop(call);
+                        return Poll::Ready(Ok(Ok(response)));
+                    }
+                    // The connection ends: the reader task fails the calls.
+                    Poll::Ready(None) => own = None,
+                    Poll::Pending => {}
+                }
+            }
+            std::pin::Pin::new(&mut *rx).poll(cx)
+        })
+        .await
+    }
+}
+
+/// Who reads a connection's socket (see [`Conn::answer`]).
+#[derive(Default)]
+struct ReadSlot {
+    /// `None` while a call reads, while the reader task handles several frames one read
+    /// brought, or once the connection ended.
+    reader: Option<FrameReader>,
+    /// The reader task is handling a frame it read: no call reads until it is done.
+    busy: bool,
+    /// The reader task's waker: it waits for the socket while a call has it.
+    task: Option<Waker>,
+    /// What a call handing the socket back read with the reader task's waker: the task's next.
+    stash: Option<Option<Result<Frame, CodecError>>>,
+    /// A call read the connection's end: the reader task ends it so.
+    ended: Option<DisconnectReason>,
+}
+
+/// The socket, borrowed by a call from the reader task; dropping it hands it back.
+struct Borrowed<'a> {
+    conn: &'a Conn,
+    reader: Option<FrameReader>,
+    ended: Option<DisconnectReason>,
+}
+
+impl Borrowed<'_> {
+    /// Reads and handles frames until the response to call `id` comes (`Some`) or the
+    /// connection ends (`None`).
+    fn poll_answer(&mut self, cx: &mut Context<'_>, id: u64) -> Poll<Option<(Reply, Response)>> {
+        let conn = self.conn;
+        let Some(reader) = self.reader.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            let next = std::task::ready!(reader.poll_next_unpin(cx));
+            let handled = conn
+                .read_end(next)
+                .and_then(|frame| conn.on_frame(tokio::time::Instant::now().into_std(), frame));
+            match handled {
+                Ok(Some((call, response))) if response.id == id => {
+                    return Poll::Ready(Some((call, response)));
+                }
+                Ok(Some((call, response))) => {
+                    let _ = call.send(Ok(response));
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    self.ended = Some(why);
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        let Some(mut reader) = self.reader.take() else {
+            return;
+        };
+        let mut slot = lock(&self.conn.read);
+        if let Some(why) = self.ended.take() {
+            slot.ended = Some(why);
+        } else if !self.conn.is_closed() {
+            // Until now this call's waker was the socket's (a socket keeps one per direction):
+            // the reader task's is, from now on (a read of a readiness already cleared: no
+            // system call); what that read brings is the task's to handle.
+            if let Some(task) = slot.task.clone() {
+                let next = reader.poll_next_unpin(&mut Context::from_waker(&task));
+                if let Poll::Ready(next) = next {
+                    slot.stash = Some(next);
+                    task.wake();
+                }
+            }
+            slot.reader = Some(reader);
+            return;
+        }
+        // The connection ended: the socket's read side closes; the reader task, if it still
+        // runs, ends.
+        if let Some(task) = &slot.task {
+            task.wake_by_ref();
         }
     }
 }
@@ -378,6 +650,11 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         closed: CancellationToken::new(),
         goodbye_said: std::sync::atomic::AtomicBool::new(false),
         close_reason: Mutex::new(None),
+        read: Mutex::new(ReadSlot {
+            reader: Some(reader),
+            ..ReadSlot::default()
+        }),
+        inner,
         event_seq: Mutex::new(HashMap::default()),
     });
     let writer_conn = conn.clone();
@@ -389,7 +666,7 @@ async fn connect_inner(config: &Config, inner: Weak<Inner>) -> Result<Arc<Conn>,
         sink.close();
         writer_conn.close();
     });
-    tokio::spawn(read_loop(reader, conn.clone(), inner));
+    tokio::spawn(read_loop(conn.clone()));
     Ok(conn)
 }
 
@@ -474,7 +751,7 @@ pub(crate) fn verify_server(
     Ok(())
 }
 
-async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>) {
+async fn read_loop(conn: Arc<Conn>) {
     let mut corked = false;
     // The time the session is told a frame arrived: read once per read from the socket, and
     // shared by the frames that one read brought (what the session does with it, moving the
@@ -491,16 +768,13 @@ async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>)
     let closed = conn.closed.clone().cancelled_owned();
     let rearm = conn.rearm.notified();
     tokio::pin!(timer, closed, rearm);
+    let mut held = None;
     let why = loop {
-        let frame = tokio::select! {
+        let (frame, more) = tokio::select! {
             biased;
-            next = reader.next() => match next {
-                None => break match conn.goodbye() {
-                    Some(status) => DisconnectReason::ServerClosedSession(status),
-                    None => DisconnectReason::ServerClosed,
-                },
-                Some(Err(e)) => break DisconnectReason::BadFrame(Arc::new(e)),
-                Some(Ok(frame)) => frame,
+            next = std::future::poll_fn(|cx| conn.poll_task_read(cx, &mut held)) => match next {
+                Ok(next) => next,
+                Err(why) => break why,
             },
             () = &mut closed => break DisconnectReason::Closed,
             () = &mut timer => {
@@ -532,43 +806,23 @@ async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>)
         };
         // Several answers in one read: the calls they wake will send their next requests at
         // once; gather those into one write (made below, once the woken tasks have run).
-        if !corked && peerwire_proto::codec::frame_ready(reader.read_buffer()) {
+        if !corked && more {
             conn.tx.cork();
             corked = true;
         }
         let now = *batch_now.get_or_insert_with(|| tokio::time::Instant::now().into_std());
-        if !peerwire_proto::codec::frame_ready(reader.read_buffer()) {
+        if !more {
             // The next frame needs another read: it gets its own time.
             batch_now = None;
         }
-        let (input, reply) = {
-            let mut state = lock(&conn.state);
-            let input = state.handle_frame(now, frame);
-            (input, state.poll_transmit())
-        };
-        if let Some(pong) = reply {
-            conn.tx.try_send(pong);
-        }
-        match input {
-            Ok(ClientInput::Response { call, response }) => {
+        match conn.on_frame(now, frame) {
+            Ok(Some((call, response))) => {
                 let _ = call.send(Ok(response));
             }
-            Ok(ClientInput::Event(ev)) => {
-                if let Some(inner) = inner.upgrade() {
-                    inner.deliver(ev);
-                }
-            }
-            Ok(ClientInput::Goodbye(status)) => {
-                conn.goodbye_said
-                    .store(true, std::sync::atomic::Ordering::Release);
-                tracing::info!("server says goodbye: {status}");
-            }
-            Ok(_) => {}
-            Err(ClientError::Unexpected(kind)) => break DisconnectReason::UnexpectedFrame(kind),
-            // Handshake errors end `connect`, not a session.
-            Err(_) => break DisconnectReason::Closed,
+            Ok(None) => {}
+            Err(why) => break why,
         }
-        if corked && !peerwire_proto::codec::frame_ready(reader.read_buffer()) {
+        if corked && !more {
             // Let the woken calls run (and append their requests), then write them at once.
             tokio::task::yield_now().await;
             conn.tx.uncork();
@@ -579,8 +833,10 @@ async fn read_loop(mut reader: FrameReader, conn: Arc<Conn>, inner: Weak<Inner>)
     tracing::info!("connection lost: {why}");
     lock(&conn.close_reason).get_or_insert_with(|| why.clone());
     conn.close();
+    // The socket's read side closes (a call reading it now drops it when it is done).
+    lock(&conn.read).reader = None;
     conn.fail_pending(&why);
-    if let Some(inner) = inner.upgrade() {
+    if let Some(inner) = conn.inner.upgrade() {
         inner.connection_lost();
     }
 }

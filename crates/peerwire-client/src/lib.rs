@@ -258,14 +258,15 @@ impl Client {
             guard.forget();
             return Err(e);
         }
-        // The deadline also bounds a wait for room in a full outbound buffer.
+        // The deadline also bounds a wait for room in a full outbound buffer (the answer
+        // channel is only polled while the send waits: the usual send is done at once).
         let answer = tokio::select! {
             biased;
-            early = &mut rx => early,
             sent = conn.send(frame) => {
                 sent?;
-                rx.await
+                conn.answer(&guard, &mut rx).await
             }
+            early = &mut rx => early,
         };
         drop(guard);
         match answer {
