@@ -452,7 +452,8 @@ impl Conn {
                         drop(call);
                         return Poll::Ready(Ok(Ok(response)));
                     }
-                    // The connection ends: the reader task fails the calls.
+                    // The connection ends (the reader task fails the calls), or other calls
+                    // are in flight (the reader task reads for all): wait for the channel.
                     Poll::Ready(None) => own = None,
                     Poll::Pending => {}
                 }
@@ -487,8 +488,9 @@ struct Borrowed<'a> {
 }
 
 impl Borrowed<'_> {
-    /// Reads and handles frames until the response to call `id` comes (`Some`) or the
-    /// connection ends (`None`).
+    /// Reads and handles frames until the response to call `id` comes (`Some`), or the
+    /// connection ends or another call's answer comes (`None`: the socket goes back to the
+    /// reader task).
     fn poll_answer(&mut self, cx: &mut Context<'_>, id: u64) -> Poll<Option<(Reply, Response)>> {
         let conn = self.conn;
         let Some(reader) = self.reader.as_mut() else {
@@ -505,6 +507,11 @@ impl Borrowed<'_> {
                 }
                 Ok(Some((call, response))) => {
                     let _ = call.send(Ok(response));
+                    // Other calls are in flight: this one is no longer alone. The socket goes
+                    // back to the reader task, which gathers the next requests of the calls
+                    // a read answers into one write (a call reading here would let each of
+                    // them write its own, and a pipelined client lose its batching).
+                    return Poll::Ready(None);
                 }
                 Ok(None) => {}
                 Err(why) => {
