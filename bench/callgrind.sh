@@ -4,6 +4,7 @@
 #
 #   cargo xtask bench --quick --no-peers      # or: (cd bench && cargo build --release --no-default-features --target-dir ../target)
 #   bench/callgrind.sh [SYSTEM...]            # default: raw tokio peerwire peerwire-tls openssl-echo
+#   bench/callgrind.sh peerwire-blocking      # the blocking client (peerwire-bench client peerwire-blocking)
 #   PEERWIRE_BENCH_CALL_BYTES=1048576 N1=10 N2=30 bench/callgrind.sh peerwire-tls peerwire-ws
 #                                             # another message size, other call counts
 #
